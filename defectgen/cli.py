@@ -1,0 +1,202 @@
+"""The `defectgen` command line: a thin typer wrapper over library functions.
+
+Every command imports its implementation lazily, so `defectgen run` on an edge box never pays for (or needs)
+torch, and `defectgen --help` is instant. Errors the user can fix (`DefectgenError`) print as one line and
+exit 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Optional, TypeVar
+
+import typer
+
+from defectgen.errors import DefectgenError, NotYetAvailable
+
+app = typer.Typer(
+    help="Synthesize realistic, pixel-labelled industrial defects by in-domain GAN inversion.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+train_app = typer.Typer(help="Train the image+mask generator and the domain-guided encoder (needs \\[train]).",
+                        no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def user_errors(fn: F) -> F:
+    """Turn a `DefectgenError` into `defectgen: error: <one line>` and exit code 2 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: object, **kwargs: object) -> object:
+        try:
+            return fn(*args, **kwargs)
+        except DefectgenError as e:
+            typer.echo(f"defectgen: error: {e}", err=True)
+            raise typer.Exit(2) from None
+        except ModuleNotFoundError as e:
+            if e.name and e.name.split(".")[0] in {"torch", "onnx", "onnxscript", "safetensors", "tensorrt"}:
+                typer.echo(f"defectgen: error: this command needs {e.name!r}; install with "
+                           f"`pip install 'defectgen[train]'` (or [trt] for TensorRT)", err=True)
+                raise typer.Exit(2) from None
+            if e.name and e.name.startswith("defectgen."):
+                typer.echo(f"defectgen: error: this command is not built yet ({e.name} is missing)", err=True)
+                raise typer.Exit(2) from None
+            raise
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _csv(value: Optional[str]) -> Optional[list[str]]:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+@app.command("make-data")
+@user_errors
+def make_data(
+    out: Path = typer.Argument(..., help="Output folder (MVTec AD category layout)."),
+    res: int = typer.Option(128, help="Image side in pixels."),
+    n_good: int = typer.Option(200, help="Good training images (train/good)."),
+    n_defect: int = typer.Option(40, help="Defective test images per defect type."),
+    n_test_good: int = typer.Option(20, help="Good test images (test/good)."),
+    seed: int = typer.Option(0, help="Everything is derived from this seed."),
+) -> None:
+    """Write the procedural nut dataset (crack, cut, hole, print) in MVTec AD layout, plus a contact sheet."""
+    from defectgen.data.procedural import make_dataset
+
+    sheet = make_dataset(out, res=res, n_good=n_good, n_defect=n_defect, n_test_good=n_test_good, seed=seed)
+    typer.echo(f"wrote {out} (contact sheet: {sheet})")
+
+
+@train_app.command("gan")
+@user_errors
+def train_gan(
+    data: Path = typer.Option(..., help="MVTec-layout category folder."),
+    out: Path = typer.Option(..., help="Run folder (checkpoints, logs, sample grids)."),
+    res: int = typer.Option(64, help="Model resolution: 64, 128 or 256."),
+    kimg: float = typer.Option(50.0, help="Training length in thousands of images shown to D."),
+    batch: int = typer.Option(16, help="Batch size per process."),
+    resume: bool = typer.Option(False, help="Continue from the last checkpoint in --out."),
+    seed: int = typer.Option(0, help="Random seed."),
+    dry_run: bool = typer.Option(False, help="Resolve and print the config, then stop."),
+) -> None:
+    """Train the conditional image+mask StyleGAN2-lite generator."""
+    from defectgen.training.gan import train_gan_cli
+
+    train_gan_cli(data=data, out=out, res=res, kimg=kimg, batch=batch, resume=resume, seed=seed, dry_run=dry_run)
+
+
+@train_app.command("encoder")
+@user_errors
+def train_encoder(
+    data: Path = typer.Option(..., help="MVTec-layout category folder."),
+    gan: Path = typer.Option(..., help="GAN run folder or checkpoint."),
+    out: Path = typer.Option(..., help="Run folder for the encoder."),
+    steps: int = typer.Option(2000, help="Optimisation steps."),
+    batch: int = typer.Option(16, help="Batch size per process."),
+    vgg: Optional[Path] = typer.Option(None, help="Optional VGG16 weights (safetensors) for the feature loss."),
+    resume: bool = typer.Option(False, help="Continue from the last checkpoint in --out."),
+    seed: int = typer.Option(0, help="Random seed."),
+) -> None:
+    """Train the idinvert domain-guided encoder (image + mask -> w+)."""
+    from defectgen.training.encoder import train_encoder_cli
+
+    train_encoder_cli(data=data, gan=gan, out=out, steps=steps, batch=batch, vgg=vgg, resume=resume, seed=seed)
+
+
+@app.command("export")
+@user_errors
+def export(
+    gan: Path = typer.Option(..., help="GAN checkpoint (run folder or .safetensors)."),
+    encoder: Path = typer.Option(..., help="Encoder checkpoint (run folder or .safetensors)."),
+    out: Path = typer.Option(..., help="Bundle folder to write."),
+    data: Optional[Path] = typer.Option(None, help="Dataset for the defect bank (default: the one GAN trained on)."),
+    spaces: str = typer.Option("wplus,w,z", help="Latent spaces to export step graphs for."),
+    batch: str = typer.Option("1,4,8", help="Batch sizes of the step graphs."),
+    opset: int = typer.Option(18, help="ONNX opset."),
+    verify: bool = typer.Option(True, help="Check ONNX Runtime against torch and finite differences."),
+    zip_: bool = typer.Option(False, "--zip", help="Also write BUNDLE.zip."),
+) -> None:
+    """Export encoder, mapping, synthesis and the inversion step graphs (forward + backward) as an ONNX bundle."""
+    from defectgen.export.bundle import export_bundle_cli
+
+    export_bundle_cli(gan=gan, encoder=encoder, out=out, data=data, spaces=_csv(spaces),
+                      batch=[int(b) for b in _csv(batch) or []], opset=opset, verify=verify, zip_=zip_)
+
+
+@app.command("run")
+@user_errors
+def run(
+    out: Path = typer.Option(..., help="Output folder (MVTec layout + jobs.jsonl + contact_sheet.png)."),
+    bundle: Optional[Path] = typer.Option(None, help="Bundle folder or .zip (default: the embedded one)."),
+    images: Optional[Path] = typer.Option(None, help="Folder of good images."),
+    mvtec: Optional[Path] = typer.Option(None, help="MVTec category folder (uses train/good)."),
+    jobs: Optional[Path] = typer.Option(None, help="JSONL job list."),
+    masks: Optional[Path] = typer.Option(None, help="Folder of target masks (same stems as the images)."),
+    random_masks: Optional[int] = typer.Option(None, help="Draw N random masks per image instead of --masks."),
+    types: Optional[str] = typer.Option(None, help="Defect types, comma separated (default: all in the bundle)."),
+    space: str = typer.Option("wplus", help="Latent space to optimise: wplus, w or z."),
+    steps: Optional[int] = typer.Option(None, help="Adam steps (default: the bundle's)."),
+    lr: Optional[float] = typer.Option(None, help="Adam learning rate (default: the bundle's)."),
+    lambda_: Optional[list[str]] = typer.Option(None, "--lambda", help="Loss weight override, name=value."),
+    init: str = typer.Option("encoder", help="Latent init: encoder, wavg or random."),
+    backend: str = typer.Option("auto", help="auto, ort-cpu, ort-cuda, ort-trt or tensorrt."),
+    shard: Optional[str] = typer.Option(None, help="k/n: run only the k-th of n deterministic shards."),
+    seed: int = typer.Option(0, help="Seed for masks, references and random init."),
+) -> None:
+    """Generate defective images with exact masks (torch-free edge runtime)."""
+    from defectgen.runtime.cli_run import run_cli
+
+    code = run_cli(out=out, bundle=bundle, images=images, mvtec=mvtec, jobs=jobs, masks=masks,
+                   random_masks=random_masks, types=_csv(types), space=space, steps=steps, lr=lr,
+                   lambdas=lambda_ or [], init=init, backend=backend, shard=shard, seed=seed)
+    raise typer.Exit(code)
+
+
+@app.command("demo")
+@user_errors
+def demo(
+    out: Path = typer.Option(Path("demo_out"), help="Where to write images, masks and the contact sheet."),
+    seed: int = typer.Option(0, help="Seed."),
+) -> None:
+    """Generate a grid of every defect type on the shipped example parts with the embedded default bundle."""
+    from defectgen.runtime.cli_run import demo_cli
+
+    demo_cli(out=out, seed=seed)
+
+
+@app.command("bench")
+@user_errors
+def bench(
+    bundle: Optional[Path] = typer.Option(None, help="Bundle (default: the embedded one)."),
+    batch: str = typer.Option("1,4,8", help="Batch sizes."),
+    backend: str = typer.Option("auto", help="Backend to time."),
+    quick: bool = typer.Option(False, help="Few repeats (smoke test)."),
+    out: Optional[Path] = typer.Option(None, help="Write JSON results here."),
+) -> None:
+    """Time the step graph and end-to-end defects/s with the runtime only (no torch needed)."""
+    msg = "`defectgen bench` arrives with the benchmarks issue (#7); not built yet"
+    raise NotYetAvailable(msg)
+
+
+@app.command("info")
+@user_errors
+def info(bundle: Optional[Path] = typer.Argument(None, help="Bundle folder or .zip (default: embedded).")) -> None:
+    """Print a bundle's manifest summary, op histogram per graph and verify result."""
+    from defectgen.runtime.info import info_text
+
+    typer.echo(info_text(bundle))
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app(prog_name="defectgen")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Export (torch + onnx): the inversion objective, step graphs, bundle writer, parity checks."""

@@ -1,0 +1,1 @@
+"""The edge runtime. Never imports torch: it runs where only numpy, onnxruntime and opencv exist."""

@@ -1,0 +1,1 @@
+"""Training (torch): GAN trainer, encoder trainer, checkpoints, DDP."""
