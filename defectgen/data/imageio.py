@@ -1,0 +1,164 @@
+"""The one image/mask I/O module of defectgen: every layer reads and writes pixels through here.
+
+Why one module: colour order (OpenCV is BGR, everything else in defectgen is RGB), mask encoding (0/255 on
+disk, {0,1} in memory), model normalisation ([-1,1], CHW) and atomic writes (temp file + `os.replace`, so an
+interrupted run never leaves a half-written PNG that a resumed run would trust) are decided once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from defectgen.errors import DataError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write `data` to `path` atomically: a temp file in the same folder, fsync, then `os.replace`.
+
+    The same folder keeps the rename on one filesystem (atomic on POSIX and Windows); on any failure the temp
+    file is removed and `path` is untouched. Parent folders are created.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """UTF-8 text version of `atomic_write_bytes` (manifests, jobs.jsonl)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _decode(path: Path, flags: int) -> np.ndarray:
+    # cv2.imread returns None silently for missing and corrupt files alike; read bytes ourselves so the two
+    # cases get distinct messages, and so non-ASCII paths work on every platform.
+    try:
+        buf = np.frombuffer(path.read_bytes(), np.uint8)
+    except OSError as e:
+        msg = f"cannot read file ({e.strerror or e}): {path}"
+        raise DataError(msg) from None
+    img = cv2.imdecode(buf, flags) if buf.size else None
+    if img is None:
+        msg = f"not a readable image (corrupt or unsupported format): {path}"
+        raise DataError(msg)
+    return img
+
+
+def _to_uint8(img: np.ndarray, path: Path) -> np.ndarray:
+    if img.dtype == np.uint8:
+        return img
+    if img.dtype == np.uint16:
+        return (img.astype(np.uint32) * 255 // 65535).astype(np.uint8)  # 16-bit scanners: keep full range
+    if img.dtype in (np.float32, np.float64):
+        return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    msg = f"unsupported pixel type {img.dtype}: {path}"
+    raise DataError(msg)
+
+
+def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an image file as uint8 HxWx3 RGB; grayscale becomes 3 channels, alpha is dropped, 16 bit scaled."""
+    path = Path(path)
+    img = _to_uint8(_decode(path, cv2.IMREAD_UNCHANGED), path)
+    if img.ndim == 2:
+        return np.ascontiguousarray(np.repeat(img[:, :, None], 3, axis=2))
+    if img.shape[2] == 1:
+        return np.ascontiguousarray(np.repeat(img, 3, axis=2))
+    code = cv2.COLOR_BGRA2RGB if img.shape[2] == 4 else cv2.COLOR_BGR2RGB
+    return cv2.cvtColor(img, code)
+
+
+def read_mask(path: str | os.PathLike[str], shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Read a binary mask PNG (0/255 or 0/1) as uint8 HxW in {0,1}.
+
+    Args:
+        path: Mask file. Colour masks are accepted when all channels agree.
+        shape: Expected (H, W), usually the image's `shape[:2]`; a mismatch raises `DataError`.
+
+    Raises:
+        DataError: unreadable file, values other than {0,1} or {0,255}, or a size mismatch.
+    """
+    path = Path(path)
+    m = _decode(path, cv2.IMREAD_UNCHANGED)
+    if m.ndim == 3:
+        if not all(np.array_equal(m[:, :, 0], m[:, :, c]) for c in range(1, min(m.shape[2], 3))):
+            msg = f"mask is a colour image, expected grayscale 0/255: {path}"
+            raise DataError(msg)
+        m = m[:, :, 0]
+    values = np.unique(m)
+    top = int(values.max())
+    if top not in (0, 1, 255) or not set(values.tolist()) <= {0, top}:
+        shown = ", ".join(str(v) for v in values[:6].tolist()) + (" ..." if values.size > 6 else "")
+        msg = f"mask is not binary (values {shown}; expected 0/255 or 0/1): {path}"
+        raise DataError(msg)
+    if shape is not None and m.shape != tuple(shape[:2]):
+        msg = f"mask size {m.shape[1]}x{m.shape[0]} != image size {shape[1]}x{shape[0]}: {path}"
+        raise DataError(msg)
+    return (m > 0).astype(np.uint8)
+
+
+def _encode(path: Path, arr: np.ndarray) -> bytes:
+    ext = path.suffix.lower() or ".png"
+    ok, buf = cv2.imencode(ext, arr)
+    if not ok:
+        msg = f"cannot encode image as {ext}: {path}"
+        raise DataError(msg)
+    return buf.tobytes()
+
+
+def write_image(path: str | os.PathLike[str], rgb: np.ndarray) -> Path:
+    """Write a uint8 HxWx3 RGB (or HxW gray) image atomically; the format follows the suffix (PNG lossless)."""
+    path = Path(path)
+    if rgb.dtype != np.uint8 or rgb.ndim not in (2, 3) or (rgb.ndim == 3 and rgb.shape[2] != 3):
+        msg = f"write_image wants uint8 HxWx3 RGB, got {rgb.dtype} {rgb.shape}: {path}"
+        raise DataError(msg)
+    arr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if rgb.ndim == 3 else rgb
+    return atomic_write_bytes(path, _encode(path, arr))
+
+
+def write_mask(path: str | os.PathLike[str], mask01: np.ndarray) -> Path:
+    """Write a {0,1} (or bool) HxW mask atomically as a 0/255 grayscale PNG, the MVTec convention."""
+    path = Path(path)
+    if mask01.ndim != 2 or (mask01.dtype != bool and int(mask01.max(initial=0)) > 1):
+        msg = f"write_mask wants an HxW mask in {{0,1}}, got {mask01.dtype} {mask01.shape}: {path}"
+        raise DataError(msg)
+    return atomic_write_bytes(path, _encode(path, (mask01 > 0).astype(np.uint8) * 255))
+
+
+def to_model(rgb: np.ndarray, res: int) -> np.ndarray:
+    """uint8 HxWx3 RGB -> float32 (3, res, res) in [-1, 1]; INTER_AREA because it does not alias when shrinking."""
+    if rgb.shape[:2] != (res, res):
+        shrink = rgb.shape[0] >= res and rgb.shape[1] >= res
+        rgb = cv2.resize(rgb, (res, res), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32) / 127.5 - 1.0
+
+
+def mask_to_model(mask: np.ndarray, res: int) -> np.ndarray:
+    """{0,1} HxW -> float32 (1, res, res) in {0,1}; nearest, then threshold, so the mask stays exactly binary."""
+    m = (mask > 0).astype(np.uint8)
+    if m.shape != (res, res):
+        m = cv2.resize(m, (res, res), interpolation=cv2.INTER_NEAREST)
+    return (m > 0).astype(np.float32)[None]
+
+
+def from_model(chw: np.ndarray) -> np.ndarray:
+    """Model output float (3, H, W) in [-1, 1] -> uint8 HxWx3 RGB, clipped and rounded."""
+    x = (np.asarray(chw, dtype=np.float32) + 1.0) * 127.5
+    return np.ascontiguousarray(np.clip(np.rint(x), 0, 255).astype(np.uint8).transpose(1, 2, 0))

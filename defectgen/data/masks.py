@@ -1,0 +1,308 @@
+"""Mask utilities: where the part is, random defect-shaped target masks, feathering, and reference stitching.
+
+The runtime needs target masks when the user gives none (`--random-masks N`), and a stitched guide image `S`
+(a real defect warped into the target mask, DESIGN.md "The method"). All functions take uint8 HxWx3 images
+and uint8 HxW {0,1} masks of any size and return the same conventions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import cv2
+import numpy as np
+
+from defectgen.errors import DataError
+
+# (height/width, centre xy, size in px ~ part diameter, rng, minimum stroke width in px) -> {0,1} mask
+Shape = Callable[[tuple[int, int], np.ndarray, float, np.random.Generator, int], np.ndarray]
+
+
+def _disk(px: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * px + 1, 2 * px + 1))
+
+
+def dilate(mask: np.ndarray, px: int) -> np.ndarray:
+    """Grow a {0,1} mask by `px` pixels (round structuring element); px <= 0 returns a copy."""
+    m = (mask > 0).astype(np.uint8)
+    return cv2.dilate(m, _disk(int(px))) if px > 0 else m
+
+
+def erode(mask: np.ndarray, px: int) -> np.ndarray:
+    """Shrink a {0,1} mask by `px` pixels; px <= 0 returns a copy."""
+    m = (mask > 0).astype(np.uint8)
+    return cv2.erode(m, _disk(int(px))) if px > 0 else m
+
+
+def feather(mask: np.ndarray, px: int) -> np.ndarray:
+    """Soft alpha for compositing: 1 on the whole mask, easing to 0 at `px` pixels outside it.
+
+    The ramp lies outside the mask (not across its edge) so thin defects such as 1-px cracks stay fully
+    opaque; beyond `dilate(mask, px)` the alpha is exactly 0, so the background there stays bit-exact.
+
+    Returns:
+        float32 HxW in [0, 1], non-increasing with the distance from the mask.
+    """
+    m = (mask > 0).astype(np.uint8)
+    if px <= 0 or not m.any():
+        return m.astype(np.float32)
+    dist = cv2.distanceTransform(1 - m, cv2.DIST_L2, 5)  # distance to the nearest mask pixel
+    t = np.clip(1.0 - dist / (px + 1.0), 0.0, 1.0)
+    alpha = t * t * (3.0 - 2.0 * t)  # smoothstep: no visible kink where the ramp starts
+    return (alpha * dilate(m, px)).astype(np.float32)
+
+
+def bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """Bounding box `(x0, y0, x1, y1)` of a non-empty mask, with x1/y1 exclusive (slice-ready)."""
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        msg = "bbox of an empty mask"
+        raise DataError(msg)
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def _fill_holes(m: np.ndarray) -> np.ndarray:
+    contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    out = np.zeros_like(m)
+    cv2.drawContours(out, contours, -1, 1, thickness=cv2.FILLED)
+    return out
+
+
+def _centred_ellipse(h: int, w: int) -> np.ndarray:
+    m = np.zeros((h, w), np.uint8)
+    cv2.ellipse(m, (w // 2, h // 2), (max(1, int(w * 0.35)), max(1, int(h * 0.35))), 0, 0, 360, 1, -1)
+    return m
+
+
+def part_mask(image_rgb: np.ndarray) -> np.ndarray:
+    """Estimate the object region of a good image, so random masks land on the part (also for real MVTec).
+
+    Colour distance (Lab) of every pixel to the median border colour, blurred and split by Otsu; then the
+    largest connected component with its holes filled. Works for dark or bright, plain backgrounds; if that
+    gives something implausible (under 3 % or over 92 % of the image, as for texture categories where the
+    "part" is the whole frame), falls back to a centred ellipse covering the middle of the image.
+    """
+    h, w = image_rgb.shape[:2]
+    lab = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2LAB).astype(np.float32)
+    k = max(3, (min(h, w) // 48) | 1)
+    lab = cv2.GaussianBlur(lab, (k, k), 0)
+    b = max(1, min(h, w) // 32)
+    border = np.concatenate([lab[:b].reshape(-1, 3), lab[-b:].reshape(-1, 3),
+                             lab[:, :b].reshape(-1, 3), lab[:, -b:].reshape(-1, 3)])
+    dist = np.linalg.norm(lab - np.median(border, axis=0), axis=2)
+    dist8 = np.clip(dist * (255.0 / max(float(dist.max()), 1e-6)), 0, 255).astype(np.uint8)
+    _, fg = cv2.threshold(dist8, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, _disk(max(1, k // 2)))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
+    if n > 1:
+        fg = (labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))).astype(np.uint8)
+        fg = _fill_holes(fg)
+    frac = float(fg.mean())
+    return fg if 0.03 <= frac <= 0.92 else _centred_ellipse(h, w)
+
+
+# ---- random target masks: one small drawing function per defect shape -------------------------------------
+
+
+def _walk(start: np.ndarray, angle: float, length: float, steps: int, wiggle: float,
+          rng: np.random.Generator) -> np.ndarray:
+    """A random-walk polyline (steps+1 points) starting at `start`, heading `angle`, of total `length`."""
+    pts = [start]
+    for _ in range(steps):
+        angle += rng.normal(0.0, wiggle)
+        pts.append(pts[-1] + length / steps * np.array([np.cos(angle), np.sin(angle)]))
+    return np.array(pts)
+
+
+def _poly(m: np.ndarray, pts: np.ndarray, thickness: int) -> None:
+    cv2.polylines(m, [np.round(pts).astype(np.int32)], False, 1, thickness=max(1, thickness))
+
+
+def _crack(hw: tuple[int, int], c: np.ndarray, s: float, rng: np.random.Generator, min_w: int) -> np.ndarray:
+    m = np.zeros(hw, np.uint8)
+    length, a, t = s * rng.uniform(0.2, 0.34), rng.uniform(0, 2 * np.pi), max(min_w, round(s * 0.016))
+    # grow both ways from the centre so the crack is centred on the sampled point
+    trunk = np.concatenate([_walk(c, a + np.pi, length / 2, 5, 0.3, rng)[::-1], _walk(c, a, length / 2, 5, 0.3, rng)])
+    _poly(m, trunk, t)
+    for _ in range(rng.integers(1, 4)):
+        i = rng.integers(2, len(trunk) - 2)
+        d = trunk[i + 1] - trunk[i]
+        heading = np.arctan2(d[1], d[0]) + rng.choice([-1, 1]) * rng.uniform(0.5, 1.1)
+        _poly(m, _walk(trunk[i], heading, length * rng.uniform(0.2, 0.45), 4, 0.35, rng), max(min_w, t - 1))
+    return m
+
+
+def _cut(hw: tuple[int, int], c: np.ndarray, s: float, rng: np.random.Generator, min_w: int) -> np.ndarray:
+    m = np.zeros(hw, np.uint8)
+    length, a = s * rng.uniform(0.16, 0.3), rng.uniform(0, 2 * np.pi)
+    half_w, bend = max(min_w / 2 + 0.5, s * rng.uniform(0.016, 0.032)), rng.uniform(-0.08, 0.08) * length
+    t = np.linspace(-0.5, 0.5, 24)
+    along, across = np.array([np.cos(a), np.sin(a)]), np.array([-np.sin(a), np.cos(a)])
+    centre = c + np.outer(t * length, along) + np.outer(bend * (1 - 4 * t**2), across)
+    offset = np.outer(half_w * np.cos(np.pi * t) ** 0.6, across)  # lens-shaped: pointed at both ends
+    cv2.fillPoly(m, [np.round(np.concatenate([centre + offset, (centre - offset)[::-1]])).astype(np.int32)], 1)
+    return m
+
+
+def _blob(c: np.ndarray, r: float, aspect: float, jitter: float, hw: tuple[int, int],
+          rng: np.random.Generator) -> np.ndarray:
+    m = np.zeros(hw, np.uint8)
+    th = np.linspace(0, 2 * np.pi, 20, endpoint=False)
+    rr = r * (1 + jitter * rng.standard_normal(th.size))
+    rot = rng.uniform(0, np.pi)
+    x, y = rr * np.cos(th) * aspect, rr * np.sin(th) / aspect
+    pts = c + np.stack([x * np.cos(rot) - y * np.sin(rot), x * np.sin(rot) + y * np.cos(rot)], 1)
+    cv2.fillPoly(m, [np.round(pts).astype(np.int32)], 1)
+    return m
+
+
+def _hole(hw: tuple[int, int], c: np.ndarray, s: float, rng: np.random.Generator, min_w: int) -> np.ndarray:
+    return _blob(c, max(min_w + 0.5, s * rng.uniform(0.035, 0.07)), rng.uniform(0.85, 1.15), 0.06, hw, rng)
+
+
+def _print(hw: tuple[int, int], c: np.ndarray, s: float, rng: np.random.Generator, min_w: int) -> np.ndarray:
+    """A short line of glyph-like ink strokes, as left by a stamp or a printer on the wrong part."""
+    m = np.zeros(hw, np.uint8)
+    g, t = s * rng.uniform(0.07, 0.11), max(min_w, round(s * rng.uniform(0.012, 0.018)))
+    k, a = int(rng.integers(2, 5)), rng.uniform(0, 2 * np.pi)
+    along, up = np.array([np.cos(a), np.sin(a)]), np.array([-np.sin(a), np.cos(a)])
+    for j in range(k):  # one glyph per cell: 1-3 strokes between random points of the cell
+        cell = c + (j - (k - 1) / 2) * 1.25 * g * along
+        pts = [cell + rng.uniform(-0.5, 0.5) * g * along + rng.uniform(-0.7, 0.7) * g * up
+               for _ in range(rng.integers(2, 5))]
+        _poly(m, np.array(pts), t)
+    return m
+
+
+def _generic(hw: tuple[int, int], c: np.ndarray, s: float, rng: np.random.Generator, min_w: int) -> np.ndarray:
+    return _blob(c, max(min_w + 0.5, s * rng.uniform(0.05, 0.1)), rng.uniform(0.6, 1.6), 0.12, hw, rng)
+
+
+SHAPES: dict[str, Shape] = {"crack": _crack, "cut": _cut, "hole": _hole, "print": _print}
+# Real MVTec categories name their types differently; pick the closest shape family by keyword.
+_KEYWORDS = {"crack": "crack", "cut": "cut", "scratch": "cut", "hole": "hole", "print": "print",
+             "color": "print", "contamination": "print"}
+
+
+def shape_for(defect_type: str) -> Shape:
+    """The mask drawing function for a defect type (by keyword; unknown types get an irregular blob)."""
+    for key, shape in _KEYWORDS.items():
+        if key in defect_type.lower():
+            return SHAPES[shape]
+    return _generic
+
+
+def random_mask(defect_type: str, part_mask: np.ndarray, rng: np.random.Generator, scale: float = 1.0,
+                min_width: int = 1) -> np.ndarray:
+    """A random, plausibly shaped defect mask of `defect_type`, non-empty and inside `part_mask`.
+
+    Args:
+        defect_type: "crack", "cut", "hole", "print"; other names map by keyword (e.g. "scratch" -> cut),
+            anything else gets an irregular blob.
+        part_mask: {0,1} HxW region the defect must lie in (see `part_mask()`); any resolution.
+        rng: Source of randomness (the same generator state gives the same mask).
+        scale: Multiplies the defect size (1.0 = sized relative to the part, MVTec-like).
+        min_width: Thinnest stroke in pixels (cracks, cuts, print); raise it when drawing supersampled.
+
+    Returns:
+        uint8 HxW {0,1}, a subset of `part_mask`.
+    """
+    part = (part_mask > 0).astype(np.uint8)
+    if not part.any():
+        msg = "part mask is empty: nowhere to put a defect"
+        raise DataError(msg)
+    hw = part.shape
+    ys, xs = np.nonzero(part)
+    s = float(np.sqrt(part.sum()) * 1.2 * scale)  # ~ the part's diameter: defects scale with the part
+    inner = erode(part, int(s * 0.12))  # sample centres away from the rim so the shape fits
+    cy, cx = np.nonzero(inner) if inner.any() else (ys, xs)
+    draw = shape_for(defect_type)
+    best, best_frac = None, 0.0
+    for _ in range(20):  # redraw shapes that stick out of the part rather than clipping them hard
+        i = rng.integers(cy.size)
+        raw = draw(hw, np.array([cx[i], cy[i]], float), s, rng, max(1, int(min_width)))
+        m = raw & part
+        frac = float(m.sum()) / max(1, int(raw.sum()))
+        if frac >= 0.95:
+            return m
+        if m.any() and frac > best_frac:
+            best, best_frac = m, frac
+    if best is not None:
+        return best
+    i = rng.integers(ys.size)  # degenerate part (a few pixels): one pixel is still a valid defect
+    m = np.zeros(hw, np.uint8)
+    m[ys[i], xs[i]] = 1
+    return m
+
+
+# ---- stitching a reference defect into a target mask -------------------------------------------------------
+
+
+def _fit_affine(src: tuple[int, int, int, int], dst: tuple[int, int, int, int], flip_x: bool, flip_y: bool,
+                transpose: bool) -> np.ndarray:
+    """2x3 affine mapping box `src` onto box `dst`, optionally flipped/transposed (keeps boxes axis-aligned)."""
+    sx0, sy0, sx1, sy1 = src
+    corners = np.float32([[sx0, sy0], [sx1, sy0], [sx0, sy1]])
+    dx0, dy0, dx1, dy1 = dst
+    uv = np.float32([[0, 0], [1, 0], [0, 1]])
+    if transpose:
+        uv = uv[:, ::-1]
+    uv = np.abs(uv - np.float32([flip_x, flip_y]))
+    targets = np.float32([dx0, dy0]) + uv * np.float32([dx1 - dx0, dy1 - dy0])
+    return cv2.getAffineTransform(corners, targets)
+
+
+def warp_defect(ref_img: np.ndarray, ref_mask: np.ndarray, target_mask: np.ndarray,
+                rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Warp a reference defect so its mask's bounding box fills the target mask's bounding box.
+
+    Without `rng` the orientation is kept unless the aspect ratios disagree (then the reference is
+    transposed, so a long vertical crack fits a long horizontal target without squashing); with `rng`, a
+    random flip/transpose among those that match the aspect is used. Outside the reference image the warp
+    reflects, so a feather band around the target still sees surface texture.
+
+    Returns:
+        (uint8 image, {0,1} mask), both of the target mask's size.
+    """
+    src, dst = bbox(ref_mask), bbox(target_mask)
+    src_tall = (src[3] - src[1]) > (src[2] - src[0])
+    dst_tall = (dst[3] - dst[1]) > (dst[2] - dst[0])
+    transpose = src_tall != dst_tall
+    flip_x = flip_y = False
+    if rng is not None:
+        flip_x, flip_y = bool(rng.integers(2)), bool(rng.integers(2))
+    a = _fit_affine(src, dst, flip_x, flip_y, transpose)
+    h, w = target_mask.shape[:2]
+    img = cv2.warpAffine(ref_img, a, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    soft = cv2.warpAffine((ref_mask > 0).astype(np.float32), a, (w, h), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    m = (soft >= 0.5).astype(np.uint8)
+    return img, m if m.any() else (soft > 0).astype(np.uint8)
+
+
+def stitch(good: np.ndarray, ref_img: np.ndarray, ref_mask: np.ndarray, target_mask: np.ndarray,
+           feather_px: int, rng: np.random.Generator | None = None) -> np.ndarray:
+    """The guide image `S`: `good` with a real defect warped into `target_mask` and pasted, feathered.
+
+    Colour match: the warped reference is shifted by one RGB offset so that its mean colour in a ring just
+    around the (target and warped) defect equals the good image's mean colour in that ring; the defect keeps
+    its own contrast (a dark crack stays darker than the surface) while the pasted surface blends in. Pixels
+    outside `dilate(target_mask, feather_px)` are returned unchanged.
+
+    Returns:
+        uint8 HxWx3, same size as `good`.
+    """
+    if good.shape[:2] != target_mask.shape[:2]:
+        (mh, mw), (h, w) = target_mask.shape[:2], good.shape[:2]
+        msg = f"target mask size {mw}x{mh} != image size {w}x{h}"
+        raise DataError(msg)
+    warped, wmask = warp_defect(ref_img, ref_mask, target_mask, rng)
+    core = ((target_mask > 0) | (wmask > 0)).astype(np.uint8)
+    ring = dilate(core, max(2, feather_px + 2)) & (1 - core)
+    warped = warped.astype(np.float32)
+    if ring.any():
+        sel = ring.astype(bool)
+        warped += good[sel].astype(np.float32).mean(0) - warped[sel].mean(0)
+    alpha = feather(target_mask, feather_px)[:, :, None]
+    blended = np.clip(np.rint(good + alpha * (warped - good)), 0, 255).astype(np.uint8)
+    return np.where(alpha > 0, blended, good)
