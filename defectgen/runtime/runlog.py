@@ -1,0 +1,170 @@
+"""Resume bookkeeping of an output folder: `run.json` (the resolved options) and `jobs.jsonl` (one line a job).
+
+Resume rule: a job is done when `jobs.jsonl` holds a complete line for its id and, for status "ok", both of
+its output files exist. Outputs are written atomically (temp file + rename, mask before image) *before* the
+line is appended, so after a `kill -9` a job is either fully recorded or redone; a torn last line (only a
+crash inside the append can make one) is cut off when the log is opened. Failed jobs are recorded too and
+are not retried unless asked (`retry_failed`), so a rerun with the same options never duplicates a line.
+
+Each line is appended with one `write` on an `O_APPEND` descriptor and fsynced, so several shards may share
+one output folder on a local filesystem (their names never collide: they come from the global job index).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from defectgen.data.imageio import atomic_write_text
+from defectgen.errors import DataError
+
+RUN_FILE = "run.json"
+JOBS_FILE = "jobs.jsonl"
+RUN_FORMAT = "defectgen-run/1"
+
+
+@dataclass(frozen=True)
+class Done:
+    """What resume needs to know of one recorded job (kept small: one per job in memory)."""
+
+    status: str  # "ok" or "failed"
+    image: str | None  # output paths relative to the output folder (None when failed)
+    mask: str | None
+
+
+class JobLog:
+    """The append-only `OUT/jobs.jsonl`.
+
+    Args:
+        path: The log file; created on the first append.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def repair(self) -> bool:
+        """Cut a torn last line (a crash mid-append) so the next append starts on a fresh line.
+
+        Returns:
+            True if something was cut.
+        """
+        if not self.path.is_file():
+            return False
+        with self.path.open("rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0:
+                return False
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                return False
+            # scan back in blocks for the last newline; everything after it is the torn line
+            pos = size
+            while pos > 0:
+                start = max(0, pos - 65536)
+                f.seek(start)
+                block = f.read(pos - start)
+                nl = block.rfind(b"\n")
+                if nl >= 0:
+                    f.truncate(start + nl + 1)
+                    return True
+                pos = start
+            f.truncate(0)
+            return True
+
+    def read(self) -> dict[str, Done]:
+        """Recorded jobs by id; for an id logged twice (a retried failure) the last complete line wins."""
+        done: dict[str, Done] = {}
+        if not self.path.is_file():
+            return done
+        with self.path.open(encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if not line.endswith("\n"):
+                    break  # torn tail: not a record
+                try:
+                    rec = json.loads(line)
+                    out = rec.get("outputs") or {}
+                    done[rec["id"]] = Done(rec["status"], out.get("image"), out.get("mask"))
+                except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+                    continue  # a line we cannot read is treated as absent: that job is redone
+        return done
+
+    def append(self, record: Mapping[str, Any]) -> None:
+        """Append one record as one complete line, flushed to disk before returning."""
+        data = (json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8")
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def is_done(done: Done | None, out: Path, *, retry_failed: bool = False) -> bool:
+    """The resume rule: skip a job with an "ok" line whose files exist, or a "failed" line (unless retrying)."""
+    if done is None:
+        return False
+    if done.status == "failed":
+        return not retry_failed
+    return bool(done.image and done.mask and (out / done.image).is_file() and (out / done.mask).is_file())
+
+
+def _diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    keys = sorted(set(old) | set(new))
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+
+
+def open_run(out: Path, identity: Mapping[str, Any], info: Mapping[str, Any]) -> bool:
+    """Create or reopen an output folder; write `run.json` on first use.
+
+    Args:
+        out: The output folder (created with parents).
+        identity: Options that determine the results (inputs fingerprint, bundle digest, space, steps, lr, λ,
+            init, seed, ...). A folder made with a different identity is refused.
+        info: Options recorded for information only (paths, backend, shard, batch); they may differ on resume.
+
+    Returns:
+        True if the folder already held a run (resuming), False if it was new.
+
+    Raises:
+        DataError: the folder cannot be created or written, is not a defectgen run folder but not empty, or
+            was made with different options (the message lists them).
+    """
+    run_file = out / RUN_FILE
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        msg = f"output folder {out} cannot be created: {e.strerror or e}"
+        raise DataError(msg) from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        msg = f"output folder {out} is not writable"
+        raise DataError(msg)
+    if run_file.is_file():
+        try:
+            old = json.loads(run_file.read_text(encoding="utf-8"))
+            old_identity = old["identity"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+            msg = f"{run_file} is unreadable ({e}); use a new --out"
+            raise DataError(msg) from None
+        changes = _diff(old_identity, json.loads(json.dumps(identity)))
+        if changes:
+            msg = (f"{out} holds a run made with different options ({'; '.join(changes[:4])}"
+                   f"{'; ...' if len(changes) > 4 else ''}); rerun with the same options to resume, or use a new --out")
+            raise DataError(msg)
+        return True
+    if any(p.name != ".DS_Store" for p in out.iterdir()):
+        msg = f"output folder {out} is not empty and has no {RUN_FILE}; refusing to write into it (use a new --out)"
+        raise DataError(msg)
+    try:
+        atomic_write_text(run_file, json.dumps({"format": RUN_FORMAT, "identity": identity, "info": info},
+                                               indent=2, default=str) + "\n")
+    except OSError as e:
+        msg = f"output folder {out} is not writable: {e.strerror or e}"
+        raise DataError(msg) from None
+    return False
