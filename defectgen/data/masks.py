@@ -68,6 +68,16 @@ def _fill_holes(m: np.ndarray) -> np.ndarray:
     return out
 
 
+def _open(m: np.ndarray, k: int) -> np.ndarray:
+    return cv2.morphologyEx(m, cv2.MORPH_OPEN, _disk(max(1, k // 2)))
+
+
+def _largest(m: np.ndarray) -> np.ndarray:
+    """The largest 8-connected component of a {0,1} mask (all zeros stays all zeros)."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
+    return (labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))).astype(np.uint8) if n > 1 else m
+
+
 def _centred_ellipse(h: int, w: int) -> np.ndarray:
     m = np.zeros((h, w), np.uint8)
     cv2.ellipse(m, (w // 2, h // 2), (max(1, int(w * 0.35)), max(1, int(h * 0.35))), 0, 0, 360, 1, -1)
@@ -77,10 +87,10 @@ def _centred_ellipse(h: int, w: int) -> np.ndarray:
 def part_mask(image_rgb: np.ndarray) -> np.ndarray:
     """Estimate the object region of a good image, so random masks land on the part (also for real MVTec).
 
-    Colour distance (Lab) of every pixel to the median border colour, blurred and split by Otsu; then the
-    largest connected component with its holes filled. Works for dark or bright, plain backgrounds; if that
-    gives something implausible (under 3 % or over 92 % of the image, as for texture categories where the
-    "part" is the whole frame), falls back to a centred ellipse covering the middle of the image.
+    Thresholds the colour distance (Lab, blurred) of every pixel to the median border colour (see the
+    comments for how), keeps the largest connected component and fills its holes. Works for dark or bright,
+    plain backgrounds; if that gives something implausible (under 3 % or over 92 % of the image, as for
+    texture categories where the "part" is the whole frame), falls back to a centred ellipse.
     """
     h, w = image_rgb.shape[:2]
     lab = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2LAB).astype(np.float32)
@@ -91,14 +101,19 @@ def part_mask(image_rgb: np.ndarray) -> np.ndarray:
                              lab[:, :b].reshape(-1, 3), lab[:, -b:].reshape(-1, 3)])
     dist = np.linalg.norm(lab - np.median(border, axis=0), axis=2)
     dist8 = np.clip(dist * (255.0 / max(float(dist.max()), 1e-6)), 0, 255).astype(np.uint8)
-    _, fg = cv2.threshold(dist8, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, _disk(max(1, k // 2)))
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
-    if n > 1:
-        fg = (labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))).astype(np.uint8)
-        fg = _fill_holes(fg)
-    frac = float(fg.mean())
-    return fg if 0.03 <= frac <= 0.92 else _centred_ellipse(h, w)
+    otsu, _ = cv2.threshold(dist8, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    # Otsu alone splits a shaded part into its lit and its shadowed half. Cut a fifth of the way from the
+    # border's level up to the level of Otsu's brighter class instead: that keeps the shadowed side, and
+    # errs on the side of missing dim bits of the part rather than taking in a drop shadow, because a random
+    # defect placed off the part is worse than one never placed on a dim rim.
+    ring = np.concatenate([dist8[:b].ravel(), dist8[-b:].ravel(), dist8[:, :b].ravel(), dist8[:, -b:].ravel()])
+    bg_level = float(np.median(ring))
+    hi = dist8[dist8 > otsu]
+    fg_level = float(np.median(hi)) if hi.size else 255.0
+    core = (dist8 > bg_level + 0.2 * (fg_level - bg_level)).astype(np.uint8)
+    core = _fill_holes(_largest(_open(core, k)))
+    frac = float(core.mean())
+    return core if 0.03 <= frac <= 0.92 else _centred_ellipse(h, w)
 
 
 # ---- random target masks: one small drawing function per defect shape -------------------------------------
@@ -120,7 +135,7 @@ def _poly(m: np.ndarray, pts: np.ndarray, thickness: int) -> None:
 
 def _crack(hw: tuple[int, int], c: np.ndarray, s: float, rng: np.random.Generator, min_w: int) -> np.ndarray:
     m = np.zeros(hw, np.uint8)
-    length, a, t = s * rng.uniform(0.2, 0.34), rng.uniform(0, 2 * np.pi), max(min_w, round(s * 0.016))
+    length, a, t = s * rng.uniform(0.25, 0.45), rng.uniform(0, 2 * np.pi), max(min_w, round(s * 0.016))
     # grow both ways from the centre so the crack is centred on the sampled point
     trunk = np.concatenate([_walk(c, a + np.pi, length / 2, 5, 0.3, rng)[::-1], _walk(c, a, length / 2, 5, 0.3, rng)])
     _poly(m, trunk, t)
@@ -284,8 +299,9 @@ def stitch(good: np.ndarray, ref_img: np.ndarray, ref_mask: np.ndarray, target_m
            feather_px: int, rng: np.random.Generator | None = None) -> np.ndarray:
     """The guide image `S`: `good` with a real defect warped into `target_mask` and pasted, feathered.
 
-    Colour match: the warped reference is shifted by one RGB offset so that its mean colour in a ring just
-    around the (target and warped) defect equals the good image's mean colour in that ring; the defect keeps
+    Colour match: the warped reference is shifted by one RGB offset so that its median colour in a ring just
+    around the (target and warped) defect equals the good image's median colour there (median: robust when
+    the ring reaches past the reference part onto its background); the defect keeps
     its own contrast (a dark crack stays darker than the surface) while the pasted surface blends in. Pixels
     outside `dilate(target_mask, feather_px)` are returned unchanged.
 
@@ -302,7 +318,7 @@ def stitch(good: np.ndarray, ref_img: np.ndarray, ref_mask: np.ndarray, target_m
     warped = warped.astype(np.float32)
     if ring.any():
         sel = ring.astype(bool)
-        warped += good[sel].astype(np.float32).mean(0) - warped[sel].mean(0)
+        warped += np.median(good[sel], axis=0).astype(np.float32) - np.median(warped[sel], axis=0)
     alpha = feather(target_mask, feather_px)[:, :, None]
     blended = np.clip(np.rint(good + alpha * (warped - good)), 0, 255).astype(np.uint8)
     return np.where(alpha > 0, blended, good)

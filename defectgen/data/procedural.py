@@ -91,7 +91,7 @@ def render_part(rng: np.random.Generator, res: int) -> tuple[np.ndarray, np.ndar
     scar = np.clip((-a - 0.62 + 0.06 * _field(rng, (n, n), n / 40)) / 0.12, 0, 1) * (z > 0.05)
     scar_col = np.array([172, 148, 112], f32) * (1 + 0.12 * grain + 0.06 * mottle)[..., None]
     albedo = albedo * (1 - scar[..., None]) + scar_col * scar[..., None]
-    shade = 0.22 + 0.9 * diffuse + 0.12 * z  # a little fill light keeps the shadowed side brown, not black
+    shade = 0.3 + 0.78 * diffuse + 0.16 * z  # inspection lighting is soft: the far side stays brown
     part = albedo * shade[..., None] + (255 * 0.45 * spec * (1 - scar) * (0.8 + 0.2 * mottle))[..., None]
 
     # Background: dark grey with slow unevenness and sensor-like noise; a soft drop shadow off the light.
@@ -99,7 +99,7 @@ def render_part(rng: np.random.Generator, res: int) -> tuple[np.ndarray, np.ndar
         + (3 * _field(rng, (n, n), n / 6) + 2.5 * _field(rng, (n, n), 0.7))[..., None]
     shift = np.float32([[1, 0, -light[0] * n * 0.05], [0, 1, -light[1] * n * 0.05]])
     shadow = cv2.GaussianBlur(cv2.warpAffine(alpha, shift, (n, n)), (0, 0), n * 0.03)
-    bg = bg * (1 - 0.6 * shadow[..., None])
+    bg = bg * (1 - 0.5 * shadow[..., None])
     img = alpha[..., None] * part + (1 - alpha[..., None]) * bg
     small = cv2.resize(img, (res, res), interpolation=cv2.INTER_AREA)
     small += rng.normal(0, 1.2, small.shape).astype(f32)  # final-resolution sensor noise
@@ -125,12 +125,17 @@ def _crack(up: np.ndarray, shape: np.ndarray, rng: np.random.Generator) -> tuple
     return col, (core + rim * 0.8).astype(np.float32)
 
 
+def _shading(up: np.ndarray) -> np.ndarray:
+    """How lit each pixel of the shell is (about 1 on the lit side), so painted material gets the same light."""
+    return np.clip(up.mean(axis=2) / 90.0, 0.25, 1.6)[..., None]
+
+
 def _cut(up: np.ndarray, shape: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     depth = cv2.distanceTransform(shape, cv2.DIST_L2, 3)
     depth /= max(float(depth.max()), 1e-6)
-    flesh = np.array([222, 196, 150], np.float32) * rng.uniform(0.85, 1.05)
+    flesh = np.array([214, 188, 142], np.float32) * rng.uniform(0.85, 1.05)
     grain = 1 + 0.06 * _field(rng, shape.shape, 0.8)
-    col = flesh * ((0.7 + 0.25 * _lit(shape) + 0.2 * depth) * grain)[..., None]
+    col = flesh * ((0.7 + 0.25 * _lit(shape) + 0.15 * depth) * grain)[..., None] * np.sqrt(_shading(up))
     edge = shape - erode(shape, 1)
     col = np.where(edge[..., None] > 0, up * 0.4, col)
     return col, shape.astype(np.float32)
@@ -139,16 +144,17 @@ def _cut(up: np.ndarray, shape: np.ndarray, rng: np.random.Generator) -> tuple[n
 def _hole(up: np.ndarray, shape: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     depth = cv2.distanceTransform(shape, cv2.DIST_L2, 3)
     depth /= max(float(depth.max()), 1e-6)
-    pit = np.array([46, 30, 20], np.float32) * ((1.0 - 0.75 * depth) * (1 + 0.5 * _lit(shape)))[..., None]
-    rim = dilate(shape, max(1, round(np.sqrt(shape.sum()) * 0.12))) - shape
+    pit = np.array([40, 26, 17], np.float32) * ((1.0 - 0.8 * depth) * (1 + 0.45 * _lit(shape)))[..., None]
+    rim = dilate(shape, max(1, round(np.sqrt(shape.sum()) * 0.08))) - shape
     rim_col = np.minimum(up * 1.2 + [30, 24, 16], 255)  # pale, broken shell around the pit
     col = np.where(shape[..., None] > 0, pit, rim_col)
-    return col, (shape + rim * 0.75).astype(np.float32)
+    return col, (shape + rim * 0.7).astype(np.float32)
 
 
 def _print(up: np.ndarray, shape: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     ink = INKS[rng.integers(len(INKS))]
-    col = 0.75 * ink + 0.25 * up * (ink + 60) / 255  # mostly ink, a little of the shell texture shows
+    # ink is lit like the shell under it; a little of the shell's texture shows through
+    col = (0.8 * ink + 0.2 * up * (ink + 60) / 255) * _shading(up)
     alpha = shape * np.clip(rng.uniform(0.8, 0.95) + 0.08 * _field(rng, shape.shape, 2.0), 0, 1)
     return col, alpha.astype(np.float32)
 

@@ -1,0 +1,112 @@
+"""Mask utilities: part estimate, random defect masks, feathering, warping and stitching."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from defectgen.data.masks import bbox, dilate, feather, part_mask, random_mask, stitch, warp_defect
+from defectgen.data.procedural import render_part
+from defectgen.errors import DataError
+
+TYPES = ["crack", "cut", "hole", "print", "scratch", "squeeze"]  # the last two map by keyword / to a blob
+
+
+def _disk_mask(h: int, w: int, r: float) -> np.ndarray:
+    m = np.zeros((h, w), np.uint8)
+    cv2.circle(m, (w // 2, h // 2), int(r), 1, -1)
+    return m
+
+
+@pytest.mark.parametrize("res", [32, 64, 160])
+def test_random_mask_nonempty_inside_part(res):
+    part = _disk_mask(res, res + 8, res * 0.35)
+    for t in TYPES:
+        for seed in range(4):
+            m = random_mask(t, part, np.random.default_rng(seed))
+            assert m.shape == part.shape and m.dtype == np.uint8
+            assert m.any(), (t, res, seed)
+            assert set(np.unique(m).tolist()) <= {0, 1}
+            assert not (m & (1 - dilate(part, 1))).any(), (t, res, seed)
+
+
+def test_random_mask_deterministic_and_shaped():
+    part = _disk_mask(128, 128, 50)
+    a = random_mask("crack", part, np.random.default_rng(3))
+    np.testing.assert_array_equal(a, random_mask("crack", part, np.random.default_rng(3)))
+    assert not np.array_equal(a, random_mask("crack", part, np.random.default_rng(4)))
+    hole, crack, cut = (random_mask(t, part, np.random.default_rng(0)) for t in ("hole", "crack", "cut"))
+    x0, y0, x1, y1 = bbox(hole)
+    assert hole.sum() > 0.6 * (x1 - x0) * (y1 - y0)  # roundish blob fills its box
+    def inscribed(m):  # radius of the largest disk inside the mask
+        return cv2.distanceTransform(m, cv2.DIST_L2, 5).max()
+
+    assert inscribed(crack) <= 2.5 < 3.0 <= inscribed(hole)  # a crack is thin, a hole is not
+    x0, y0, x1, y1 = bbox(crack)
+    assert np.hypot(x1 - x0, y1 - y0) > 0.2 * 100  # and long: a fifth of the part's diameter at least
+    x0, y0, x1, y1 = bbox(cut)
+    assert max(x1 - x0, y1 - y0) > 3 * cut.sum() / max(x1 - x0, y1 - y0)  # elongated: long side >> mean width
+    assert random_mask("hole", part, np.random.default_rng(0), scale=2.0).sum() > 2 * hole.sum()
+    with pytest.raises(DataError, match="empty"):
+        random_mask("hole", np.zeros((8, 8), np.uint8), np.random.default_rng(0))
+
+
+def test_feather_range_and_monotonic():
+    m = np.zeros((41, 41), np.uint8)
+    m[20, 20] = 1
+    a = feather(m, 6)
+    assert a.dtype == np.float32 and a.min() == 0.0 and a.max() == 1.0
+    assert a[20, 20] == 1.0
+    profile = a[20, 20:]
+    assert (np.diff(profile) <= 0).all() and profile[1] > profile[4] > 0
+    assert not (a * (1 - dilate(m, 6))).any()  # exactly 0 beyond the dilated band
+    np.testing.assert_array_equal(feather(m, 0), m.astype(np.float32))
+
+
+def test_part_mask_finds_rendered_part_and_falls_back():
+    for seed in range(3):
+        img, truth = render_part(np.random.default_rng(seed), 96)
+        est = part_mask(img)
+        assert (est & dilate(truth, 1)).sum() > 0.97 * est.sum()  # on the part, never the background
+        assert (est & truth).sum() > 0.75 * truth.sum()  # most of it (the dim base scar may be missed)
+    flat = part_mask(np.full((50, 70, 3), 120, np.uint8))  # nothing to find: centred ellipse
+    assert flat.shape == (50, 70) and flat[25, 35] == 1 and flat[0, 0] == 0
+
+
+def test_warp_defect_fills_target_bbox():
+    ref = np.zeros((60, 60, 3), np.uint8)
+    ref_mask = np.zeros((60, 60), np.uint8)
+    ref_mask[10:14, 5:45] = 1  # wide
+    ref[ref_mask > 0] = 200
+    target = np.zeros((80, 100), np.uint8)
+    target[20:70, 40:48] = 1  # tall: the reference gets transposed, not squashed
+    img, m = warp_defect(ref, ref_mask, target)
+    assert img.shape == (80, 100, 3) and m.shape == (80, 100)
+    x0, y0, x1, y1 = bbox(m)
+    assert abs(x0 - 40) <= 1 and abs(x1 - 48) <= 1 and abs(y0 - 20) <= 1 and abs(y1 - 70) <= 1
+    assert img[45, 44].tolist() == [200, 200, 200]
+
+
+def test_stitch_changes_only_the_feathered_target():
+    rng = np.random.default_rng(0)
+    good, part = render_part(rng, 64)
+    ref, ref_part = render_part(np.random.default_rng(5), 48)
+    ref_mask = random_mask("hole", ref_part, np.random.default_rng(5))
+    ref[ref_mask > 0] = 10  # a dark defect
+    target = random_mask("crack", part, np.random.default_rng(7))
+    out = stitch(good, ref, ref_mask, target, feather_px=3, rng=np.random.default_rng(1))
+    assert out.shape == good.shape and out.dtype == np.uint8
+    outside = dilate(target, 3) == 0
+    np.testing.assert_array_equal(out[outside], good[outside])
+    assert (out[target > 0] != good[target > 0]).any()
+    with pytest.raises(DataError, match="target mask size"):
+        stitch(good, ref, ref_mask, target[:10], 3)
+
+
+def test_bbox():
+    m = np.zeros((10, 12), np.uint8)
+    m[2:5, 3:9] = 1
+    assert bbox(m) == (3, 2, 9, 5)
+    with pytest.raises(DataError):
+        bbox(np.zeros((3, 3), np.uint8))
