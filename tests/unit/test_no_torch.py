@@ -22,6 +22,13 @@ MODULES = [
     "defectgen.data.contact",
     "defectgen.errors",
     "defectgen.cli",
+    "defectgen.runtime",
+    "defectgen.runtime.manifest",
+    "defectgen.runtime.bundle",
+    "defectgen.runtime.backend",
+    "defectgen.runtime.ort",
+    "defectgen.runtime.tensorrt",
+    "defectgen.runtime.invert",
 ]
 
 BLOCKER = textwrap.dedent(

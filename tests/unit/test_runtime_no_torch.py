@@ -1,5 +1,5 @@
-"""The edge runtime never imports torch: each module is imported, and a full inversion run, in a subprocess
-where `import torch` raises."""
+"""The edge runtime never touches torch while it *runs*: a full load + backend + inversion in a subprocess where
+`import torch` raises (module imports are covered by tests/unit/test_no_torch.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-
-import pytest
 
 BLOCK_TORCH = textwrap.dedent("""
     import sys
@@ -19,26 +17,10 @@ BLOCK_TORCH = textwrap.dedent("""
     sys.meta_path.insert(0, _NoTorch())
 """)
 
-MODULES = [
-    "defectgen.runtime",
-    "defectgen.runtime.manifest",
-    "defectgen.runtime.bundle",
-    "defectgen.runtime.backend",
-    "defectgen.runtime.ort",
-    "defectgen.runtime.tensorrt",
-    "defectgen.runtime.invert",
-]
-
 
 def _run(code: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-c", BLOCK_TORCH + textwrap.dedent(code)], capture_output=True,
                           text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
-
-
-@pytest.mark.parametrize("module", MODULES)
-def test_import_without_torch(module: str) -> None:
-    r = _run(f"import {module}\nassert 'torch' not in sys.modules\n")
-    assert r.returncode == 0, r.stderr
 
 
 def test_inversion_runs_without_torch(tmp_path: Path) -> None:
