@@ -57,8 +57,8 @@ def contact_sheet(rows: list[list[Cell]], path: str | os.PathLike[str], tile: in
     Args:
         rows: Rows of cells; rows may differ in length (short rows are padded with background).
         path: Output PNG, written atomically.
-        tile: Cell side in pixels; default: the largest image side, kept between 96 and 256 so small
-            images stay readable and big ones keep the sheet small.
+        tile: Cell side in pixels; default: the largest image side, enlarged by a whole factor to at least
+            96 so small images stay readable, and at most 256 so big ones keep the sheet small.
 
     Returns:
         `path`.
@@ -66,7 +66,8 @@ def contact_sheet(rows: list[list[Cell]], path: str | os.PathLike[str], tile: in
     cells = [c for r in rows for c in r]
     if tile is None:
         biggest = max((max(c[0].shape[:2]) for c in cells), default=96)
-        tile = int(np.clip(biggest, 96, 256))
+        # small images are enlarged by a whole factor so every source pixel stays the same size
+        tile = biggest * -(-96 // biggest) if biggest < 96 else min(biggest, 256)
     ncol = max((len(r) for r in rows), default=1)
     cell_h = tile + _LABEL_H
     sheet = np.full((_GAP + max(1, len(rows)) * (cell_h + _GAP), _GAP + ncol * (tile + _GAP), 3), _BG, np.uint8)

@@ -271,10 +271,11 @@ def warp_defect(ref_img: np.ndarray, ref_mask: np.ndarray, target_mask: np.ndarr
                 rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Warp a reference defect so its mask's bounding box fills the target mask's bounding box.
 
-    Without `rng` the orientation is kept unless the aspect ratios disagree (then the reference is
-    transposed, so a long vertical crack fits a long horizontal target without squashing); with `rng`, a
-    random flip/transpose among those that match the aspect is used. Outside the reference image the warp
-    reflects, so a feather band around the target still sees surface texture.
+    The reference is transposed when the two boxes disagree in aspect (a long vertical crack then fits a
+    long horizontal target without squashing); with `rng` it is also mirrored at random horizontally and/or
+    vertically, so together the variants cover the 90-degree rotations and mirrors. Free rotations are left
+    out on purpose: they would no longer fill the box. Outside the reference image the warp reflects, so a
+    feather band around the target still sees surface texture.
 
     Returns:
         (uint8 image, {0,1} mask), both of the target mask's size.
@@ -300,10 +301,10 @@ def stitch(good: np.ndarray, ref_img: np.ndarray, ref_mask: np.ndarray, target_m
     """The guide image `S`: `good` with a real defect warped into `target_mask` and pasted, feathered.
 
     Colour match: the warped reference is shifted by one RGB offset so that its median colour in a ring just
-    around the (target and warped) defect equals the good image's median colour there (median: robust when
-    the ring reaches past the reference part onto its background); the defect keeps
-    its own contrast (a dark crack stays darker than the surface) while the pasted surface blends in. Pixels
-    outside `dilate(target_mask, feather_px)` are returned unchanged.
+    around the (target and warped) defect equals the good image's median colour there (a median, because the
+    ring may reach past the reference part onto its background). The defect keeps its own contrast (a dark
+    crack stays darker than the surface) while the pasted surface blends in. Pixels outside
+    `dilate(target_mask, feather_px)` are returned unchanged.
 
     Returns:
         uint8 HxWx3, same size as `good`.

@@ -109,9 +109,8 @@ def render_part(rng: np.random.Generator, res: int) -> tuple[np.ndarray, np.ndar
 
 def _lit(shape: np.ndarray) -> np.ndarray:
     """-1..1 per pixel: how much a dent's wall at this point faces the light (for pits and gashes)."""
-    m = shape.astype(np.float32)
-    gx, gy = cv2.Sobel(cv2.GaussianBlur(m, (0, 0), 1.5), cv2.CV_32F, 1, 0), cv2.Sobel(
-        cv2.GaussianBlur(m, (0, 0), 1.5), cv2.CV_32F, 0, 1)
+    m = cv2.GaussianBlur(shape.astype(np.float32), (0, 0), 1.5)
+    gx, gy = cv2.Sobel(m, cv2.CV_32F, 1, 0), cv2.Sobel(m, cv2.CV_32F, 0, 1)  # point into the dent
     g = np.hypot(gx, gy) + 1e-6
     # inside a dent the wall nearer the light is in shadow, the far wall is lit
     return -(gx * LIGHT[0] + gy * LIGHT[1]) / g * np.clip(g * 4, 0, 1)
