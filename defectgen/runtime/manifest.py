@@ -22,7 +22,8 @@ FORMAT = "defectgen-bundle"
 FORMAT_VERSION = 1
 LOSS_TERMS = ("mask", "bg", "def", "pix", "dom", "prior")  # order of `terms` columns and of the `lambdas` input
 SPACES = ("wplus", "w", "z")
-ROLES = ("encoder", "mapping", "synthesis", "step", "bank", "report", "other")
+# "weights": an ONNX external-data file (listed so its checksum is verified); "report": verify.json
+ROLES = ("encoder", "mapping", "synthesis", "step", "bank", "weights", "report", "other")
 GRAPH_ROLES = ("encoder", "mapping", "synthesis", "step")
 MANIFEST_NAME = "manifest.json"
 
@@ -66,6 +67,13 @@ class FileEntry:
     batch: int | None = None
     inputs: list[TensorSpec] = field(default_factory=list)
     outputs: list[TensorSpec] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # the exporter may pass I/O as {"name", "shape", "dtype"} dicts (e.g. from its io_signature helper)
+        self.inputs = [TensorSpec.from_dict(t, f"inputs[{i}]") if isinstance(t, dict) else t
+                       for i, t in enumerate(self.inputs)]
+        self.outputs = [TensorSpec.from_dict(t, f"outputs[{i}]") if isinstance(t, dict) else t
+                        for i, t in enumerate(self.outputs)]
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> FileEntry:

@@ -107,6 +107,13 @@ def test_manifest_file_entry_validation(toy_dir: Path) -> None:
         Manifest.from_dict(data)
 
 
+def test_file_entry_accepts_io_dicts() -> None:
+    e = FileEntry(role="encoder", inputs=[{"name": "image", "shape": ["B", 3, 8, 8], "dtype": "float32"}])
+    assert e.inputs == [TensorSpec("image", ["B", 3, 8, 8])]
+    with pytest.raises(BundleError, match=r"inputs\[0\] is missing required field|inputs\[0\].shape"):
+        FileEntry(role="encoder", inputs=[{"name": "image"}])
+
+
 def test_finalize_manifest_hashes_and_adds_bank(tmp_path: Path) -> None:
     (tmp_path / "defect_bank").mkdir()
     for name in ("encoder.onnx", "defect_bank/crack_000.png", "defect_bank/crack_000_mask.png"):
