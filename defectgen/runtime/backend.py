@@ -246,6 +246,18 @@ def _missing_ort_provider(provider: str, hint: str) -> Callable[[], str | None]:
     return check
 
 
+def _missing_ort_trt() -> str | None:
+    # onnxruntime-gpu lists the TensorRT EP whether or not TensorRT's libraries exist; without them every
+    # session would log an error and silently fall back to CUDA, so "auto" must not pick it then
+    if (why := _missing_ort_provider("TensorrtExecutionProvider", _GPU_HINT)()) is not None:
+        return why
+    import ctypes.util
+
+    if importlib.util.find_spec("tensorrt") is None and ctypes.util.find_library("nvinfer") is None:
+        return "onnxruntime has the TensorRT provider but TensorRT's libnvinfer is not installed"
+    return None
+
+
 def _missing_tensorrt() -> str | None:
     from defectgen.runtime import tensorrt as trt_mod
 
@@ -275,7 +287,7 @@ BACKENDS: dict[str, BackendSpec] = {
     "ort-cuda": BackendSpec("ort-cuda", "ONNX Runtime, CUDA provider (CPU fallback)",
                             _missing_ort_provider("CUDAExecutionProvider", _GPU_HINT), _create_ort("ort-cuda")),
     "ort-trt": BackendSpec("ort-trt", "ONNX Runtime, TensorRT provider (CUDA and CPU fallback)",
-                           _missing_ort_provider("TensorrtExecutionProvider", _GPU_HINT), _create_ort("ort-trt")),
+                           _missing_ort_trt, _create_ort("ort-trt")),
     "tensorrt": BackendSpec("tensorrt", "TensorRT 10 engines built from the bundle (needs `defectgen[trt]`)",
                             _missing_tensorrt, _create_tensorrt),
 }

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import platform
 from collections.abc import Sequence
@@ -36,6 +37,7 @@ from defectgen.errors import BundleError, choice_error
 from defectgen.runtime.backend import GraphBackend
 from defectgen.runtime.bundle import Bundle
 
+log = logging.getLogger(__name__)
 Provider = str | tuple[str, dict[str, Any]]
 PROVIDER_SETS = ("ort-cpu", "ort-cuda", "ort-trt")
 
@@ -141,8 +143,13 @@ class OrtBackend(GraphBackend):
     def session(self, file: str) -> ort.InferenceSession:
         """The (lazily created) session of one graph file; its I/O names are checked against the manifest."""
         if file not in self._sessions:
-            self._sessions[file] = self._create(file)
-            self._check_io(file, self._sessions[file])
+            sess = self._create(file)
+            self._check_io(file, sess)
+            wanted = self._provider_names()[0]
+            if wanted not in sess.get_providers():  # ORT falls back silently when a GPU library fails to load
+                log.warning("%s: %s could not be used at run time; running on %s", file, wanted,
+                            ", ".join(sess.get_providers()))
+            self._sessions[file] = sess
         return self._sessions[file]
 
     def _options(self, level: ort.GraphOptimizationLevel) -> ort.SessionOptions:

@@ -203,3 +203,26 @@ def test_auto_here_is_cpu_without_gpu() -> None:
     if backend_mod.BACKENDS["tensorrt"].missing() is None:
         pytest.skip("tensorrt and a GPU are present")
     assert resolve_backend_name("auto") in {"ort-cpu", "ort-cuda", "ort-trt"}
+
+
+def test_ort_trt_needs_tensorrt_libraries(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ctypes.util
+
+    monkeypatch.setattr(backend_mod, "_ort_providers",
+                        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
+    monkeypatch.setattr(backend_mod.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(BackendUnavailable, match="libnvinfer is not installed"):
+        resolve_backend_name("ort-trt")
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: "libnvinfer.so.10")
+    assert resolve_backend_name("ort-trt") == "ort-trt"
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider:UserWarning")
+def test_provider_fallback_is_logged(bundle: Bundle, caplog: pytest.LogCaptureFixture) -> None:
+    b = OrtBackend(bundle, ["CUDAExecutionProvider", "CPUExecutionProvider"], name="ort-cuda", threads=1)
+    if "CUDAExecutionProvider" in __import__("onnxruntime").get_available_providers():
+        pytest.skip("CUDA provider present")
+    with caplog.at_level("WARNING"):
+        b.session("mapping.onnx")
+    assert "CUDAExecutionProvider could not be used" in caplog.text
