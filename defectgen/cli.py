@@ -85,11 +85,23 @@ def train_gan(
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in --out."),
     seed: int = typer.Option(0, help="Random seed."),
     dry_run: bool = typer.Option(False, help="Resolve and print the config, then stop."),
+    r1_gamma: Optional[float] = typer.Option(None, help="R1 weight (default 0.1)."),
+    augment: Optional[str] = typer.Option(None, help="DiffAugment ops: translation,flip,flipv,color ('' = none)."),
+    defect_fraction: Optional[float] = typer.Option(
+        None, help="Fraction of each defect type's images to train on (default 1.0 = all; rest held out)."),
+    good_share: Optional[float] = typer.Option(None, help="Expected share of good images per batch (default 0.5)."),
+    channel_max: Optional[int] = typer.Option(None, help="Widest layer of G and D (default 64; raise on a GPU)."),
+    channel_base: Optional[int] = typer.Option(None, help="Channels at side r = min(base // r, max) (default 1024)."),
+    sample_every: Optional[int] = typer.Option(None, help="Steps between sample grids (default 200)."),
+    ckpt_every: Optional[int] = typer.Option(None, help="Steps between checkpoints (default 200)."),
 ) -> None:
     """Train the conditional image+mask StyleGAN2-lite generator."""
     from defectgen.training.gan import train_gan_cli
 
-    train_gan_cli(data=data, out=out, res=res, kimg=kimg, batch=batch, resume=resume, seed=seed, dry_run=dry_run)
+    train_gan_cli(data=data, out=out, res=res, kimg=kimg, batch=batch, resume=resume, seed=seed, dry_run=dry_run,
+                  r1_gamma=r1_gamma, augment=augment, defect_fraction=defect_fraction, good_share=good_share,
+                  channel_max=channel_max, channel_base=channel_base, sample_every=sample_every,
+                  ckpt_every=ckpt_every)
 
 
 @train_app.command("encoder")
@@ -103,11 +115,16 @@ def train_encoder(
     vgg: Optional[Path] = typer.Option(None, help="Optional VGG16 weights (safetensors) for the feature loss."),
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in --out."),
     seed: int = typer.Option(0, help="Random seed."),
+    holdout: Optional[float] = typer.Option(None, help="Fraction of real images held out for report.json (0.1)."),
+    sample_every: Optional[int] = typer.Option(None, help="Steps between sample grids (default 200)."),
+    ckpt_every: Optional[int] = typer.Option(None, help="Steps between checkpoints (default 200)."),
+    dry_run: bool = typer.Option(False, help="Resolve and print the config, then stop."),
 ) -> None:
     """Train the idinvert domain-guided encoder (image + mask -> w+)."""
     from defectgen.training.encoder import train_encoder_cli
 
-    train_encoder_cli(data=data, gan=gan, out=out, steps=steps, batch=batch, vgg=vgg, resume=resume, seed=seed)
+    train_encoder_cli(data=data, gan=gan, out=out, steps=steps, batch=batch, vgg=vgg, resume=resume, seed=seed,
+                      holdout=holdout, sample_every=sample_every, ckpt_every=ckpt_every, dry_run=dry_run)
 
 
 @app.command("export")

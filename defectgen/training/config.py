@@ -1,0 +1,109 @@
+"""Training configs: frozen dataclasses, dumped as `config.json` in every run folder and into each checkpoint.
+
+Model configs (`GeneratorConfig`, `DiscriminatorConfig`, `EncoderConfig`) live with the nets; these are the
+*training* options. Every field has a default and a why-comment so `--dry-run` output explains itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
+
+from defectgen.errors import DefectgenError
+
+
+class ConfigError(DefectgenError, ValueError):
+    """A training option with a bad value (one line on the CLI, exit 2)."""
+
+
+@dataclass(frozen=True)
+class TrainGanConfig:
+    """Options of `defectgen train gan` (the model shape lives in GeneratorConfig/DiscriminatorConfig)."""
+
+    data: str = ""                  # MVTec-layout category folder (as given; recorded for provenance)
+    res: int = 64                   # model resolution: 64, 128 or 256
+    kimg: float = 50.0              # training length: thousands of real images shown to D (all ranks together)
+    batch: int = 16                 # images per process and step; the global batch is batch * world_size
+    seed: int = 0                   # seeds weights, data order, z and augmentation
+    lr_g: float = 0.0025            # Adam lr of G (StyleGAN2 default for small models)
+    lr_d: float = 0.0025            # Adam lr of D
+    betas: tuple[float, float] = (0.0, 0.99)  # StyleGAN2 Adam betas: no first-moment momentum keeps GANs stable
+    r1_gamma: float = 0.1           # R1 weight; NVlabs' heuristic 0.0002 * res^2 / batch gives 0.05 at 64 px, b16
+    r1_interval: int = 16           # lazy R1: every N D steps, scaled by N (StyleGAN2 lazy regularisation)
+    ema_kimg: float = 2.0           # G_ema half-life in thousands of images; short because runs are short
+    ema_rampup: float = 0.05        # EMA half-life at most rampup * images seen so far (early G_ema follows G)
+    augment: str = "translation,flip,color"  # DiffAugment ops (comma list; "" = none); see training/augment.py
+    good_share: float = 0.5         # expected share of good images in a batch; defect types split the rest evenly
+    defect_fraction: float = 1.0    # fraction of each defect type's images used for training (rest held out)
+    mask_loss: float = 0.0          # optional BCE pull of G_mask logits to {0,1} (0 = pure adversarial)
+    log_every: int = 20             # steps between log.jsonl lines
+    sample_every: int = 200         # steps between sample grids (samples/NNNNNN.png)
+    ckpt_every: int = 200           # steps between checkpoint writes (also written at the end)
+    grid_per_type: int = 6          # samples per type in grids (fixed z)
+
+    def total_steps(self, world_size: int = 1) -> int:
+        """Steps needed to show `kimg` thousand real images to D across all processes."""
+        return max(1, math.ceil(self.kimg * 1000 / (self.batch * world_size)))
+
+
+@dataclass(frozen=True)
+class TrainEncoderConfig:
+    """Options of `defectgen train encoder` (idinvert domain-guided encoder)."""
+
+    data: str = ""                  # MVTec-layout category folder
+    gan: str = ""                   # GAN run folder or checkpoint the encoder inverts
+    steps: int = 2000               # optimisation steps
+    batch: int = 16                 # per process; half real images, half generator samples
+    seed: int = 0
+    lr_e: float = 0.0001            # Adam lr of E (idinvert)
+    lr_d: float = 0.0001            # Adam lr of the fine-tuned D (idinvert trains D alongside E)
+    betas: tuple[float, float] = (0.9, 0.99)
+    w_pix: float = 1.0              # pixel MSE of G(E(x)) vs x (images in [-1, 1])
+    w_feat: float = 0.005           # feature MSE (D trunk or VGG16); idinvert uses 5e-5 on raw VGG features
+    w_adv: float = 0.01             # non-saturating adversarial term on reconstructions (idinvert: 0.1 at 256 px)
+    w_mask: float = 0.5             # BCE of G's mask logit vs the input mask
+    w_latent: float = 1.0           # MSE of E(G(w+)) vs w+ on generator samples (known latent)
+    r1_gamma: float = 1.0           # R1 of the fine-tuned D
+    r1_interval: int = 16
+    train_d: bool = True            # fine-tune D against reconstructions (idinvert); off = frozen D
+    vgg: str | None = None          # VGG16 safetensors for the feature loss; None = D trunk
+    holdout: float = 0.1            # fraction of real good + defective images held out for the report
+    good_share: float = 0.5         # share of good images among the real half of a batch
+    log_every: int = 20
+    sample_every: int = 200
+    ckpt_every: int = 200
+
+
+C = TypeVar("C")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """`asdict` with tuples as lists, so a JSON round trip compares equal."""
+    return json.loads(json.dumps(asdict(cfg)))
+
+
+def from_dict(cls: type[C], d: dict[str, Any]) -> C:
+    """Rebuild a (frozen) config dataclass from `to_dict` output; tuple fields come back as tuples.
+
+    Unknown keys raise, so a checkpoint from a newer version fails loudly instead of silently dropping options.
+    """
+    names = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(d) - set(names))
+    if unknown:
+        msg = f"{cls.__name__} has no field(s) {unknown}; checkpoint from another defectgen version?"
+        raise ValueError(msg)
+    kwargs = {}
+    for k, v in d.items():
+        default = names[k].default
+        kwargs[k] = tuple(v) if isinstance(default, tuple) and isinstance(v, list) else v
+    return cls(**kwargs)
+
+
+def replace(cfg: C, **changes: Any) -> C:
+    return dataclasses.replace(cfg, **changes)  # type: ignore[type-var]
+
+
+__all__ = ["ConfigError", "TrainEncoderConfig", "TrainGanConfig", "from_dict", "replace", "to_dict"]
