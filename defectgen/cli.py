@@ -153,26 +153,33 @@ def run(
     out: Path = typer.Option(..., help="Output folder (MVTec layout + jobs.jsonl + contact_sheet.png)."),
     bundle: Optional[Path] = typer.Option(None, help="Bundle folder or .zip (default: the embedded one)."),
     images: Optional[Path] = typer.Option(None, help="Folder of good images."),
-    mvtec: Optional[Path] = typer.Option(None, help="MVTec category folder (uses train/good)."),
+    mvtec: Optional[Path] = typer.Option(None, help="MVTec category folder (uses train/good and test/good)."),
     jobs: Optional[Path] = typer.Option(None, help="JSONL job list."),
     masks: Optional[Path] = typer.Option(None, help="Folder of target masks (same stems as the images)."),
     random_masks: Optional[int] = typer.Option(None, help="Draw N random masks per image instead of --masks."),
     types: Optional[str] = typer.Option(None, help="Defect types, comma separated (default: all in the bundle)."),
-    space: str = typer.Option("wplus", help="Latent space to optimise: wplus, w or z."),
+    space: Optional[str] = typer.Option(None, help="Latent space to optimise: wplus, w or z (default: the bundle's)."),
     steps: Optional[int] = typer.Option(None, help="Adam steps (default: the bundle's)."),
     lr: Optional[float] = typer.Option(None, help="Adam learning rate (default: the bundle's)."),
     lambda_: Optional[list[str]] = typer.Option(None, "--lambda", help="Loss weight override, name=value."),
-    init: str = typer.Option("encoder", help="Latent init: encoder, wavg or random."),
+    init: Optional[str] = typer.Option(None, help="Latent init: encoder, wavg or random (default: the bundle's)."),
     backend: str = typer.Option("auto", help="auto, ort-cpu, ort-cuda, ort-trt or tensorrt."),
-    shard: Optional[str] = typer.Option(None, help="k/n: run only the k-th of n deterministic shards."),
+    shard: Optional[str] = typer.Option(None, help="k/n: run only jobs whose index % n == k (k = 0..n-1)."),
     seed: int = typer.Option(0, help="Seed for masks, references and random init."),
+    batch: Optional[int] = typer.Option(None, help="Jobs per step call (an exported batch; default: largest)."),
+    mask_mode: str = typer.Option("target", help="Output mask: target, or generated (G mask > 0.5 near the target)."),
+    retry_failed: bool = typer.Option(False, help="Rerun jobs that OUT/jobs.jsonl records as failed."),
 ) -> None:
-    """Generate defective images with exact masks (torch-free edge runtime)."""
+    """Generate defective images with exact masks (torch-free edge runtime). Rerun to resume.
+
+    Exit codes: 0 all jobs ok; 1 some jobs failed (see OUT/jobs.jsonl); 2 bad options or input, nothing run.
+    """
     from defectgen.runtime.cli_run import run_cli
 
     code = run_cli(out=out, bundle=bundle, images=images, mvtec=mvtec, jobs=jobs, masks=masks,
                    random_masks=random_masks, types=_csv(types), space=space, steps=steps, lr=lr,
-                   lambdas=lambda_ or [], init=init, backend=backend, shard=shard, seed=seed)
+                   lambdas=lambda_ or [], init=init, backend=backend, shard=shard, seed=seed, batch=batch,
+                   mask_mode=mask_mode, retry_failed=retry_failed)
     raise typer.Exit(code)
 
 
@@ -181,11 +188,13 @@ def run(
 def demo(
     out: Path = typer.Option(Path("demo_out"), help="Where to write images, masks and the contact sheet."),
     seed: int = typer.Option(0, help="Seed."),
+    bundle: Optional[Path] = typer.Option(None, help="Bundle to demo instead of the embedded default one."),
+    backend: str = typer.Option("auto", help="auto, ort-cpu, ort-cuda, ort-trt or tensorrt."),
 ) -> None:
     """Generate a grid of every defect type on the shipped example parts with the embedded default bundle."""
     from defectgen.runtime.cli_run import demo_cli
 
-    demo_cli(out=out, seed=seed)
+    demo_cli(out=out, seed=seed, bundle=bundle, backend=backend)
 
 
 @app.command("bench")

@@ -9,6 +9,7 @@ feathered band is bit-exact the input.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -50,14 +51,21 @@ class Crop:
 def model_inputs(image: np.ndarray, mask: np.ndarray, crop: Crop, res: int) -> tuple[np.ndarray, np.ndarray]:
     """The crop of `image` and `mask` at model resolution: float32 (3,R,R) in [-1,1] and (1,R,R) in {0,1}.
 
+    The model mask must *cover* the target: wherever the model is told "background" it reproduces the good
+    image, and the composite would paste that over a defect pixel. A nearest-neighbour shrink samples one pixel
+    per model cell (OpenCV: the cell's top-left one) and can drop thin cracks, so the mask is first grown by
+    `ceil(sqrt 2 * scale)` pixels: every target pixel is then within reach of its cell's sample point (at most
+    `scale` apart along each axis). The cost is up to about one model pixel of extra margin.
+
     Raises:
-        JobError: the target mask vanishes when shrunk to the model (a defect smaller than a model pixel).
+        JobError: the target mask vanishes when shrunk to the model (cannot happen for a non-empty mask).
     """
     good_m = to_model(crop.of(image), res)
-    mask_m = mask_to_model(crop.of(mask), res)
+    scale = crop.scale(res)
+    grow = math.ceil(math.sqrt(2.0) * scale) if scale > 1.0 else 0
+    mask_m = mask_to_model(dilate(crop.of(mask), grow), res)
     if not mask_m.any():
-        msg = (f"target mask ({int(mask.sum())} px) vanishes at the model's {res}x{res} resolution; "
-               f"draw it larger (patch mode will handle tiny defects)")
+        msg = f"target mask ({int(crop.of(mask).sum())} px) is empty at the model's {res}x{res} resolution"
         raise JobError(msg)
     return good_m, mask_m
 

@@ -126,9 +126,16 @@ def _masks_by_stem(masks: Path) -> dict[str, Path]:
     return found
 
 
-def _image_jobs(images: Sequence[tuple[Path, str]], masks: Path | None, random_masks: int | None,
-                types: Sequence[str], run_seed: int) -> Iterator[JobSpec]:
-    """Jobs for a list of `(image path, name relative to its root)`: one per mask, or N random masks each."""
+def image_jobs(images: Sequence[tuple[Path, str]], masks: Path | None, random_masks: int | None,
+               types: Sequence[str], run_seed: int) -> Iterator[JobSpec]:
+    """Jobs for a list of `(image path, name relative to its root)`.
+
+    With `masks`, one job per image (mask by stem, type cycling over `types` by image); else `random_masks`
+    jobs per image, the type cycling over `types` job by job (so N = len(types) gives each image every type).
+
+    Raises:
+        DataError: an image has no mask in `masks`.
+    """
     by_stem = _masks_by_stem(masks) if masks is not None else None
     index = 0
     for i, (path, rel) in enumerate(images):
@@ -164,7 +171,7 @@ def folder_jobs(images: Path, *, masks: Path | None, random_masks: int | None, t
     if masks is not None and not masks.is_dir():
         msg = f"mask folder does not exist: {masks}"
         raise DataError(msg)
-    yield from _image_jobs([(p, p.name) for p in files], masks, random_masks, types, run_seed)
+    yield from image_jobs([(p, p.name) for p in files], masks, random_masks, types, run_seed)
 
 
 def mvtec_jobs(root: Path, *, random_masks: int, types: Sequence[str], run_seed: int) -> Iterator[JobSpec]:
@@ -176,7 +183,7 @@ def mvtec_jobs(root: Path, *, random_masks: int, types: Sequence[str], run_seed:
     cat = MVTecCategory(root)
     items = cat.train_good() + [it for it in cat.test_items() if it.defect_type == GOOD]
     pairs = [(it.image_path, it.image_path.relative_to(root).as_posix()) for it in items]
-    yield from _image_jobs(pairs, None, random_masks, types, run_seed)
+    yield from image_jobs(pairs, None, random_masks, types, run_seed)
 
 
 def _inside(root: Path, rel: object, field: str, where: str) -> Path:

@@ -50,12 +50,25 @@ def test_crop_general_paste_stays_inside_crop() -> None:
     assert np.array_equal(out[outside], image[outside]) and crop.size == (40, 60)
 
 
-def test_tiny_mask_vanishing_at_model_res_is_a_job_error() -> None:
+@pytest.mark.parametrize(("h", "w", "res"), [(100, 140, 16), (1024, 1024, 64), (300, 200, 8)])
+def test_model_mask_covers_every_target_pixel(h: int, w: int, res: int) -> None:
+    """A 1-px crack must not vanish or fragment: each target pixel's model cell is on."""
+    mask = np.zeros((h, w), np.uint8)
+    ys = np.linspace(5, h - 6, 4 * h).astype(int)
+    mask[ys, np.linspace(7, w - 9, ys.size).astype(int)] = 1  # thin diagonal line
+    mask[h // 2, w // 3] = 1  # an isolated pixel
+    image = np.zeros((h, w, 3), np.uint8)
+    _, mask_m = model_inputs(image, mask, Crop.full(image.shape), res)
+    yy, xx = np.nonzero(mask)
+    cells = mask_m[0][(yy * res) // h, (xx * res) // w]
+    assert cells.all()
+    assert mask_m.mean() < 0.6  # a margin of about one model pixel, not the whole image
+
+
+def test_empty_mask_is_a_job_error() -> None:
     image, _ = _case()
-    mask = np.zeros(image.shape[:2], np.uint8)
-    mask[3, 3] = 1
-    with pytest.raises(JobError, match="vanishes"):
-        model_inputs(image, mask, Crop.full(image.shape), 16)
+    with pytest.raises(JobError, match="empty"):
+        model_inputs(image, np.zeros(image.shape[:2], np.uint8), Crop.full(image.shape), 16)
 
 
 def test_generated_mask_within_dilated_target() -> None:

@@ -1,0 +1,239 @@
+"""One job from files to files: read -> target mask -> reference stitch -> model inputs (prepare); a batch of
+prepared jobs through `invert` (invert_batch); composite, write and describe each result (finish).
+
+Per-job problems (unreadable image, mask size mismatch, empty mask, a NaN objective, ...) raise
+`DefectgenError` subclasses from here; the caller records them as failed jobs and goes on. Randomness is
+per job: child streams of the job's seed, so a job's result does not depend on its batch, shard or order.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from defectgen.data.imageio import from_model, read_image, read_mask, to_model
+from defectgen.data.masks import part_mask, random_mask, stitch
+from defectgen.data.mvtec import MVTecWriter
+from defectgen.errors import JobError
+from defectgen.runtime.backend import Backend
+from defectgen.runtime.bundle import Bundle
+from defectgen.runtime.compose import Crop, alpha_for, composite, generated_mask, model_inputs
+from defectgen.runtime.invert import InversionBatch, InversionConfig, InversionResult, invert
+from defectgen.runtime.jobs import JobSpec, relpath
+from defectgen.runtime.manifest import LOSS_TERMS
+
+MASK_MODES = ("target", "generated")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+# child stream ids of a job's seed: one per random decision, so adding one never shifts the others
+_RNG_MASK, _RNG_REFERENCE, _RNG_STITCH = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Resolved per-run options shared by every job.
+
+    Attributes:
+        space: latent space to optimise ("wplus", "w", "z").
+        steps: Adam steps after the init.
+        lr: Adam learning rate.
+        init: "encoder", "wavg" or "random".
+        lambdas: loss weights by term name (defaults merged with overrides).
+        mask_mode: "target" (output mask = the target mask) or "generated" (σ(G_mask) > 0.5 within it).
+        feather_px: compositing feather in model pixels (scaled to the crop's full resolution).
+        batch: step-graph batch size jobs are grouped into.
+    """
+
+    space: str
+    steps: int
+    lr: float
+    init: str
+    lambdas: dict[str, float]
+    mask_mode: str = "target"
+    feather_px: float = 3.0
+    batch: int = 1
+
+
+@dataclass
+class Prepared:
+    """A job's inputs, read and brought to the model: full-resolution arrays plus (C,R,R) model arrays."""
+
+    spec: JobSpec
+    image: np.ndarray  # uint8 HxWx3, full resolution
+    mask: np.ndarray  # uint8 HxW {0,1}, full resolution
+    crop: Crop
+    good: np.ndarray  # float32 (3,R,R) in [-1,1]
+    mask_m: np.ndarray  # float32 (1,R,R) {0,1}
+    stitched: np.ndarray  # float32 (3,R,R) in [-1,1]
+    reference: str | None  # which real defect was stitched in (None: the bundle has none of this type)
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def job_rng(spec: JobSpec, stream: int) -> np.random.Generator:
+    """The job's independent random stream number `stream`."""
+    return np.random.default_rng([spec.seed, stream])
+
+
+@functools.lru_cache(maxsize=64)
+def _read_reference(image: str, mask: str) -> tuple[np.ndarray, np.ndarray]:
+    # the bank holds a few small crops that every job reuses: read each once
+    ref_img, ref_mask = read_image(image), read_mask(mask)
+    if ref_img.shape[:2] != ref_mask.shape:
+        ref_mask = read_mask(mask, ref_img.shape[:2])  # raises the size-mismatch message
+    if not ref_mask.any():
+        msg = f"reference defect mask is empty: {mask}"
+        raise JobError(msg)
+    return ref_img, ref_mask
+
+
+def _reference(spec: JobSpec, bundle: Bundle) -> tuple[np.ndarray, np.ndarray, str] | None:
+    if spec.reference is not None:
+        img, msk = spec.reference
+        return (*_read_reference(str(img), str(msk)), str(img))
+    bank = bundle.bank(spec.defect_type)
+    if not bank:
+        return None
+    img, msk = bank[int(job_rng(spec, _RNG_REFERENCE).integers(len(bank)))]
+    return (*_read_reference(str(img), str(msk)), relpath(img, bundle.root))
+
+
+def target_mask(spec: JobSpec, image: np.ndarray) -> np.ndarray:
+    """The job's target mask at full resolution: read (size-checked, non-empty) or drawn on the part.
+
+    Raises:
+        DataError: unreadable, non-binary or wrongly sized mask file.
+        JobError: the mask is empty.
+    """
+    if spec.mask is None:
+        return random_mask(spec.defect_type, part_mask(image), job_rng(spec, _RNG_MASK))
+    mask = read_mask(spec.mask, image.shape[:2])
+    if not mask.any():
+        msg = f"target mask is empty (no defect pixels): {spec.mask}"
+        raise JobError(msg)
+    return mask
+
+
+def prepare(spec: JobSpec, bundle: Bundle, settings: RunSettings) -> Prepared:
+    """Read a job's files and build the model inputs `I`, `M`, `S` for its crop.
+
+    Raises:
+        DataError: missing/corrupt image or mask, mask size mismatch.
+        JobError: empty mask, a mask that vanishes at model resolution, a bad reference defect.
+    """
+    t0 = time.perf_counter()
+    image = read_image(spec.image)
+    mask = target_mask(spec, image)
+    crop = Crop.full(image.shape)  # patch mode will crop around the mask here
+    res = bundle.resolution
+    good, mask_m = model_inputs(image, mask, crop, res)
+    ref = _reference(spec, bundle)
+    if ref is None:
+        stitched, ref_name = good.copy(), None  # no real defect to imitate: S = I, the def/pix terms only smooth
+    else:
+        ref_img, ref_mask, ref_name = ref
+        s = stitch(from_model(good), ref_img, ref_mask, mask_m[0].astype(np.uint8),
+                   feather_px=max(1, round(settings.feather_px)), rng=job_rng(spec, _RNG_STITCH))
+        stitched = to_model(s, res)
+    return Prepared(spec=spec, image=image, mask=mask, crop=crop, good=good, mask_m=mask_m, stitched=stitched,
+                    reference=ref_name, seconds=time.perf_counter() - t0)
+
+
+def output_paths(spec: JobSpec, width: int) -> tuple[str, str]:
+    """`(test/<type>/NNN.png, ground_truth/<type>/NNN_mask.png)`, relative to the output folder."""
+    name = spec.name(width)
+    return f"test/{spec.defect_type}/{name}.png", f"ground_truth/{spec.defect_type}/{name}_mask.png"
+
+
+def finish(p: Prepared, image_m: np.ndarray, mask_logit: np.ndarray, out: Path, settings: RunSettings,
+           width: int, res: int) -> tuple[str, str]:
+    """Composite the generated crop over the full-resolution good image and write image + mask atomically.
+
+    Args:
+        p: the prepared job.
+        image_m: float (3,R,R) generated image in [-1,1].
+        mask_logit: float (1,R,R) generated mask logit.
+        out: output folder (MVTec layout is written under it).
+        settings: run settings (`mask_mode`, `feather_px`).
+        width: digits of the output names.
+        res: model resolution.
+
+    Also writes the source part to `train/good/` the first time one of its jobs finishes (see `good_path`).
+
+    Returns:
+        The written (image, mask) paths relative to `out`.
+
+    Raises:
+        JobError: non-finite generated pixels, or an empty generated mask in "generated" mode.
+    """
+    if not (np.isfinite(image_m).all() and np.isfinite(mask_logit).all()):
+        msg = "generated image is not finite (NaN/inf)"
+        raise JobError(msg)
+    alpha = alpha_for(p.mask, p.crop, res, settings.feather_px)
+    final = composite(p.image, image_m, alpha, p.crop)
+    mask = p.mask if settings.mask_mode == "target" else generated_mask(mask_logit, p.mask, p.crop, res,
+                                                                         settings.feather_px)
+    rel_img, rel_mask = output_paths(p.spec, width)
+    writer = MVTecWriter(out)
+    writer.write_defect(p.spec.defect_type, p.spec.name(width), final, mask)
+    good = out / good_path(p.spec)
+    if not good.is_file():  # the source part once, so OUT is a whole MVTec category (train/good + test/<type>)
+        writer.write_good("train", good.stem, p.image)
+    return rel_img, rel_mask
+
+
+def good_path(spec: JobSpec) -> str:
+    """`train/good/<name>.png` for the job's source image; the name is its path with separators as `_`."""
+    stem = spec.source.rsplit(".", 1)[0] if "." in Path(spec.source).name else spec.source
+    name = _UNSAFE.sub("_", stem.replace("/", "_")).lstrip("_.-") or "image"
+    return f"train/good/{name}.png"
+
+
+def record(spec: JobSpec, settings: RunSettings, *, status: str, error: str | None = None,
+           outputs: tuple[str, str] | None = None, reference: str | None = None,
+           final_terms: np.ndarray | None = None, history: np.ndarray | None = None, steps_run: int | None = None,
+           seconds: float = 0.0, backend: str = "", base: Path | None = None) -> dict[str, Any]:
+    """The `jobs.jsonl` line of a finished or failed job (JSON-safe: non-finite numbers become null)."""
+
+    def num(x: float) -> float | None:
+        return round(float(x), 7) if np.isfinite(x) else None
+
+    return {
+        "id": spec.id, "index": spec.index, "status": status, "error": error, "type": spec.defect_type,
+        "seed": spec.seed,
+        "inputs": {"image": spec.source or str(spec.image),
+                   "mask": "random" if spec.mask is None else relpath(spec.mask, base or spec.mask.parent),
+                   "reference": reference},
+        "outputs": {"image": outputs[0], "mask": outputs[1]} if outputs else None,
+        "space": settings.space, "init": settings.init, "steps": settings.steps, "lr": settings.lr,
+        "lambdas": settings.lambdas, "mask_mode": settings.mask_mode,
+        "final_terms": None if final_terms is None else dict(zip(LOSS_TERMS, map(num, final_terms), strict=True)),
+        "objective": None if history is None else [num(v) for v in history],
+        "steps_run": steps_run, "time_s": round(seconds, 4), "backend": backend,
+    }
+
+
+def batch_seed(jobs: list[Prepared]) -> int:
+    """Seed of one `invert` call (random init, z candidates), derived from its jobs' seeds.
+
+    `invert` draws for a whole batch from one generator, so with `--init random` or `--space z` a job's start
+    depends on its batch-mates; deriving the seed from them keeps runs with equal options reproducible.
+    """
+    h = hashlib.sha256(",".join(str(p.spec.seed) for p in jobs).encode()).digest()
+    return int.from_bytes(h[:8], "little") >> 1
+
+
+def invert_batch(backend: Backend, bundle: Bundle, jobs: list[Prepared], settings: RunSettings) -> InversionResult:
+    """Run `invert` on a batch of prepared jobs (the backend pads it to an exported step batch)."""
+    batch = InversionBatch(good=np.stack([p.good for p in jobs]), mask=np.stack([p.mask_m for p in jobs]),
+                           stitched=np.stack([p.stitched for p in jobs]), types=[p.spec.defect_type for p in jobs])
+    config = InversionConfig(space=settings.space, steps=settings.steps, lr=settings.lr, init=settings.init,
+                             lambdas=dict(settings.lambdas), seed=batch_seed(jobs))
+    return invert(backend, bundle, batch, config=config)
