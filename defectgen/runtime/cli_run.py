@@ -44,7 +44,7 @@ from defectgen.runtime.jobs import (
 )
 from defectgen.runtime.manifest import LOSS_TERMS
 from defectgen.runtime.pipeline import MASK_MODES, RunSettings
-from defectgen.runtime.runlog import JOBS_FILE, JobLog, open_run
+from defectgen.runtime.runlog import JOBS_FILE, JobLog, open_run, sweep_temp_files
 from defectgen.runtime.runner import Summary, run_jobs, write_contact_sheet
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "assets" / "examples"
@@ -209,6 +209,7 @@ def execute(plan: Plan, *, out: Path, backend: str, shard: tuple[int, int] = (0,
         open_run(out, plan.identity(), {"defectgen": __version__, "bundle": str(plan.bundle.source),
                                         "backend": name, "shard": f"{shard[0]}/{shard[1]}",
                                         "batch": plan.settings.batch, **(info or {})})
+        sweep_temp_files(out)
         log = JobLog(out / JOBS_FILE)
         log.repair()
         done = log.read()

@@ -12,8 +12,10 @@ one output folder on a local filesystem (their names never collide: they come fr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +115,27 @@ def is_done(done: Done | None, out: Path, *, retry_failed: bool = False) -> bool
     if done.status == "failed":
         return not retry_failed
     return bool(done.image and done.mask and (out / done.image).is_file() and (out / done.mask).is_file())
+
+
+def sweep_temp_files(out: Path, *, older_than_s: float = 300.0) -> int:
+    """Delete temp files that a killed run left behind (`.<name>.<random>.tmp`, from the atomic writes).
+
+    Only files older than `older_than_s` go: a PNG is written in milliseconds, so an older temp file is no
+    other live process's (shards may share the folder). Readers skip hidden files anyway; this only frees space.
+
+    Returns:
+        How many were deleted.
+    """
+    now, n = time.time(), 0
+    for sub in ("test", "ground_truth", "train"):
+        if not (out / sub).is_dir():
+            continue
+        for p in (out / sub).rglob(".*.tmp"):
+            with contextlib.suppress(OSError):
+                if now - p.stat().st_mtime > older_than_s:
+                    p.unlink()
+                    n += 1
+    return n
 
 
 def _diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:

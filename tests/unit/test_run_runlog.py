@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from defectgen.errors import DataError
-from defectgen.runtime.runlog import Done, JobLog, is_done, open_run
+from defectgen.runtime.runlog import Done, JobLog, is_done, open_run, sweep_temp_files
 
 
 def test_append_read_and_torn_tail(tmp_path: Path) -> None:
@@ -74,3 +74,14 @@ def test_open_run_refuses_foreign_or_unwritable(tmp_path: Path) -> None:
                 open_run(ro, {}, {})
         finally:
             ro.chmod(0o700)
+
+
+def test_sweep_only_old_temp_files(tmp_path: Path) -> None:
+    folder = tmp_path / "test" / "crack"
+    folder.mkdir(parents=True)
+    old, fresh, png = folder / ".000.png.abc.tmp", folder / ".001.png.def.tmp", folder / "000.png"
+    for p in (old, fresh, png):
+        p.write_bytes(b"x")
+    os.utime(old, (1, 1))
+    assert sweep_temp_files(tmp_path) == 1
+    assert not old.exists() and fresh.exists() and png.exists()
