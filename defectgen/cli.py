@@ -15,7 +15,7 @@ from typing import Optional, TypeVar
 
 import typer
 
-from defectgen.errors import DefectgenError, NotYetAvailable
+from defectgen.errors import DefectgenError
 
 app = typer.Typer(
     help="Synthesize realistic, pixel-labelled industrial defects by in-domain GAN inversion.",
@@ -205,10 +205,13 @@ def bench(
     backend: str = typer.Option("auto", help="Backend to time."),
     quick: bool = typer.Option(False, help="Few repeats (smoke test)."),
     out: Optional[Path] = typer.Option(None, help="Write JSON results here."),
+    profile: bool = typer.Option(False, help="Also print ONNX Runtime's per-op profile of the step graph (CPU)."),
 ) -> None:
     """Time the step graph and end-to-end defects/s with the runtime only (no torch needed)."""
-    msg = "`defectgen bench` arrives with the benchmarks issue (#7); not built yet"
-    raise NotYetAvailable(msg)
+    from defectgen.runtime.bench import bench_cli
+
+    bench_cli(bundle=bundle, batch=[int(b) for b in _csv(batch) or []], backend=backend, quick=quick, out=out,
+              profile=profile)
 
 
 @app.command("info")
