@@ -450,20 +450,21 @@ class Discriminator(nn.Module):
     def features(self, image: Tensor, mask: Tensor) -> Tensor:
         """Perceptual features [B, N] for the inversion's defect term (the frozen F of DESIGN.md).
 
-        Trunk activations at sides R/k for k in `feature_levels` (default R/4 and R/8: texture-scale, not
-        pixel-scale), each normalised to unit mean square over channels at every position (LPIPS-style, so
-        no channel or level dominates by magnitude) and scaled by 1/sqrt(levels * size) so that every level
-        contributes equally to a mean over the flattened vector; then flattened and concatenated.
+        Trunk activations at sides R/k for k in `feature_levels` (default R/4 and R/8: texture and part
+        scale rather than pixels, which the inversion's pixel terms already cover). Each is normalised to
+        unit mean square over channels at every position (LPIPS-style: no channel dominates by magnitude),
+        then weighted by sqrt(N / (levels * N_level)) so that in a mean over the flattened vector every level
+        counts equally although R/4 has 4x the positions of R/8; flattened and concatenated. The trunk stops
+        at the coarsest level, so the 4x4 head, minibatch-std and type projection are not part of F.
         """
         assert_shape(image, [None, 3, self.cfg.res, self.cfg.res], "image")
         sides = [self.cfg.res // k for k in self.cfg.feature_levels]
         acts = self.trunk(image, mask, stop_side=min(sides))
-        feats = []
-        for side in sides:
-            f = ops.pixel_norm(acts[side])  # [B, C, side, side]
-            n = f.shape[1] * side * side
-            total = sum(acts[s].shape[1] * s * s for s in sides)
-            feats.append((f * math.sqrt(total / (len(sides) * n))).flatten(1))
+        sizes = [acts[s].shape[1] * s * s for s in sides]  # N_level
+        feats = [
+            (ops.pixel_norm(acts[s]) * math.sqrt(sum(sizes) / (len(sides) * n))).flatten(1)  # [B, N_level]
+            for s, n in zip(sides, sizes, strict=True)
+        ]
         return torch.cat(feats, 1)  # [B, N]
 
 
