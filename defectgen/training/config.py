@@ -58,7 +58,7 @@ class TrainEncoderConfig:
     steps: int = 2000               # optimisation steps
     batch: int = 16                 # per process; half real images, half generator samples
     seed: int = 0
-    lr_e: float = 0.0001            # Adam lr of E (idinvert)
+    lr_e: float = 0.001             # Adam lr of E; idinvert's 1e-4 is for 100k+ steps, CPU runs are ~1k steps
     lr_d: float = 0.0001            # Adam lr of the fine-tuned D (idinvert trains D alongside E)
     betas: tuple[float, float] = (0.9, 0.99)
     w_pix: float = 1.0              # pixel MSE of G(E(x)) vs x (images in [-1, 1])

@@ -55,7 +55,12 @@ def pair_cells(images: torch.Tensor, masks01: torch.Tensor) -> list[np.ndarray]:
     return cells
 
 
-def write_grid(path: str | os.PathLike[str], rows: list[list[np.ndarray]]) -> Path:
+def write_grid(path: str | os.PathLike[str], rows: list[list[np.ndarray]], scale: int | None = None) -> Path:
+    """Tile and write a grid; small cells are enlarged by a whole factor (nearest: pixels stay honest)."""
+    if scale is None:
+        scale = int(min(4, max(1, 128 // rows[0][0].shape[0])))
+    if scale > 1:
+        rows = [[c.repeat(scale, axis=0).repeat(scale, axis=1) for c in r] for r in rows]
     return write_image(path, tile(rows))
 
 

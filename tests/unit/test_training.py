@@ -225,3 +225,17 @@ def test_vgg16_trunk_loads_torchvision_names(tmp_path):
     save_file(sd, tmp_path / "bad.safetensors")
     with pytest.raises(DataError, match=r"lack 21\.bias"):
         VGG16Features.from_safetensors(tmp_path / "bad.safetensors")
+
+
+def test_export_slim_copies_nets_and_side_files(gan_run, encoder_run, tmp_path):
+    from defectgen.training.slim import export_slim
+
+    written = {p.name for p in export_slim(gan_run.out, tmp_path / "gan")}
+    assert {"checkpoint.safetensors", "config.json", "report.json", "report.png", "samples_000004.png"} <= written
+    assert {k.split(".")[0] for k in read_checkpoint(tmp_path / "gan").tensors} == {"G", "G_ema", "D"}
+    export_slim(encoder_run.out, tmp_path / "enc")
+    assert {k.split(".")[0] for k in read_checkpoint(tmp_path / "enc").tensors} == {"E", "D"}
+    load_encoder(tmp_path / "enc")
+    with pytest.raises(DataError, match="slim"):
+        train_encoder(TrainEncoderConfig(data=encoder_run.state.cfg.data, gan=str(gan_run.out), steps=5, batch=4),
+                      tmp_path / "enc", resume=True, progress=False, device="cpu")
