@@ -181,7 +181,7 @@ def open_run(out: Path, identity: Mapping[str, Any], info: Mapping[str, Any]) ->
                    f"{'; ...' if len(changes) > 4 else ''}); rerun with the same options to resume, or use a new --out")
             raise DataError(msg)
         return True
-    if any(p.name != ".DS_Store" for p in out.iterdir()):
+    if any(not p.name.startswith(".") for p in out.iterdir()):  # hidden: e.g. a concurrent shard's run.json temp
         msg = f"output folder {out} is not empty and has no {RUN_FILE}; refusing to write into it (use a new --out)"
         raise DataError(msg)
     try:

@@ -184,3 +184,30 @@ def test_demo_says_the_default_bundle_is_not_shipped(tmp_path: Path) -> None:
     code, _, stderr = invoke("demo", "--out", tmp_path / "demo")
     assert code == 2 and "default bundle is not shipped yet" in _error_line(stderr)
     assert not (tmp_path / "demo").exists()
+
+
+def test_disk_full_mid_run_stops_with_a_clear_error(setup: dict[str, Path], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from defectgen.data.mvtec import MVTecWriter
+
+    calls = {"n": 0}
+    real = MVTecWriter.write_defect
+
+    def flaky(self: MVTecWriter, *args: object) -> object:
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(MVTecWriter, "write_defect", flaky)
+    out = tmp_path / "out"
+    code, _, stderr = invoke("run", "--bundle", setup["bundle"], "--images", setup["root"] / "images",
+                             "--random-masks", 2, "--batch", 1, "--out", out)
+    assert code == 2 and "No space left on device" in _error_line(stderr)
+    assert [r["status"] for r in jobs_log(out)] == ["ok"]  # the job written before stays recorded
+    monkeypatch.setattr(MVTecWriter, "write_defect", real)
+    code, stdout, _ = invoke("run", "--bundle", setup["bundle"], "--images", setup["root"] / "images",
+                             "--random-masks", 2, "--batch", 1, "--out", out)
+    assert code == 0 and "3 generated, 1 already done" in stdout
