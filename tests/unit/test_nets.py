@@ -195,6 +195,26 @@ def test_noise_modes_and_truncation():
     torch.testing.assert_close(w0, t @ g.w_avg)  # psi = 0 gives the type's mean w
 
 
+def test_every_parameter_trains():
+    g, e, d = tiny_models(16)
+    e.head.weight.data.normal_()  # zero-init head: the trunk gets gradients from the second step on
+    z, t = torch.randn(4, 16), onehot([0, 1, 2, 1])
+    img, mlog = g(z, t, truncation_psi=0.5, noise_mode="random")
+    logit = d(img, torch.sigmoid(mlog), t)
+    (logit.sum() + e(img, torch.sigmoid(mlog)).square().sum()).backward()
+    for model in (g, e, d):
+        dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+        assert not dead, dead
+
+
+def test_make_noise_redraws_the_constant_noise():
+    g, _, _ = tiny_models(16)
+    before = {k: v.clone() for k, v in g.state_dict().items() if k.endswith("noise.noise")}
+    assert len(before) == 5  # conv1 + 2 convs per block (8 and 16 px); saved with the model
+    g.make_noise(torch.Generator().manual_seed(7))
+    assert all(not torch.equal(before[k], g.state_dict()[k]) for k in before)
+
+
 def test_update_w_avg_per_type_and_mean_latent():
     g, _, _ = tiny_models(16)
     w, t = torch.tensor([[1.0] * 16, [3.0] * 16]), onehot([1, 1])
