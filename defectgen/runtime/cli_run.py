@@ -118,6 +118,15 @@ class Source:
         return jsonl_jobs(self.path, types=types, run_seed=seed)
 
     @property
+    def mask_rule(self) -> str:
+        """How target masks are chosen, for `run.json`: "folder", "random xN", ... or "per line"."""
+        if self.kind == "jobs":
+            return "per line"
+        if self.masks is not None:
+            return "folder"
+        return "random, one per type" if self.kind == "examples" else f"random x{self.random_masks}"
+
+    @property
     def base(self) -> Path:
         """Folder that mask paths in `jobs.jsonl` are written relative to."""
         return self.path.parent if self.kind == "jobs" else (self.masks or self.path)
@@ -178,7 +187,7 @@ class Plan:
         manifest = (self.bundle.root / MANIFEST_NAME).read_bytes()
         return {"source": self.source.kind, "jobs": {"count": self.jobset.count,
                                                      "fingerprint": self.jobset.fingerprint},
-                "masks": "folder" if self.source.masks else f"random x{self.source.random_masks or 1}",
+                "masks": self.source.mask_rule,
                 "bundle_sha256": hashlib.sha256(manifest).hexdigest(), "types": self.types, "seed": self.seed, **s}
 
 
@@ -186,12 +195,11 @@ def plan_run(*, bundle: Bundle, source: Source, types: Sequence[str] | None, spa
              steps: int | None, lr: float | None, lambdas: dict[str, float], init: str | None, mask_mode: str,
              batch: int | None, seed: int) -> Plan:
     """Resolve options against the bundle and scan the job source once (paths only): every fatal check."""
-    b = bundle
-    settings = resolve_settings(b, space=space, steps=steps, lr=lr, init=init, lambdas=lambdas, mask_mode=mask_mode,
-                                batch=batch)
-    types_ = check_types(types, b.defect_types)
+    settings = resolve_settings(bundle, space=space, steps=steps, lr=lr, init=init, lambdas=lambdas,
+                                mask_mode=mask_mode, batch=batch)
+    types_ = check_types(types, bundle.defect_types)
     jobset = scan_jobs(source.jobs(types_, seed))
-    return Plan(bundle=b, settings=settings, types=types_, source=source, seed=seed, jobset=jobset)
+    return Plan(bundle=bundle, settings=settings, types=types_, source=source, seed=seed, jobset=jobset)
 
 
 def execute(plan: Plan, *, out: Path, backend: str, shard: tuple[int, int] = (0, 1), retry_failed: bool = False,
@@ -272,7 +280,7 @@ def demo_bundle(path: Path | None) -> Bundle:
         NotYetAvailable: no `--bundle` and no default bundle in this install.
     """
     if path is None and not (default_bundle_path() / MANIFEST_NAME).is_file():
-        msg = (f"the embedded default bundle is not shipped yet ({default_bundle_path()} is empty); "
+        msg = (f"the embedded default bundle is not shipped yet (no {default_bundle_path() / MANIFEST_NAME}); "
                f"run the demo on an exported bundle with `defectgen demo --bundle BUNDLE`")
         raise NotYetAvailable(msg)
     return Bundle.load(path)
