@@ -260,8 +260,10 @@ def train_gan(cfg: TrainGanConfig, out: str | os.PathLike[str], *, g_cfg: Genera
         dist.broadcast_module(m, info)
     sampler = Sampler(data.types.cpu(), good_share=cfg.good_share, seed=cfg.seed, batch=cfg.batch,
                       rank=info.rank, world_size=info.world_size)
+    coverage = torch.stack([data.masks[data.types == t].mean() if (data.types == t).any()
+                            else torch.zeros((), device=info.device) for t in range(len(types))])
     loss = GanLoss(st.G, st.D, policy=cfg.augment, r1_gamma=cfg.r1_gamma, r1_interval=cfg.r1_interval,
-                   mask_loss=cfg.mask_loss)
+                   mask_stat=cfg.mask_stat, real_coverage=coverage)
     total = cfg.total_steps(info.world_size)
     log = RunLogger(out, info, total=total, start=st.step, every=cfg.log_every, progress=progress, desc="gan")
     history = []

@@ -18,15 +18,27 @@ def onehot(types: torch.Tensor, n: int) -> torch.Tensor:
 
 
 class GanLoss:
-    """Non-saturating logistic GAN loss with lazy R1, DiffAugment on everything D sees."""
+    """Non-saturating logistic GAN loss with lazy R1, DiffAugment on everything D sees.
+
+    Mask bootstrap (`mask_stat`): defect masks cover ~1 % of an image and there are a few dozen of them, so
+    in a CPU-length run the adversarial signal alone lets G settle on "never draw a mask" (D cannot yet tell
+    a crack without a mask from a crack with one). We add a first-moment match: per type present in the batch,
+    ((mean soft coverage of G's masks − mean coverage of that type's real masks) / scale)², scale = the mean
+    coverage over defect types. It says only *how much* mask each type has; *where* and *what shape* still
+    come from D, which sees image and mask together and so learns that masks sit on the defect.
+    """
 
     def __init__(self, G: Generator, D: Discriminator, *, policy: str, r1_gamma: float, r1_interval: int,
-                 mask_loss: float = 0.0) -> None:
+                 mask_stat: float = 0.0, real_coverage: torch.Tensor | None = None) -> None:
         self.G, self.D = G, D
         self.policy = policy
         self.r1_gamma, self.r1_interval = r1_gamma, r1_interval
-        self.mask_loss = mask_loss
         self.n_types = G.cfg.n_types
+        self.mask_stat = mask_stat if real_coverage is not None else 0.0
+        if real_coverage is not None:
+            defects = real_coverage[1:]
+            self.coverage = real_coverage  # [T]
+            self.coverage_scale = float(defects.mean()) if defects.numel() and defects.mean() > 0 else 0.01
 
     def generate(self, z: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(image, mask logit, w) with fresh noise, as in training."""
@@ -38,18 +50,25 @@ class GanLoss:
         img, mask01 = augment(img, mask01, self.policy)
         return self.D(img, mask01, c)
 
+    def coverage_loss(self, mask01: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Per-type squared error of the batch's mean soft mask coverage vs the real data's, scaled."""
+        cov = mask01.flatten(1).mean(1)  # [B]
+        counts = c.sum(0)  # [T]
+        per_type = (c.t() @ cov) / counts.clamp(min=1)  # [T]
+        err = ((per_type - self.coverage.to(cov.device)) / self.coverage_scale).square()
+        return (err * (counts > 0)).sum() / (counts > 0).sum().clamp(min=1)
+
     def accumulate_g(self, z: torch.Tensor, types: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
         """G main phase: softplus(-D(G(z))). Returns log values and the batch's w (for the w_avg EMA)."""
         c = onehot(types, self.n_types)
         img, logit, w = self.generate(z, c)
-        loss = F.softplus(-self.d_logits(img, torch.sigmoid(logit), c)).mean()
+        mask01 = torch.sigmoid(logit)
+        loss = F.softplus(-self.d_logits(img, mask01, c)).mean()
         stats = {"loss_G": loss.item()}
-        if self.mask_loss > 0:
-            # optional push of the mask logits away from 0.5, towards a crisp binary mask
-            p = torch.sigmoid(logit)
-            crisp = F.binary_cross_entropy_with_logits(logit, (p > 0.5).float().detach())
-            loss = loss + self.mask_loss * crisp
-            stats["loss_G_mask"] = crisp.item()
+        if self.mask_stat > 0:
+            cov = self.coverage_loss(mask01, c)
+            loss = loss + self.mask_stat * cov
+            stats["loss_G_cov"] = cov.item()
         loss.backward()
         return stats, w.detach()
 
