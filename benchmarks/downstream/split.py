@@ -1,0 +1,71 @@
+"""The DFMGAN / AnomalyDiffusion split: per defect type, one third of the real defects for the generator side
+(training data and defect bank), two thirds held out for evaluation only.
+"""
+
+from __future__ import annotations
+
+import shutil
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from defectgen import GOOD
+from defectgen.data.mvtec import Item, MVTecCategory
+
+
+@dataclass(frozen=True)
+class Split:
+    """Held-in (generator side) and held-out (evaluation) defective items by type, plus the good images."""
+
+    held_in: dict[str, list[Item]]
+    held_out: dict[str, list[Item]]
+    train_good: list[Item]
+    test_good: list[Item]
+
+    @property
+    def types(self) -> list[str]:
+        return sorted(self.held_in)
+
+    def describe(self) -> dict[str, object]:
+        """Counts and file names per type, for the results JSON (so a reader can check the split)."""
+        return {"train_good": len(self.train_good), "test_good": len(self.test_good),
+                "held_in": {t: [i.image_path.name for i in v] for t, v in self.held_in.items()},
+                "held_out": {t: len(v) for t, v in self.held_out.items()}}
+
+
+def split_category(cat: MVTecCategory, *, seed: int = 0, fraction: float = 1 / 3) -> Split:
+    """Split each type's defective images: `ceil(fraction * n)` held in, the rest held out.
+
+    The order is a seeded permutation of the sorted file names, keyed by the type name, so the split
+    depends only on (seed, type, file names), not on listing order or other types. A type with at least
+    two images keeps at least one on each side.
+    """
+    held_in: dict[str, list[Item]] = {}
+    held_out: dict[str, list[Item]] = {}
+    for t in cat.defect_types:
+        items = sorted(cat.defective_items([t]), key=lambda i: i.image_path.name)
+        rng = np.random.default_rng([seed, zlib.crc32(t.encode())])
+        perm = [items[i] for i in rng.permutation(len(items))]
+        k = int(np.ceil(fraction * len(perm)))
+        if len(perm) >= 2:
+            k = min(max(k, 1), len(perm) - 1)
+        held_in[t], held_out[t] = perm[:k], perm[k:]
+    return Split(held_in=held_in, held_out=held_out, train_good=cat.train_good(), test_good=cat.test_items([GOOD]))
+
+
+def write_held_in(split: Split, out: Path) -> Path:
+    """Copy train/good and the held-in defects into an MVTec-layout folder (what option (a) trains on)."""
+    for item in split.train_good:
+        dst = out / "train" / GOOD / item.image_path.name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(item.image_path, dst)
+    (out / "test").mkdir(parents=True, exist_ok=True)
+    for t, items in split.held_in.items():
+        for item in items:
+            for src, sub in ((item.image_path, "test"), (item.mask_path, "ground_truth")):
+                dst = out / sub / t / src.name
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dst)
+    return out

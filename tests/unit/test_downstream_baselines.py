@@ -1,0 +1,89 @@
+"""Issue 8 benchmark: the baselines' masks and pixels, and the held-in/held-out split."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from defectgen.data.masks import part_mask
+from defectgen.data.mvtec import MVTecCategory
+from defectgen.data.procedural import make_dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from downstream import baselines  # noqa: E402
+from downstream.split import split_category  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("nuts")
+    make_dataset(root, res=64, n_good=3, n_defect=7, n_test_good=2, seed=3)
+    return root
+
+
+def _check(good: np.ndarray, part: np.ndarray, out: np.ndarray, mask: np.ndarray) -> None:
+    assert out.shape == good.shape and out.dtype == np.uint8
+    assert mask.dtype == np.uint8 and set(np.unique(mask).tolist()) <= {0, 1}
+    assert mask.sum() >= baselines.MIN_PIXELS or mask.any()
+    assert not (mask & (part == 0)).any(), "mask leaves the part"
+    changed = (out != good).any(-1)
+    assert not (changed & (mask == 0)).any(), "pixels changed outside the mask"
+    assert changed.any(), "nothing changed"
+
+
+@pytest.mark.parametrize("kind", ["scar", "patch", "draem", "copypaste"])
+def test_baselines_paint_only_inside_a_mask_on_the_part(data: Path, kind: str) -> None:
+    cat = MVTecCategory(data)
+    goods = [i.load()[0] for i in cat.train_good()]
+    refs = [i.load() for i in cat.defective_items()]
+    rng = np.random.default_rng(0)
+    for k in range(12):
+        good = goods[k % len(goods)]
+        part = part_mask(good)
+        if kind == "scar":
+            out, mask = baselines.cutpaste_scar(good, part, rng)
+        elif kind == "patch":
+            out, mask = baselines.cutpaste_patch(good, part, rng)
+        elif kind == "draem":
+            out, mask = baselines.draem(good, part, goods[(k + 1) % len(goods)], rng)
+        else:
+            ref_img, ref_mask = refs[k % len(refs)]
+            out, mask = baselines.copy_paste(good, part, ref_img, ref_mask, rng)
+        _check(good, part, out, mask)
+
+
+def test_copy_paste_keeps_the_defect_shape_and_pixels(data: Path) -> None:
+    cat = MVTecCategory(data)
+    good = cat.train_good()[0].load()[0]
+    ref_img, ref_mask = cat.defective_items(["hole"])[0].load()
+    out, mask = baselines.copy_paste(good, part_mask(good), ref_img, ref_mask, np.random.default_rng(1))
+    assert abs(int(mask.sum()) - int(ref_mask.sum())) <= 0.05 * ref_mask.sum() + 1  # moved, not resized
+    # a hole is dark: the pasted pixels are darker than the surface they replaced
+    assert out[mask > 0].mean() < good[mask > 0].mean()
+
+
+def test_perlin_mask_is_seeded_and_binary() -> None:
+    a = baselines.perlin_mask((64, 48), np.random.default_rng(5))
+    b = baselines.perlin_mask((64, 48), np.random.default_rng(5))
+    assert a.shape == (64, 48) and np.array_equal(a, b) and set(np.unique(a).tolist()) <= {0, 1}
+    n = baselines.perlin_noise((32, 32), (4, 4), np.random.default_rng(0))
+    assert np.abs(n).max() <= 1.5 and n.std() > 0.1
+
+
+def test_split_is_deterministic_disjoint_and_one_third(data: Path) -> None:
+    cat = MVTecCategory(data)
+    s1, s2 = split_category(cat, seed=0), split_category(cat, seed=0)
+    assert s1.types == ["crack", "cut", "hole", "print"]
+    for t in s1.types:
+        held_in = {i.image_path for i in s1.held_in[t]}
+        held_out = {i.image_path for i in s1.held_out[t]}
+        assert held_in == {i.image_path for i in s2.held_in[t]}
+        assert not held_in & held_out
+        assert held_in | held_out == {i.image_path for i in cat.defective_items([t])}
+        assert len(held_in) == 3 and len(held_out) == 4  # ceil(7 / 3)
+    other = split_category(cat, seed=1)
+    assert any({i.image_path for i in other.held_in[t]} != {i.image_path for i in s1.held_in[t]} for t in s1.types)
+    assert len(s1.test_good) == 2 and len(s1.train_good) == 3

@@ -1,0 +1,93 @@
+"""Issue 8 benchmark metrics against hand-computed cases and brute force (no sklearn needed)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from downstream.metrics import (  # noqa: E402
+    PSNR_CAP,
+    average_precision,
+    diversity,
+    f1_max,
+    image_score,
+    iou,
+    psnr,
+    roc_auc,
+    segmentation_metrics,
+)
+
+
+def test_auroc_perfect_inverted_random() -> None:
+    y = np.array([0, 0, 0, 1, 1])
+    s = np.array([0.1, 0.2, 0.3, 0.8, 0.9])
+    assert roc_auc(s, y) == 1.0
+    assert roc_auc(-s, y) == 0.0
+    assert roc_auc(np.zeros(5), y) == 0.5  # all tied: chance
+    rng = np.random.default_rng(0)
+    big_y = rng.integers(0, 2, 20000)
+    assert abs(roc_auc(rng.random(20000), big_y) - 0.5) < 0.02
+
+
+def test_hand_case_matches_sklearn_docs() -> None:
+    # the scikit-learn docs example: roc_auc 0.75, average_precision 0.8333
+    y, s = np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])
+    assert roc_auc(s, y) == pytest.approx(0.75)
+    assert average_precision(s, y) == pytest.approx(5 / 6)
+    # thresholds 0.8: P=1 R=.5 (F1 .667); 0.4: P=.5 R=.5; 0.35: P=2/3 R=1 (F1 .8); 0.1: P=.5 R=1
+    assert f1_max(s, y) == pytest.approx(0.8)
+
+
+def test_auroc_equals_pairwise_count_with_ties() -> None:
+    rng = np.random.default_rng(1)
+    s = rng.integers(0, 5, 300).astype(float)  # many ties
+    y = rng.integers(0, 2, 300)
+    pos, neg = s[y == 1], s[y == 0]
+    brute = ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (pos.size * neg.size)
+    assert roc_auc(s, y) == pytest.approx(brute)
+
+
+def test_ap_and_f1_perfect_inverted_constant() -> None:
+    y = np.array([0, 1, 0, 1, 0, 0])
+    s = y + 0.01 * np.arange(6)
+    assert average_precision(s, y) == pytest.approx(1.0) and f1_max(s, y) == pytest.approx(1.0)
+    assert average_precision(np.ones(6), y) == pytest.approx(2 / 6)  # one threshold: precision = positive rate
+    # inverted: positives ranked last -> AP = mean over positives of precision at their rank (1/5, 2/6)
+    assert average_precision(-s, y) == pytest.approx((1 / 5 + 2 / 6) / 2)
+    assert f1_max(np.ones(6), y) == pytest.approx(2 * (1 / 3) / (1 / 3 + 1))
+
+
+def test_undefined_cases_are_nan_and_bad_input_raises() -> None:
+    assert np.isnan(roc_auc([0.1, 0.2], [1, 1])) and np.isnan(average_precision([0.1, 0.2], [0, 0]))
+    with pytest.raises(ValueError):
+        roc_auc([0.1, np.nan], [0, 1])
+    with pytest.raises(ValueError):
+        roc_auc([0.1, 0.2, 0.3], [0, 1])
+
+
+def test_segmentation_metrics_on_maps() -> None:
+    gts = np.zeros((3, 8, 8), np.uint8)
+    gts[0, 2:4, 2:4] = 1
+    gts[1, 5:7, 1:3] = 1
+    maps = gts.astype(np.float32) * 0.9 + 0.05  # a perfect segmenter
+    m = segmentation_metrics(maps, gts, np.array([1, 1, 0]))
+    assert m == {"pixel_auroc": 1.0, "pixel_ap": 1.0, "f1_max": 1.0, "image_auroc": 1.0}
+    assert image_score(np.arange(100.0), 0.05) == pytest.approx(97.0)
+
+
+def test_iou_psnr_diversity() -> None:
+    a, b = np.zeros((4, 4)), np.zeros((4, 4))
+    a[:2], b[1:3] = 1, 1
+    assert iou(a, b) == pytest.approx(4 / 12) and iou(np.zeros(3), np.zeros(3)) == 1.0
+    img = np.full((4, 4, 3), 100, np.uint8)
+    other = img.copy()
+    other[0, 0] = 110
+    assert psnr(img, img) == PSNR_CAP
+    assert psnr(img, other) == pytest.approx(10 * np.log10(255**2 / (100 * 3 / 48)))
+    assert psnr(img, other, where=np.arange(16).reshape(4, 4) > 0) == PSNR_CAP  # the changed pixel excluded
+    assert diversity([np.zeros((2, 2)), np.ones((2, 2))]) == pytest.approx(1.0)
+    assert diversity([np.zeros((2, 2))] * 3) == pytest.approx(0.0) and np.isnan(diversity([np.zeros(2)]))
