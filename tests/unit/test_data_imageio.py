@@ -126,3 +126,16 @@ def test_model_conversions(rgb):
     m = mask_to_model(mask, 16)
     assert m.shape == (1, 16, 16) and m.dtype == np.float32
     assert set(np.unique(m).tolist()) == {0.0, 1.0} and m.sum() == 64
+
+
+def test_atomic_write_respects_umask(tmp_path):
+    import os
+
+    from defectgen.data.imageio import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
