@@ -1,0 +1,179 @@
+"""Real data for a bundle: the defect bank (crops for stitching) and real inputs for the parity check.
+
+The bank holds, per defect type, up to `per_type` real defects from the dataset's defective test images,
+each cropped around its mask's bounding box with a margin (so the stitcher's colour match sees surface around
+the defect) and shrunk when its longer side exceeds `max_side`. Picks are spread evenly over the sorted item
+list, so the same dataset always gives the same bank.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from defectgen import GOOD
+from defectgen.data.imageio import mask_to_model, to_model, write_image, write_mask
+from defectgen.data.masks import bbox, stitch
+from defectgen.data.mvtec import Item, MVTecCategory
+from defectgen.errors import DataError
+
+BANK_DIR = "defect_bank"
+
+
+def _spread(items: list[Item], n: int) -> list[Item]:
+    """Up to n items spread evenly over the list (deterministic)."""
+    if len(items) <= n:
+        return list(items)
+    idx = np.linspace(0, len(items) - 1, n).round().astype(int)
+    return [items[i] for i in sorted(set(idx.tolist()))]
+
+
+def crop_defect(image: np.ndarray, mask: np.ndarray, *, margin: float = 0.25, min_margin: int = 4,
+                max_side: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Crop an image and its {0,1} mask around the mask's bounding box.
+
+    Args:
+        image: uint8 HxWx3.
+        mask: {0,1} HxW, non-empty.
+        margin: margin on each side as a fraction of the box's longer side.
+        min_margin: margin floor in pixels.
+        max_side: crops with a longer side are shrunk to it (INTER_AREA; mask nearest).
+
+    Returns:
+        (uint8 crop, {0,1} uint8 mask crop).
+    """
+    x0, y0, x1, y1 = bbox(mask)
+    pad = max(min_margin, int(round(margin * max(x1 - x0, y1 - y0))))
+    h, w = mask.shape
+    x0, y0, x1, y1 = max(0, x0 - pad), max(0, y0 - pad), min(w, x1 + pad), min(h, y1 + pad)
+    img, msk = image[y0:y1, x0:x1], (mask[y0:y1, x0:x1] > 0).astype(np.uint8)
+    scale = max_side / max(img.shape[:2])
+    if scale < 1:
+        size = (max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale)))
+        img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+        shrunk = cv2.resize(msk, size, interpolation=cv2.INTER_NEAREST)
+        msk = shrunk if shrunk.any() else (cv2.resize(msk.astype(np.float32), size) > 0).astype(np.uint8)
+    return np.ascontiguousarray(img), msk
+
+
+def build_defect_bank(data_root: str | os.PathLike[str], types: list[str], out_dir: str | os.PathLike[str], *,
+                      per_type: int = 6, max_side: int = 256) -> dict[str, list[dict[str, str]]]:
+    """Write `defect_bank/<type>_<NNN>.png` + `_mask.png` crops into a bundle folder.
+
+    Args:
+        data_root: MVTec-layout category folder.
+        types: the bundle's defect types (id order; "good" is skipped).
+        out_dir: the bundle folder (the bank goes to `out_dir/defect_bank/`).
+        per_type: crops per type at most.
+        max_side: longest crop side in pixels.
+
+    Returns:
+        The manifest's `defect_bank` mapping: type -> [{"image": rel path, "mask": rel path}, ...]; types the
+        dataset has no defective images of are left out.
+
+    Raises:
+        DataError: unreadable dataset or files.
+    """
+    cat = MVTecCategory(data_root)
+    folder = Path(out_dir) / BANK_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    bank: dict[str, list[dict[str, str]]] = {}
+    present = set(cat.defect_types)
+    for t in types:
+        if t == GOOD or t not in present:
+            continue
+        entries = []
+        for i, item in enumerate(_spread(cat.defective_items([t]), per_type)):
+            image, mask = item.load()
+            if not mask.any():
+                continue
+            img, msk = crop_defect(image, mask, max_side=max_side)
+            stem = f"{BANK_DIR}/{t}_{i:03d}"
+            write_image(Path(out_dir) / f"{stem}.png", img)
+            write_mask(Path(out_dir) / f"{stem}_mask.png", msk)
+            entries.append({"image": f"{stem}.png", "mask": f"{stem}_mask.png"})
+        if entries:
+            bank[t] = entries
+    return bank
+
+
+@dataclass
+class RealInputs:
+    """Real model inputs for the parity check, all float32 at model resolution.
+
+    `defective`/`mask` are real defective images and their masks; `good` are real good images; `stitched`
+    is `good` with another real defect of the same type stitched into `mask` (as the runtime builds S).
+    """
+
+    good: np.ndarray  # (N, 3, R, R) in [-1, 1]
+    mask: np.ndarray  # (N, 1, R, R) in {0, 1}
+    stitched: np.ndarray  # (N, 3, R, R)
+    defective: np.ndarray  # (N, 3, R, R)
+    type_onehot: np.ndarray  # (N, T)
+
+    def take(self, batch: int) -> RealInputs:
+        """The first `batch` samples, cycling when there are fewer."""
+        idx = np.arange(batch) % len(self.good)
+        return RealInputs(self.good[idx], self.mask[idx], self.stitched[idx], self.defective[idx],
+                          self.type_onehot[idx])
+
+
+def real_inputs(data_root: str | os.PathLike[str], types: list[str], res: int, *, n: int = 8,
+                seed: int = 0, feather_px: int = 3) -> RealInputs:
+    """Load `n` real jobs from a dataset: good image, real target mask, stitched reference, real defect.
+
+    Args:
+        data_root: MVTec-layout category folder.
+        types: the model's type list (id order, "good" first).
+        res: model resolution.
+        n: samples (types taken round-robin).
+        seed: picks and stitch flips.
+        feather_px: feather of the stitch, in model pixels.
+
+    Returns:
+        The inputs.
+
+    Raises:
+        DataError: the dataset has no defective images of any of `types`.
+    """
+    cat = MVTecCategory(data_root)
+    rng = np.random.default_rng(seed)
+    by_type = {t: cat.defective_items([t]) for t in types[1:] if t in set(cat.defect_types)}
+    by_type = {t: v for t, v in by_type.items() if v}
+    if not by_type:
+        msg = f"{data_root} has no defective images of types {types[1:]}"
+        raise DataError(msg)
+    goods = cat.train_good()
+    rows: dict[str, list[np.ndarray]] = {k: [] for k in ("good", "mask", "stitched", "defective", "onehot")}
+    names = sorted(by_type)
+    for i in range(n):
+        t = names[i % len(names)]
+        items = by_type[t]
+        target, ref = items[rng.integers(len(items))], items[rng.integers(len(items))]
+        good_img = _resized(goods[rng.integers(len(goods))].load()[0], res)
+        d_img, d_mask = (_resized(a, res, nearest=k == 1) for k, a in enumerate(target.load()))
+        r_img, r_mask = (_resized(a, res, nearest=k == 1) for k, a in enumerate(ref.load()))
+        if not d_mask.any() or not r_mask.any():
+            continue
+        s_img = stitch(good_img, r_img, r_mask, d_mask, feather_px, rng)
+        rows["good"].append(to_model(good_img, res))
+        rows["mask"].append(mask_to_model(d_mask, res))
+        rows["stitched"].append(to_model(s_img, res))
+        rows["defective"].append(to_model(d_img, res))
+        rows["onehot"].append(np.eye(len(types), dtype=np.float32)[types.index(t)])
+    if not rows["good"]:
+        msg = f"no usable defect masks at {res} px in {data_root}"
+        raise DataError(msg)
+    return RealInputs(*(np.stack(rows[k]).astype(np.float32)
+                        for k in ("good", "mask", "stitched", "defective", "onehot")))
+
+
+def _resized(a: np.ndarray, res: int, nearest: bool = False) -> np.ndarray:
+    if a.shape[:2] == (res, res):
+        return a
+    interp = cv2.INTER_NEAREST if nearest else cv2.INTER_AREA
+    return cv2.resize(a, (res, res), interpolation=interp)

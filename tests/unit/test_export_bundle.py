@@ -1,0 +1,163 @@
+"""Bundle writing logic (export/bundle.py) with stand-in graphs: atomicity, replacement, zip, info text.
+
+The real graph export is covered by tests/integration/test_export_bundle.py; here `export_graph` is replaced
+by a stub that writes a placeholder file with the contract's I/O, so these tests take a second.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import defectgen.export.bundle as bundle_mod
+from defectgen.errors import BundleError, DefectgenError
+from defectgen.export.graphs import GraphResult
+from defectgen.export.testing import TINY_TYPES, tiny_nets
+from defectgen.runtime.bundle import Bundle
+from defectgen.runtime.info import info_text
+from defectgen.runtime.manifest import Manifest
+
+
+@pytest.fixture(scope="module")
+def nets():
+    return tiny_nets()
+
+
+def _stub_export(fail_at: int | None = None):
+    calls = []
+
+    def export_graph(kind, G, E, D, *, dims, path, opset, space=None, batch=None):
+        calls.append(path.name)
+        path.write_bytes(b"not really onnx " + path.name.encode())
+        if fail_at is not None and len(calls) == fail_at:
+            raise RuntimeError(f"boom while exporting {path.name}")
+        m = Manifest(resolution=dims.resolution, z_dim=dims.z_dim, w_dim=dims.w_dim, num_ws=dims.num_ws,
+                     defect_types=list(TINY_TYPES), spaces=["w"], step_batches=[1], opset=opset,
+                     default_lambdas={}, w_avg={}, files={})
+        ins, outs = m.expected_io(kind, space, batch if kind == "step" else "B")
+        return GraphResult(kind=kind, path=path, space=space, batch=batch, ops={"Conv": 3, "Mul": 1}, nodes=4,
+                           bytes=path.stat().st_size, inputs=[vars(t) for t in ins], outputs=[vars(t) for t in outs])
+
+    return export_graph, calls
+
+
+def _export(nets, out, monkeypatch, fail_at=None, **kw):
+    stub, calls = _stub_export(fail_at)
+    monkeypatch.setattr(bundle_mod, "export_graph", stub)
+    G, E, D = nets
+    kw = {"spaces": ["wplus", "z"], "batches": [1, 2], "types": TINY_TYPES, "verify": False, **kw}
+    return bundle_mod.export_bundle(G, E, D, out=out, **kw), calls
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name or ".old-" in p.name)
+
+
+def test_writes_a_bundle_the_runtime_loads(nets, tmp_path, monkeypatch):
+    out, calls = _export(nets, tmp_path / "b", monkeypatch, zip_=True)
+    assert calls == ["encoder.onnx", "mapping.onnx", "synthesis_wplus.onnx", "synthesis_z.onnx",
+                     "step_wplus_b1.onnx", "step_wplus_b2.onnx", "step_z_b1.onnx", "step_z_b2.onnx"]
+    b = Bundle.load(out)
+    m = b.manifest
+    assert m.spaces == ["wplus", "z"] and m.step_batches == [1, 2] and m.defect_types == TINY_TYPES
+    assert m.defaults["space"] == "wplus" and m.default_lambdas["prior"] == 0.001
+    assert m.extra["export"]["graphs"]["encoder.onnx"]["ops"] == {"Conv": 3, "Mul": 1}
+    assert m.configs["generator"]["res"] == 16
+    assert b.w_avg("crack").shape == (16,)
+    assert oct(out.joinpath("manifest.json").stat().st_mode & 0o777) != oct(0o600)
+    with zipfile.ZipFile(tmp_path / "b.zip") as zf:
+        assert "manifest.json" in zf.namelist() and "step_z_b2.onnx" in zf.namelist()
+    assert Bundle.load(tmp_path / "b.zip").manifest.spaces == ["wplus", "z"]
+    assert _leftovers(tmp_path) == []
+
+
+def test_failure_midway_leaves_nothing(nets, tmp_path, monkeypatch):
+    with pytest.raises(RuntimeError, match="boom"):
+        _export(nets, tmp_path / "b", monkeypatch, fail_at=3)
+    assert not (tmp_path / "b").exists()
+    assert _leftovers(tmp_path) == []
+
+
+def test_failure_keeps_previous_bundle_and_success_replaces_it(nets, tmp_path, monkeypatch):
+    out, _ = _export(nets, tmp_path / "b", monkeypatch, spaces=["w"], batches=[1])
+    before = (out / "manifest.json").read_bytes()
+    with pytest.raises(RuntimeError, match="boom"):
+        _export(nets, out, monkeypatch, fail_at=5)
+    assert (out / "manifest.json").read_bytes() == before
+    Bundle.load(out)
+    _export(nets, out, monkeypatch)  # replace the old bundle
+    assert Bundle.load(out).manifest.spaces == ["wplus", "z"]
+    assert not (out / "synthesis_w.onnx").exists()  # nothing of the old bundle survives
+    assert _leftovers(tmp_path) == []
+
+
+def test_refuses_to_overwrite_a_non_bundle_folder(nets, tmp_path, monkeypatch):
+    precious = tmp_path / "photos"
+    precious.mkdir()
+    (precious / "cat.png").write_bytes(b"meow")
+    with pytest.raises(DefectgenError, match="not a bundle"):
+        _export(nets, precious, monkeypatch)
+    assert (precious / "cat.png").read_bytes() == b"meow"
+
+
+@pytest.mark.parametrize(("kw", "match"), [
+    ({"spaces": ["wplsu"]}, "did you mean 'wplus'"),
+    ({"batches": [0]}, "batch sizes"),
+    ({"opset": 13}, "opset"),
+    ({"types": ["good", "crack"]}, "types"),
+])
+def test_bad_requests_fail_before_any_work(nets, tmp_path, monkeypatch, kw, match):
+    with pytest.raises(DefectgenError, match=match):
+        _export(nets, tmp_path / "b", monkeypatch, **kw)
+    assert not (tmp_path / "b").exists() and _leftovers(tmp_path) == []
+
+
+def test_info_text_summary_histogram_and_tamper(nets, tmp_path, monkeypatch):
+    out, _ = _export(nets, tmp_path / "b", monkeypatch)
+    report = {"passed": True, "bounds": {"output_rel": 1e-4, "grad_rel": 1e-3, "fd_rel": 1e-2},
+              "worst": {"output_rel": 2e-7, "grad_rel": 5e-7, "fd_rel": 1e-3},
+              "checks": [{"file": "step_z_b2.onnx", "inputs": "random", "batch": 2,
+                          "errors": {"terms": 1e-7, "grad": 5e-7}, "fd": [1e-3], "passed": True}]}
+    (out / "verify.json").write_text(json.dumps(report))
+    m = Bundle.load(out).manifest
+    from defectgen.runtime.manifest import FileEntry, finalize_manifest
+
+    m.files["verify.json"] = FileEntry(role="report")
+    finalize_manifest(out, m)
+    text = info_text(out)
+    assert "valid, checksums ok" in text and "16 px" in text and "crack" in text
+    assert "op histogram" in text and "Conv 3, Mul 1" in text
+    assert "verify    PASSED" in text and "fd 1.0e-03" in text
+    data = bytearray((out / "step_z_b2.onnx").read_bytes())
+    data[3] ^= 0xFF
+    (out / "step_z_b2.onnx").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="checksum mismatch: step_z_b2.onnx"):
+        Bundle.load(out)
+    assert "INVALID: checksum mismatch: step_z_b2.onnx" in info_text(out)
+
+
+def test_info_text_without_a_bundle(tmp_path):
+    with pytest.raises(BundleError):
+        info_text(tmp_path / "nothing")
+
+
+def test_info_imports_neither_torch_nor_onnx():
+    code = textwrap.dedent("""
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("torch", "onnx"):
+                    raise ImportError(f"blocked {name}")
+        sys.meta_path.insert(0, Block())
+        import defectgen.runtime.info
+        assert "torch" not in sys.modules and "onnx" not in sys.modules
+    """)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
