@@ -38,7 +38,8 @@ class TrainGanConfig:
     augment: str = "translation,flip,color"  # DiffAugment ops (comma list; "" = none); see training/augment.py
     good_share: float = 0.5         # expected share of good images in a batch; defect types split the rest evenly
     defect_fraction: float = 1.0    # fraction of each defect type's images used for training (rest held out)
-    mask_stat: float = 1.0          # per-type mask-coverage matching (see losses.py); 0 = pure adversarial
+    mask_stat: float = 0.1          # per-type mask-coverage matching (see losses.py); 0 = pure adversarial
+    mask_ste: bool = True           # D sees G's mask thresholded at 0.5 (straight-through gradient), as reals
     log_every: int = 20             # steps between log.jsonl lines
     sample_every: int = 200         # steps between sample grids (samples/NNNNNN.png)
     ckpt_every: int = 200           # steps between checkpoint writes (also written at the end)

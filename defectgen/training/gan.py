@@ -263,7 +263,7 @@ def train_gan(cfg: TrainGanConfig, out: str | os.PathLike[str], *, g_cfg: Genera
     coverage = torch.stack([data.masks[data.types == t].mean() if (data.types == t).any()
                             else torch.zeros((), device=info.device) for t in range(len(types))])
     loss = GanLoss(st.G, st.D, policy=cfg.augment, r1_gamma=cfg.r1_gamma, r1_interval=cfg.r1_interval,
-                   mask_stat=cfg.mask_stat, real_coverage=coverage)
+                   mask_stat=cfg.mask_stat, real_coverage=coverage, mask_ste=cfg.mask_ste)
     total = cfg.total_steps(info.world_size)
     log = RunLogger(out, info, total=total, start=st.step, every=cfg.log_every, progress=progress, desc="gan")
     history = []

@@ -20,25 +20,37 @@ def onehot(types: torch.Tensor, n: int) -> torch.Tensor:
 class GanLoss:
     """Non-saturating logistic GAN loss with lazy R1, DiffAugment on everything D sees.
 
-    Mask bootstrap (`mask_stat`): defect masks cover ~1 % of an image and there are a few dozen of them, so
-    in a CPU-length run the adversarial signal alone lets G settle on "never draw a mask" (D cannot yet tell
-    a crack without a mask from a crack with one). We add a first-moment match: per type present in the batch,
-    ((mean soft coverage of G's masks − mean coverage of that type's real masks) / scale)², scale = the mean
-    coverage over defect types. It says only *how much* mask each type has; *where* and *what shape* still
-    come from D, which sees image and mask together and so learns that masks sit on the defect.
+    Two mask devices, both because defect masks cover ~1 % of an image and there are a few dozen of them:
+
+    - `mask_ste`: D sees G's mask *thresholded at 0.5* (the mask the runtime reports), with the sigmoid's
+      gradient passed straight through. Real masks are exactly binary, so a soft mask would let D win on
+      "not binary" alone, and G would answer by driving every logit to -inf: no mask at all. Binary inputs
+      leave D only the questions that matter: is there a mask, is it defect-shaped, does it sit on the defect.
+    - `mask_stat`: a first-moment match of how much mask each type draws: per type present in the batch,
+      (log((c_fake + s) / (c_real + s)))² with c = mean hard coverage (straight-through) and s = the mean real
+      coverage over defect types. It keeps the mask head from dying early (no mask → no gradient) and says
+      only *how much* mask, never where; log-ratio keeps it bounded while G still draws noise.
     """
 
     def __init__(self, G: Generator, D: Discriminator, *, policy: str, r1_gamma: float, r1_interval: int,
-                 mask_stat: float = 0.0, real_coverage: torch.Tensor | None = None) -> None:
+                 mask_stat: float = 0.0, real_coverage: torch.Tensor | None = None, mask_ste: bool = False) -> None:
         self.G, self.D = G, D
         self.policy = policy
         self.r1_gamma, self.r1_interval = r1_gamma, r1_interval
         self.n_types = G.cfg.n_types
+        self.mask_ste = mask_ste
         self.mask_stat = mask_stat if real_coverage is not None else 0.0
         if real_coverage is not None:
             defects = real_coverage[1:]
             self.coverage = real_coverage  # [T]
             self.coverage_scale = float(defects.mean()) if defects.numel() and defects.mean() > 0 else 0.01
+
+    def fake_mask(self, logit: torch.Tensor) -> torch.Tensor:
+        """The mask D sees: sigmoid, or its 0.5 threshold with the sigmoid's gradient (straight-through)."""
+        soft = torch.sigmoid(logit)
+        if not self.mask_ste:
+            return soft
+        return (logit > 0).to(soft.dtype) + soft - soft.detach()
 
     def generate(self, z: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(image, mask logit, w) with fresh noise, as in training."""
@@ -51,22 +63,24 @@ class GanLoss:
         return self.D(img, mask01, c)
 
     def coverage_loss(self, mask01: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """Per-type squared error of the batch's mean soft mask coverage vs the real data's, scaled."""
+        """Per-type squared log-ratio of the batch's mean mask coverage vs the real data's."""
         cov = mask01.flatten(1).mean(1)  # [B]
         counts = c.sum(0)  # [T]
         per_type = (c.t() @ cov) / counts.clamp(min=1)  # [T]
-        err = ((per_type - self.coverage.to(cov.device)) / self.coverage_scale).square()
+        s = self.coverage_scale
+        err = torch.log((per_type + s) / (self.coverage.to(cov.device) + s)).square()
         return (err * (counts > 0)).sum() / (counts > 0).sum().clamp(min=1)
 
     def accumulate_g(self, z: torch.Tensor, types: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
         """G main phase: softplus(-D(G(z))). Returns log values and the batch's w (for the w_avg EMA)."""
         c = onehot(types, self.n_types)
         img, logit, w = self.generate(z, c)
-        mask01 = torch.sigmoid(logit)
+        mask01 = self.fake_mask(logit)
         loss = F.softplus(-self.d_logits(img, mask01, c)).mean()
         stats = {"loss_G": loss.item()}
         if self.mask_stat > 0:
-            cov = self.coverage_loss(mask01, c)
+            hard = (logit > 0).to(logit.dtype) + torch.sigmoid(logit) - torch.sigmoid(logit).detach()
+            cov = self.coverage_loss(hard, c)
             loss = loss + self.mask_stat * cov
             stats["loss_G_cov"] = cov.item()
         loss.backward()
@@ -77,7 +91,7 @@ class GanLoss:
         """D main phase (+ R1 on the same real forward when `do_r1`, scaled by the interval: lazy R1)."""
         with torch.no_grad():
             fake_img, fake_logit, _ = self.generate(z, onehot(fake_types, self.n_types))
-        fake = self.d_logits(fake_img, torch.sigmoid(fake_logit), onehot(fake_types, self.n_types))
+        fake = self.d_logits(fake_img, self.fake_mask(fake_logit), onehot(fake_types, self.n_types))
         c_real = onehot(real_types, self.n_types)
         if do_r1:
             # R1 w.r.t. the *augmented* reals: grid_sample has no double backward, and the penalty is about
