@@ -161,3 +161,54 @@ def test_info_imports_neither_torch_nor_onnx():
     """)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
+
+
+def _checkpoints(nets, tmp_path, data, enc_types=None):
+    from dataclasses import asdict
+
+    from defectgen.training.checkpoint import save_checkpoint
+
+    G, E, D = nets
+    configs = {"generator": asdict(G.cfg), "discriminator": asdict(D.cfg), "train_gan": {"data": str(data)}}
+    gan = save_checkpoint(tmp_path / "gan" / "checkpoint.safetensors", kind="gan", step=1,
+                          modules={"G": G, "G_ema": G, "D": D}, optimizers={}, configs=configs,
+                          extra={"defect_types": TINY_TYPES}, with_rng=False)
+    enc = save_checkpoint(tmp_path / "enc" / "checkpoint.safetensors", kind="encoder", step=1,
+                          modules={"E": E, "D": D}, optimizers={},
+                          configs={**configs, "encoder": asdict(E.cfg), "train_encoder": {"steps": 1}},
+                          extra={"defect_types": enc_types or TINY_TYPES}, with_rng=False)
+    return gan.parent, enc.parent
+
+
+def test_cli_export_from_checkpoints(nets, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from defectgen.cli import app
+    from defectgen.data.procedural import make_dataset
+
+    data = tmp_path / "data"
+    make_dataset(data, res=32, n_good=2, n_defect=1, n_test_good=1, seed=0)
+    gan, enc = _checkpoints(nets, tmp_path, data)
+    stub, _ = _stub_export()
+    monkeypatch.setattr(bundle_mod, "export_graph", stub)
+    out = tmp_path / "bundle"
+    res = CliRunner().invoke(app, ["export", "--gan", str(gan), "--encoder", str(enc), "--out", str(out),
+                                   "--spaces", "w", "--batch", "1,2", "--no-verify", "--zip"])
+    assert res.exit_code == 0, res.output
+    b = Bundle.load(out)
+    assert b.manifest.step_batches == [1, 2] and b.manifest.spaces == ["w"]
+    assert set(b.manifest.configs) >= {"generator", "discriminator", "encoder", "train_gan", "train_encoder"}
+    assert sorted(b.manifest.defect_bank) == list(TINY_TYPES[1:])  # bank from the GAN's training data
+    assert (tmp_path / "bundle.zip").is_file()
+
+
+def test_cli_refuses_mismatched_encoder(nets, tmp_path):
+    from typer.testing import CliRunner
+
+    from defectgen.cli import app
+
+    gan, enc = _checkpoints(nets, tmp_path, tmp_path / "nowhere", enc_types=["good", "a", "b", "c", "d"])
+    res = CliRunner().invoke(app, ["export", "--gan", str(gan), "--encoder", str(enc), "--out",
+                                   str(tmp_path / "b"), "--no-verify"])
+    assert res.exit_code == 2 and "trained with types" in res.output
+    assert not (tmp_path / "b").exists()
