@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import shlex
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
@@ -59,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="downstream.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, help="MVTec-layout category (default: a fresh procedural make-data set)")
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="results folder")
+    p.add_argument("--out", type=Path, help="results folder (default benchmarks/results, quick: .../results/quick)")
     p.add_argument("--work", type=Path, help="scratch folder (default: $TMPDIR/defectgen_downstream_<mode>)")
     p.add_argument("--quick", action="store_true", help="tiny sizes for CI (minutes -> seconds)")
     p.add_argument("--bundle", type=Path, help="defectgen bundle (default: the shipped default bundle)")
@@ -129,7 +130,8 @@ def _bundle(args: argparse.Namespace, split: Split, work: Path, res: int, log: l
     sha = hashlib.sha256((b.root / MANIFEST_NAME).read_bytes()).hexdigest()
     return {"path": str(path), "kind": kind, "note": note, "resolution": b.resolution,
             "defect_types": b.defect_types, "manifest_sha256": sha[:16],
-            "trained_on": {k: v.get("data") for k, v in b.manifest.configs.items() if isinstance(v, dict)}}
+            "trained_on": sorted({str(v["data"]) for v in b.manifest.configs.values()
+                                  if isinstance(v, dict) and v.get("data")})}
 
 
 def _generate(name: str, args: argparse.Namespace, pre: Preset, split: Split, work: Path,
@@ -167,6 +169,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if unknown or not names:
         raise SystemExit(f"downstream.py: unknown source(s) {unknown}; choose from {', '.join(SOURCES)}")
     work = args.work or Path(tempfile.gettempdir()) / f"defectgen_downstream_{mode}"
+    # the convention of benchmarks/common.py: smoke runs never overwrite the real results
+    args.out = args.out or REPO / "benchmarks" / "results" / ("quick" if args.quick else "")
     work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = machine_stamp()
@@ -214,7 +218,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     summary = {n: {**{k: sources[n]["metrics"][k] for k in report.METRICS}, "dataset": dataset["name"]}
                for n in names}
     results = {
-        "benchmark": "downstream", "issue": 8, "mode": mode, "machine": stamp, "machine_line": stamp_line(stamp),
+        "benchmark": "downstream", "issue": 8, "mode": mode, "quick": args.quick, "command": _command(),
+        "machine": stamp, "loadavg_end": machine_stamp()["loadavg"], "machine_line": stamp_line(stamp),
         "summary": summary, "pixel_ap_margin": report.pixel_ap_margin(summary), "dataset": dataset,
         "bundle": bundle, "protocol": {"n_synthetic": pre.n_synthetic, "seed": args.seed, "held_in_fraction": 1 / 3,
                                        "sources": names, "run_args": args.run_args,
@@ -227,6 +232,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report.plot(results, curves, args.out / "downstream.png")
     print(f"downstream: wrote {args.out / 'downstream.json'} ({mode}, {timing['total_s']:.0f} s)", flush=True)
     return results
+
+
+def _command() -> str:
+    argv = list(sys.argv)
+    if argv and Path(argv[0]).resolve().is_relative_to(REPO):
+        argv[0] = str(Path(argv[0]).resolve().relative_to(REPO))
+    return "python " + " ".join(shlex.quote(a) for a in argv)
 
 
 def read_res(cat: MVTecCategory) -> int:

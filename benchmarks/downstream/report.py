@@ -64,7 +64,8 @@ def _fmt(v: Any, scale: float = 100.0, digits: int = 1) -> str:
 def markdown(results: dict[str, Any]) -> str:
     """The note: context, the table, the verdict on the pixel-AP bar, and what each column means."""
     ds, bun, mode = results["dataset"], results["bundle"], results["mode"]
-    lines = [f"# Downstream anomaly segmentation ({mode} mode)", "",
+    title = " — QUICK smoke run (tiny sizes: not a result)" if mode == "quick" else ""
+    lines = [f"# Downstream anomaly segmentation{title}", "",
              f"Segmenter trained on good images + 1 source's synthetic defects, evaluated on held-out **real** "
              f"defects of `{ds['name']}` ({ds['held_out_defects']} defective + {ds['test_good']} good test "
              f"images, {ds['resolution']} px data, segmenter at {results['segmenter']['res']} px).", "",
@@ -72,7 +73,8 @@ def markdown(results: dict[str, Any]) -> str:
              f"- synthetic images per source: {results['protocol']['n_synthetic']}; split seed "
              f"{results['protocol']['seed']}; held-in (generator side) "
              f"{sum(len(v) for v in ds['split']['held_in'].values())} real defects",
-             f"- machine: {results['machine_line']}",
+             f"- command: `{results['command']}`",
+             f"- machine: {results['machine_line']}; load average at the end {results.get('loadavg_end')}",
              f"- wall time: {results['timing']['total_s']:.0f} s", "",
              "| source | pixel AUROC | pixel AP | F1-max | image AUROC | mask IoU | change IoU | bg PSNR dB "
              "| diversity | gen s | train s |",
@@ -134,7 +136,8 @@ def plot(results: dict[str, Any], curves: dict[str, tuple[np.ndarray, np.ndarray
     ax2.set_ylim(0, 1)
     ax2.set_title("pixel precision-recall", fontsize=10)
     ax2.legend(fontsize=8)
-    fig.text(0.01, 0.01, results["machine_line"][:160], fontsize=6)
+    quick = "QUICK smoke run · " if results["mode"] == "quick" else ""
+    fig.text(0.01, 0.01, (quick + results["machine_line"])[:180], fontsize=6)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     import io
 
