@@ -32,7 +32,7 @@ from .evaluate import eval_set, generation_quality, load_pairs, real_diversity, 
 from .metrics import pr_curve, segmentation_metrics
 from .segmenter import SegConfig, predict, train_segmenter
 from .sources import BASELINES, SOURCES, generate_baseline, plan_jobs, read_samples
-from .split import Split, split_category, write_held_in
+from .split import Split, split_category, validation_split, write_held_in
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -79,6 +79,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch threads of the segmenter")
     p.add_argument("--iou-jobs", type=int, help="jobs rerun with --mask-mode generated for the mask IoU")
     p.add_argument("--run-args", default="", help="extra `defectgen run` options, e.g. \"--steps 20 --lambda def=1\"")
+    p.add_argument("--validate", action="store_true",
+                   help="tune mode: evaluate on half of the held-in defects (the other half are the references) "
+                        "and on a tenth of train/good; the held-out defects and test images are never read")
     p.add_argument("--real-reference", action="store_true",
                    help="also train on the held-in real defects themselves (a reference row, not a source)")
     return p.parse_args(argv)
@@ -162,7 +165,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from defectgen.runtime.bench import machine_stamp, stamp_line
 
     t_start = time.perf_counter()
-    mode = "quick" if args.quick else "full"
+    mode = ("quick" if args.quick else "full") + ("-validation" if args.validate else "")
     pre = _preset(args)
     names = [s.strip() for s in args.sources.split(",") if s.strip()]
     unknown = sorted(set(names) - set(SOURCES))
@@ -170,7 +173,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"downstream.py: unknown source(s) {unknown}; choose from {', '.join(SOURCES)}")
     work = args.work or Path(tempfile.gettempdir()) / f"defectgen_downstream_{mode}"
     # the convention of benchmarks/common.py: smoke runs never overwrite the real results
-    args.out = args.out or REPO / "benchmarks" / "results" / ("quick" if args.quick else "")
+    args.out = args.out or REPO / "benchmarks" / "results" / ("quick" if args.quick else "") / (
+        "validation" if args.validate else "")
     work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = machine_stamp()
@@ -181,6 +185,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     root, dataset = _dataset(args, pre, work)
     cat = MVTecCategory(root)
     split = split_category(cat, seed=args.seed)
+    if args.validate:
+        split = validation_split(split)
+        notes.append("VALIDATION run (--validate): evaluated on half of the held-in defects and a tenth of "
+                     "train/good, for tuning; these are not the benchmark's held-out numbers.")
     timing["data_s"] = time.perf_counter() - t0
     seg_cfg = replace(pre.seg, res=min(pre.seg.res, max(read_res(cat), 16)))
     t0 = time.perf_counter()
@@ -249,7 +257,7 @@ def read_res(cat: MVTecCategory) -> int:
 
 def _notes(mode: str, bundle: dict[str, Any]) -> list[str]:
     notes = []
-    if mode == "quick":
+    if mode.startswith("quick"):
         notes.append("QUICK mode: tiny data, 24 images per source and a few segmenter steps; a smoke test of the "
                      "pipeline, not a measurement of defect quality.")
     if bundle.get("kind") == "default":

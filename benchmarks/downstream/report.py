@@ -64,7 +64,9 @@ def _fmt(v: Any, scale: float = 100.0, digits: int = 1) -> str:
 def markdown(results: dict[str, Any]) -> str:
     """The note: context, the table, the verdict on the pixel-AP bar, and what each column means."""
     ds, bun, mode = results["dataset"], results["bundle"], results["mode"]
-    title = " — QUICK smoke run (tiny sizes: not a result)" if mode == "quick" else ""
+    title = " — QUICK smoke run (tiny sizes: not a result)" if results.get("quick") else ""
+    if "validation" in mode:
+        title += " — VALIDATION split (for tuning; not the held-out result)"
     lines = [f"# Downstream anomaly segmentation{title}", "",
              f"Segmenter trained on good images + 1 source's synthetic defects, evaluated on held-out **real** "
              f"defects of `{ds['name']}` ({ds['held_out_defects']} defective + {ds['test_good']} good test "
@@ -136,7 +138,7 @@ def plot(results: dict[str, Any], curves: dict[str, tuple[np.ndarray, np.ndarray
     ax2.set_ylim(0, 1)
     ax2.set_title("pixel precision-recall", fontsize=10)
     ax2.legend(fontsize=8)
-    quick = "QUICK smoke run · " if results["mode"] == "quick" else ""
+    quick = "QUICK smoke run · " if results.get("quick") else ""
     fig.text(0.01, 0.01, (quick + results["machine_line"])[:180], fontsize=6)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     import io

@@ -55,6 +55,21 @@ def split_category(cat: MVTecCategory, *, seed: int = 0, fraction: float = 1 / 3
     return Split(held_in=held_in, held_out=held_out, train_good=cat.train_good(), test_good=cat.test_items([GOOD]))
 
 
+def validation_split(split: Split) -> Split:
+    """A split for tuning that never touches the held-out defects or the test images.
+
+    Each type's held-in defects are halved again (first half: references / copy-paste bank / training data,
+    second half: evaluation), and the last tenth of train/good (at least 2) replaces test/good as the good
+    evaluation images (and is no longer used as canvases or negatives).
+    """
+    k = max(2, len(split.train_good) // 10) if len(split.train_good) > 2 else 0
+    half = {t: max(1, (len(v) + 1) // 2) if len(v) >= 2 else len(v) for t, v in split.held_in.items()}
+    return Split(held_in={t: v[:half[t]] for t, v in split.held_in.items()},
+                 held_out={t: v[half[t]:] for t, v in split.held_in.items()},
+                 train_good=split.train_good[:len(split.train_good) - k],
+                 test_good=split.train_good[len(split.train_good) - k:])
+
+
 def write_held_in(split: Split, out: Path) -> Path:
     """Copy train/good and the held-in defects into an MVTec-layout folder (what option (a) trains on)."""
     for item in split.train_good:

@@ -14,7 +14,7 @@ from defectgen.data.procedural import make_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from downstream import baselines  # noqa: E402
-from downstream.split import split_category  # noqa: E402
+from downstream.split import split_category, validation_split  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +87,16 @@ def test_split_is_deterministic_disjoint_and_one_third(data: Path) -> None:
     other = split_category(cat, seed=1)
     assert any({i.image_path for i in other.held_in[t]} != {i.image_path for i in s1.held_in[t]} for t in s1.types)
     assert len(s1.test_good) == 2 and len(s1.train_good) == 3
+
+
+def test_validation_split_never_touches_held_out_or_test_images(data: Path) -> None:
+    full = split_category(MVTecCategory(data), seed=0)
+    val = validation_split(full)
+    forbidden = {i.image_path for v in full.held_out.values() for i in v} | {i.image_path for i in full.test_good}
+    used = {i.image_path for s in (val.held_in, val.held_out) for v in s.values() for i in v}
+    used |= {i.image_path for i in val.train_good + val.test_good}
+    assert not used & forbidden
+    for t in full.types:
+        assert val.held_in[t] and val.held_out[t]
+        assert not {i.image_path for i in val.held_in[t]} & {i.image_path for i in val.held_out[t]}
+    assert not {i.image_path for i in val.train_good} & {i.image_path for i in val.test_good}
