@@ -42,7 +42,7 @@ from defectgen.training.checkpoint import save_checkpoint as _save
 from defectgen.training.common import RunLogger, prepare_run_dir, set_trainable, step_seed, write_config
 from defectgen.training.config import ConfigError, TrainEncoderConfig, from_dict, to_dict
 from defectgen.training.dataset import Sampler, TrainData, load_training_set
-from defectgen.training.losses import onehot
+from defectgen.training.losses import mask_for_d, onehot
 from defectgen.training.report import iou, pair_cells, psnr, write_grid, write_json
 from defectgen.training.vgg import VGG16Features
 
@@ -125,8 +125,11 @@ def _samples(G: Generator, types: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 
 
 def encoder_step(st: EncoderState, fz: Frozen, data: TrainData, sampler: Sampler, info: dist.DistInfo,
-                 policy: str) -> dict[str, float]:
-    """One E step (real + synthetic halves) and, when enabled, one D fine-tuning step (+ lazy R1)."""
+                 policy: str, mask_ste: bool) -> dict[str, float]:
+    """One E step (real + synthetic halves) and, when enabled, one D fine-tuning step (+ lazy R1).
+
+    `policy` and `mask_ste` are the GAN run's: D keeps seeing inputs the way it was trained.
+    """
     cfg, step = st.cfg, st.step
     torch.manual_seed(step_seed(cfg.seed, step, info.rank))
     idx = torch.as_tensor(sampler.indices(step), device=data.images.device)
@@ -144,7 +147,7 @@ def encoder_step(st: EncoderState, fz: Frozen, data: TrainData, sampler: Sampler
     rec, logit = fz.G.synthesis(wp, noise_mode="const")
     l_pix = (rec - x).square().mean()
     l_feat = (fz.features(rec, m) - fz.features(x, m)).square().mean()
-    l_adv = F.softplus(-st.D(*augment(rec, torch.sigmoid(logit), policy), c)).mean()
+    l_adv = F.softplus(-st.D(*augment(rec, mask_for_d(logit, mask_ste), policy), c)).mean()
     l_mask = F.binary_cross_entropy_with_logits(logit, m)
     l_lat = (wp[n_real:] - wp_s).square().mean() if t_s.numel() else torch.zeros(())
     loss = cfg.w_pix * l_pix + cfg.w_feat * l_feat + cfg.w_adv * l_adv + cfg.w_mask * l_mask + cfg.w_latent * l_lat
@@ -157,7 +160,7 @@ def encoder_step(st: EncoderState, fz: Frozen, data: TrainData, sampler: Sampler
     if cfg.train_d:
         set_trainable(st.D, True)
         st.opt_D.zero_grad(set_to_none=True)
-        fake = st.D(*augment(rec.detach(), torch.sigmoid(logit).detach(), policy), c)
+        fake = st.D(*augment(rec.detach(), mask_for_d(logit, mask_ste).detach(), policy), c)
         with torch.no_grad():
             a_img, a_mask = augment(x_r, m_r, policy)
         do_r1 = cfg.r1_interval > 0 and cfg.r1_gamma > 0 and step % cfg.r1_interval == 0
@@ -212,7 +215,7 @@ def _encoder_report(st: EncoderState, G: Generator, held: TrainData, out: Path, 
         sel = held.subset(list(range(min(len(held), 16)))) if len(held) else held
         if len(sel):
             rec, logit = G.synthesis(st.E(sel.images, sel.masks), noise_mode="const")
-            a, b = pair_cells(sel.images, sel.masks), pair_cells(rec, torch.sigmoid(logit))
+            a, b = pair_cells(sel.images, sel.masks), pair_cells(rec, (logit > 0).float())
             rows = [[a[i], b[i], *([a[i + 1], b[i + 1]] if i + 1 < len(a) else [])] for i in range(0, len(a), 2)]
             write_grid(out / "report.png", rows)
     return rep
@@ -264,14 +267,15 @@ def train_encoder(cfg: TrainEncoderConfig, out: str | os.PathLike[str], *, resum
     st.extra = {"split": {"held_out": held.paths}}
     for m in (st.E, st.D):
         dist.broadcast_module(m, info)
-    policy = gan_meta["configs"].get("train_gan", {}).get("augment", "")
+    gan_train = gan_meta["configs"].get("train_gan", {})
+    policy, mask_ste = gan_train.get("augment", ""), bool(gan_train.get("mask_ste", False))
     sampler = Sampler(data.types.cpu(), good_share=cfg.good_share, seed=cfg.seed, batch=cfg.batch,
                       rank=info.rank, world_size=info.world_size)
     log = RunLogger(out, info, total=cfg.steps, start=st.step, every=cfg.log_every, progress=progress,
                     desc="encoder")
     history = []
     while st.step < cfg.steps:
-        stats = encoder_step(st, fz, data, sampler, info, policy)
+        stats = encoder_step(st, fz, data, sampler, info, policy, mask_ste)
         history.append(stats)
         log.step(st.step, stats, cfg.batch * info.world_size)
         if info.is_main and len(held) and (st.step % cfg.sample_every == 0 or st.step == cfg.steps):
@@ -279,7 +283,7 @@ def train_encoder(cfg: TrainEncoderConfig, out: str | os.PathLike[str], *, resum
                 sel = held.subset(list(range(min(len(held), 8))))
                 rec, logit = G.synthesis(st.E(sel.images, sel.masks), noise_mode="const")
             write_grid(out / "samples" / f"{st.step:06d}.png",
-                       [pair_cells(sel.images, sel.masks), pair_cells(rec, torch.sigmoid(logit))])
+                       [pair_cells(sel.images, sel.masks), pair_cells(rec, (logit > 0).float())])
         if info.is_main and (st.step % cfg.ckpt_every == 0 or st.step == cfg.steps):
             st.save(out)
     wall = log.close()

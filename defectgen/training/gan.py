@@ -124,13 +124,13 @@ def restore_state(ck: Checkpoint, cfg: TrainGanConfig, device: str) -> GanState:
 
 @torch.no_grad()
 def sample_grid(G: Generator, types: list[str], per_type: int, seed: int, device: str) -> list[list[Any]]:
-    """Rows of (image | mask) cells, one row per type, from fixed z (same z for every type: shows the type)."""
+    """Rows of (image | mask > 0.5) cells, one row per type, from fixed z (the same z for every type)."""
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(per_type, G.cfg.z_dim, generator=gen).to(device)
     rows = []
     for t in range(len(types)):
         img, logit = G(z, onehot(torch.full((per_type,), t, dtype=torch.int64, device=device), len(types)))
-        rows.append(pair_cells(img, torch.sigmoid(logit)))
+        rows.append(pair_cells(img, (logit > 0).float()))
     return rows
 
 

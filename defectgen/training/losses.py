@@ -17,6 +17,14 @@ def onehot(types: torch.Tensor, n: int) -> torch.Tensor:
     return F.one_hot(types, n).to(torch.float32)
 
 
+def mask_for_d(logit: torch.Tensor, ste: bool) -> torch.Tensor:
+    """The mask D sees of a generated sample: sigmoid, or (ste) its 0.5 threshold with the sigmoid's gradient."""
+    soft = torch.sigmoid(logit)
+    if not ste:
+        return soft
+    return (logit > 0).to(soft.dtype) + soft - soft.detach()
+
+
 class GanLoss:
     """Non-saturating logistic GAN loss with lazy R1, DiffAugment on everything D sees.
 
@@ -46,11 +54,7 @@ class GanLoss:
             self.coverage_scale = float(defects.mean()) if defects.numel() and defects.mean() > 0 else 0.01
 
     def fake_mask(self, logit: torch.Tensor) -> torch.Tensor:
-        """The mask D sees: sigmoid, or its 0.5 threshold with the sigmoid's gradient (straight-through)."""
-        soft = torch.sigmoid(logit)
-        if not self.mask_ste:
-            return soft
-        return (logit > 0).to(soft.dtype) + soft - soft.detach()
+        return mask_for_d(logit, self.mask_ste)
 
     def generate(self, z: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(image, mask logit, w) with fresh noise, as in training."""
@@ -79,8 +83,7 @@ class GanLoss:
         loss = F.softplus(-self.d_logits(img, mask01, c)).mean()
         stats = {"loss_G": loss.item()}
         if self.mask_stat > 0:
-            hard = (logit > 0).to(logit.dtype) + torch.sigmoid(logit) - torch.sigmoid(logit).detach()
-            cov = self.coverage_loss(hard, c)
+            cov = self.coverage_loss(mask_for_d(logit, ste=True), c)
             loss = loss + self.mask_stat * cov
             stats["loss_G_cov"] = cov.item()
         loss.backward()

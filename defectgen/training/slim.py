@@ -16,7 +16,13 @@ import shutil
 from pathlib import Path
 
 from defectgen.errors import DataError
-from defectgen.training.checkpoint import CKPT_NAME, read_checkpoint, resolve_checkpoint, slim_checkpoint
+from defectgen.training.checkpoint import (
+    CKPT_NAME,
+    load_generator,
+    read_checkpoint,
+    resolve_checkpoint,
+    slim_checkpoint,
+)
 
 KEEP = {"gan": ("G", "G_ema", "D"), "encoder": ("E", "D")}
 SIDE_FILES = ("config.json", "report.json", "report.png")
@@ -38,6 +44,16 @@ def export_slim(run: str | os.PathLike[str], dst: str | os.PathLike[str]) -> lis
     grids = sorted((run / "samples").glob("*.png"))
     if grids:
         written.append(Path(shutil.copy2(grids[-1], dst / f"samples_{grids[-1].name}")))
+    if kind == "gan":  # re-render with this version's grid code: fixed z, one row per type, image | mask > 0.5
+        from defectgen.training.gan import sample_grid
+        from defectgen.training.report import write_grid
+
+        ck = read_checkpoint(ckpt)
+        G = load_generator(ckpt)
+        per_type = ck.configs.get("train_gan", {}).get("grid_per_type", 6)
+        seed = ck.configs.get("train_gan", {}).get("seed", 0)
+        written.append(write_grid(dst / "samples.png", sample_grid(G, ck.meta["defect_types"], per_type, seed,
+                                                                    "cpu")))
     return written
 
 
