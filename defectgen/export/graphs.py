@@ -78,12 +78,11 @@ class GraphResult:
                 "nodes": self.nodes, "seconds": round(self.seconds, 2), "ops": self.ops}
 
 
-def model_dims(G: nn.Module, E: nn.Module | None = None) -> ModelDims:
+def model_dims(G: nn.Module) -> ModelDims:
     """Read the sizes off a generator (its config where it has one, else its buffers).
 
     Args:
         G: the generator.
-        E: unused; kept so callers can pass the pair symmetrically.
 
     Returns:
         The model sizes.
