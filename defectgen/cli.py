@@ -206,12 +206,13 @@ def bench(
     quick: bool = typer.Option(False, help="Few repeats (smoke test)."),
     out: Optional[Path] = typer.Option(None, help="Write JSON results here."),
     profile: bool = typer.Option(False, help="Also print ONNX Runtime's per-op profile of the step graph (CPU)."),
+    threads: Optional[int] = typer.Option(None, help="ONNX Runtime intra-op threads (default: physical cores)."),
 ) -> None:
     """Time the step graph and end-to-end defects/s with the runtime only (no torch needed)."""
     from defectgen.runtime.bench import bench_cli
 
     bench_cli(bundle=bundle, batch=[int(b) for b in _csv(batch) or []], backend=backend, quick=quick, out=out,
-              profile=profile)
+              profile=profile, threads=threads)
 
 
 @app.command("info")

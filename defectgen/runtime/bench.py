@@ -190,16 +190,18 @@ def matmul_model_bytes() -> bytes:
 
 
 def matmul_ceiling(*, threads: int | None = None, sizes: Sequence[int] = (1024, 2048), repeats: int = 5,
-                   ) -> dict[str, Any]:
+                   numpy: bool | None = None) -> dict[str, Any]:
     """Measure the machine's fp32 matmul GFLOP/s: the ceiling that FLOP shares are quoted against.
 
     Square n x n @ n x n products (2 n^3 FLOPs) with ONNX Runtime's CPU `MatMul` (`threads` intra-op threads,
-    default: the runtime's, one per physical core) and with `numpy.matmul` (its BLAS's default threads).
+    default: the runtime's, one per physical core) and with `numpy.matmul` (its BLAS's default threads, all
+    cores: so by default only included when `threads` is the physical core count).
 
     Args:
         threads: ORT intra-op threads.
         sizes: matrix sides to try.
         repeats: timed runs per engine and size (after one warm-up).
+        numpy: also time numpy (default: when `threads` equals the physical core count).
 
     Returns:
         `{"ceiling_gflops": best median GFLOP/s, "engine": ..., "n": ..., "rows": [per engine and size]}`.
@@ -212,6 +214,7 @@ def matmul_ceiling(*, threads: int | None = None, sizes: Sequence[int] = (1024, 
     so.intra_op_num_threads = threads or physical_cores()
     so.inter_op_num_threads = 1
     sess = ort.InferenceSession(matmul_model_bytes(), so, providers=["CPUExecutionProvider"])
+    with_numpy = so.intra_op_num_threads == physical_cores() if numpy is None else numpy
     rng = np.random.default_rng(0)
     rows = []
     for n in sizes:
@@ -220,6 +223,8 @@ def matmul_ceiling(*, threads: int | None = None, sizes: Sequence[int] = (1024, 
             "onnxruntime MatMul": lambda a=a, b=b: sess.run(None, {"A": a, "B": b}),
             "numpy.matmul": lambda a=a, b=b: a @ b,
         }
+        if not with_numpy:
+            del engines["numpy.matmul"]
         for engine, fn in engines.items():
             t = timed(fn, repeats=repeats, warmup=1)
             rows.append({"engine": engine, "n": n, "gflops_median": 2 * n**3 / t["median_s"] / 1e9,
@@ -227,6 +232,7 @@ def matmul_ceiling(*, threads: int | None = None, sizes: Sequence[int] = (1024, 
                          if engine.startswith("onnx") else None, "timing": t})
     best = max(rows, key=lambda r: r["gflops_median"])
     return {"ceiling_gflops": best["gflops_median"], "engine": best["engine"], "n": best["n"], "rows": rows,
+            "threads": so.intra_op_num_threads,
             "definition": "best median GFLOP/s over engines and sizes of an fp32 n x n @ n x n matmul (2 n^3 FLOPs)"}
 
 
@@ -325,8 +331,9 @@ def profile_ops(path: str | os.PathLike[str], feeds: dict[str, np.ndarray], *, r
         options: extra changes to the `SessionOptions` (e.g. an optimisation level), applied last.
 
     Returns:
-        `{"ops": [{"op", "ms_per_run", "share", "nodes"}...] (slowest first), "kernel_ms_per_run",
-        "wall_ms_per_run"}`; op names are the *optimised* graph's (e.g. `FusedConv`, `ReorderInput`).
+        `{"ops": [{"op", "ms_per_run", "share", "nodes"}...] (slowest first), "top_kernels": the 25 slowest
+        (op, input shapes) groups, "kernel_ms_per_run", "wall_ms_per_run"}`; op names are the *optimised*
+        graph's (e.g. `FusedConv`, `ReorderInput`).
     """
     import onnxruntime as ort
 
@@ -354,18 +361,25 @@ def _aggregate_profile(events: list[dict[str, Any]], runs: int) -> dict[str, Any
                         key=lambda e: e["ts"])
     start = model_runs[0]["ts"] + model_runs[0]["dur"] if len(model_runs) > runs else 0  # drop the warm-up run
     per_op: dict[str, float] = {}
+    per_shape: dict[tuple[str, str], float] = {}
     node_names: dict[str, set[str]] = {}
     for e in events:
         if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time") or e["ts"] < start:
             continue
-        op = e.get("args", {}).get("op_name", "?")
+        args = e.get("args", {})
+        op = args.get("op_name", "?")
         per_op[op] = per_op.get(op, 0.0) + e["dur"] / 1e3
         node_names.setdefault(op, set()).add(e["name"])
+        shapes = json.dumps([list(t.values())[0] for t in args.get("input_type_shape", [])])
+        per_shape[op, shapes] = per_shape.get((op, shapes), 0.0) + e["dur"] / 1e3
     total = sum(per_op.values())
     ops = [{"op": op, "ms_per_run": ms / runs, "share": ms / total if total else None, "nodes": len(node_names[op])}
            for op, ms in sorted(per_op.items(), key=lambda kv: -kv[1])]
+    top = [{"op": op, "input_shapes": json.loads(shapes), "ms_per_run": ms / runs,
+            "share": ms / total if total else None}
+           for (op, shapes), ms in sorted(per_shape.items(), key=lambda kv: -kv[1])[:25]]
     wall = [e["dur"] / 1e3 for e in model_runs if e["ts"] >= start]
-    return {"ops": ops, "kernel_ms_per_run": total / runs, "runs": runs,
+    return {"ops": ops, "top_kernels": top, "kernel_ms_per_run": total / runs, "runs": runs,
             "wall_ms_per_run": float(np.median(wall)) if wall else None}
 
 
@@ -541,7 +555,7 @@ def step_share(flops: dict[str, Any] | None, median_s: float, ceiling: dict[str,
 
 def run_bench(bundle_path: str | os.PathLike[str] | None = None, *, batches: Sequence[int] = (1, 4, 8),
               backend: str = "auto", quick: bool = False, steps: Sequence[int] = (5, 10, 20),
-              space: str = "wplus", profile: bool = False) -> dict[str, Any]:
+              space: str = "wplus", profile: bool = False, threads: int | None = None) -> dict[str, Any]:
     """Time the step graph and end-to-end defects/s of a bundle on one backend (runtime only, no torch).
 
     Args:
@@ -552,6 +566,8 @@ def run_bench(bundle_path: str | os.PathLike[str] | None = None, *, batches: Seq
         steps: Adam steps K of the end-to-end runs.
         space: latent space.
         profile: also profile the largest batch's step graph per op (ONNX Runtime CPU).
+        threads: ONNX Runtime intra-op threads (default: the runtime's, one per physical core). On a box
+            shared with other work, 1 thread can be faster: waiting for a descheduled worker at every op costs.
 
     Returns:
         JSON-ready results: `summary` (issue 7's throughput keys), `machine`, `ceiling`, `step`, `end_to_end`.
@@ -566,9 +582,10 @@ def run_bench(bundle_path: str | os.PathLike[str] | None = None, *, batches: Seq
     steps = (min(steps),) if quick else tuple(steps)
     stamp = machine_stamp()
     on_cpu = name == "ort-cpu"
-    ceiling = matmul_ceiling(sizes=(512,) if quick else (1024, 2048), repeats=3 if quick else 5) if on_cpu else None
+    ceiling = matmul_ceiling(threads=threads, sizes=(512,) if quick else (1024, 2048),
+                             repeats=3 if quick else 5) if on_cpu else None
     rows_step, rows_e2e = [], []
-    with load_backend(bundle, name) as be:
+    with load_backend(bundle, name, **({"threads": threads} if threads else {})) as be:
         for b in batches:
             jobs = make_jobs(bundle, b, seed=b)
             row = time_step(be, bundle, jobs, space=space, repeats=repeats, budget_s=10 if quick else 60)
@@ -587,13 +604,15 @@ def run_bench(bundle_path: str | os.PathLike[str] | None = None, *, batches: Seq
         feeds = {k: args[k] for k in ("latent", "good", "mask", "stitched", "lambdas")}
         if space == "z":
             feeds["type_onehot"] = args["type_onehot"]
-        prof = profile_ops(bundle.path_of(bundle.step_file(space, b)), feeds, runs=2 if quick else 5)
+        prof = profile_ops(bundle.path_of(bundle.step_file(space, b)), feeds, runs=2 if quick else 5,
+                           threads=threads)
     top = rows_step[-1] if rows_step else None
     summary = dict.fromkeys(SUMMARY_KEYS)
     summary["step_flops_share_of_ceiling"] = top["share_of_ceiling"] if top else None
     return {"benchmark": "defectgen bench", "quick": quick, "summary": summary, "machine": stamp,
             "bundle": {"source": str(bundle.source), "resolution": bundle.resolution, "space": space},
-            "backend": name, "ceiling": ceiling, "step": rows_step, "end_to_end": rows_e2e, "profile": prof,
+            "backend": name, "threads": threads, "ceiling": ceiling, "step": rows_step, "end_to_end": rows_e2e,
+            "profile": prof,
             "notes": ["torch-free: ort_vs_torch_step_speedup and end_to_end_speedup_vs_idinvert need the torch "
                       "reference (benchmarks/throughput.py) and are null here",
                       "end to end = encoder init + K Adam steps + synthesis + feathered full-resolution composite; "
@@ -611,7 +630,8 @@ def format_report(result: dict[str, Any]) -> str:
              f"machine: {stamp_line(result['machine'])}"]
     if result["ceiling"]:
         c = result["ceiling"]
-        lines.append(f"matmul ceiling: {c['ceiling_gflops']:.1f} GFLOP/s ({c['engine']}, n={c['n']})")
+        lines.append(f"matmul ceiling: {c['ceiling_gflops']:.1f} GFLOP/s ({c['engine']}, n={c['n']}, "
+                     f"{c['threads']} ORT threads)")
     lines.append("step (forward+backward):  batch  median ms  [p25, p75]  ms/sample  GFLOP/step  % of ceiling")
     for r in result["step"]:
         gf = r["flops"]["flops"] / 1e9 if r.get("flops") else None
@@ -631,13 +651,13 @@ def format_report(result: dict[str, Any]) -> str:
 
 
 def bench_cli(*, bundle: Path | None, batch: Sequence[int], backend: str, quick: bool, out: Path | None,
-              profile: bool = False) -> dict[str, Any]:
+              profile: bool = False, threads: int | None = None) -> dict[str, Any]:
     """`defectgen bench`: run, print the tables, and write the JSON to `out` when given.
 
     Returns:
         The result dict.
     """
-    result = run_bench(bundle, batches=batch, backend=backend, quick=quick, profile=profile)
+    result = run_bench(bundle, batches=batch, backend=backend, quick=quick, profile=profile, threads=threads)
     print(format_report(result))
     if out is not None:
         from defectgen.data.imageio import atomic_write_text
