@@ -212,3 +212,17 @@ def test_cli_refuses_mismatched_encoder(nets, tmp_path):
                                    str(tmp_path / "b"), "--no-verify"])
     assert res.exit_code == 2 and "trained with types" in res.output
     assert not (tmp_path / "b").exists()
+
+
+def test_failed_verification_leaves_nothing(nets, tmp_path, monkeypatch):
+    from defectgen.export.verify import Bounds, Check, VerifyError, VerifyReport
+
+    def failing(G, E, D, graphs, dims, *, real=None, bounds=None):
+        check = Check(file="step_z_b1.onnx", inputs="random", batch=1, errors={"grad": 0.5}, passed=False,
+                      notes=["grad rel error 5.00e-01 > 1e-03"])
+        return VerifyReport(passed=False, bounds=Bounds(), checks=[check], worst={"grad_rel": 0.5}, environment={})
+
+    monkeypatch.setattr(bundle_mod, "verify_graphs", failing)
+    with pytest.raises(VerifyError, match=r"step_z_b1.onnx \(random\): grad rel error"):
+        _export(nets, tmp_path / "b", monkeypatch, verify=True)
+    assert not (tmp_path / "b").exists() and _leftovers(tmp_path) == []

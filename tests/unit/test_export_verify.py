@@ -1,0 +1,71 @@
+"""The parity checker itself (export/verify.py): it must pass right graphs and fail wrong ones, loudly."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from defectgen.export.graphs import export_graph, model_dims
+from defectgen.export.testing import tiny_nets
+from defectgen.export.verify import (
+    Bounds,
+    VerifyError,
+    _Session,
+    finite_difference_errors,
+    rel_error,
+    verify_graphs,
+)
+
+
+def test_rel_error_edge_cases():
+    assert rel_error(np.ones(3), np.ones(3)) == 0.0
+    assert rel_error(np.zeros(2), np.zeros(2)) == 0.0
+    assert rel_error(np.array([1.0, 2.0]), np.array([1.0, 2.2])) == pytest.approx(0.2 / 2.2)
+    assert rel_error(np.array([np.nan]), np.array([1.0])) == float("inf")
+    assert rel_error(np.ones(3), np.ones(4)) == float("inf")
+
+
+def _quadratic(tmp_path, grad_scale: float):
+    """terms = c² (per element), grad = grad_scale · c: right when grad_scale == 2."""
+    c = helper.make_tensor_value_info("latent", TensorProto.FLOAT, [1, 4])
+    nodes = [helper.make_node("Mul", ["latent", "latent"], ["terms"]),
+             helper.make_node("Mul", ["latent", "k"], ["grad"])]
+    k = helper.make_tensor("k", TensorProto.FLOAT, [], [grad_scale])
+    graph = helper.make_graph(nodes, "q", [c], [helper.make_tensor_value_info("terms", TensorProto.FLOAT, [1, 4]),
+                                                helper.make_tensor_value_info("grad", TensorProto.FLOAT, [1, 4])],
+                              [k])
+    path = tmp_path / f"q{grad_scale}.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return _Session(path)
+
+
+@pytest.mark.parametrize(("scale", "ok"), [(2.0, True), (2.1, False), (-2.0, False)])
+def test_finite_differences_catch_a_wrong_gradient(tmp_path, scale, ok):
+    sess = _quadratic(tmp_path, scale)
+    feeds = {"latent": np.array([[0.5, -1.0, 2.0, 0.1]], np.float32)}
+    grad = sess(feeds)["grad"]
+    errors = finite_difference_errors(sess, feeds, grad, eps=3e-3, directions=3, seed=0)
+    assert len(errors) == 4
+    assert (max(errors) <= 1e-2) is ok, errors
+
+
+def test_verify_fails_for_a_graph_of_other_weights(tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        G0, E0, D0 = tiny_nets(seed=0)
+        G1, E1, D1 = tiny_nets(seed=1)
+        g = export_graph("mapping", G0, E0, D0, dims=model_dims(G0), path=tmp_path / "mapping.onnx", opset=18)
+        good = verify_graphs(G0, E0, D0, [g], model_dims(G0))
+        assert good.passed and good.worst["output_rel"] <= 1e-4
+        good.raise_if_failed()
+        bad = verify_graphs(G1, E1, D1, [g], model_dims(G1), bounds=Bounds(output_rel=1e-4))
+    finally:
+        torch.set_num_threads(threads)
+    assert not bad.passed
+    assert bad.to_dict()["checks"][0]["notes"]
+    with pytest.raises(VerifyError, match=r"mapping.onnx \(random\): w rel error"):
+        bad.raise_if_failed()
