@@ -28,9 +28,9 @@ import torch
 from torch import nn
 
 from defectgen import __version__
-from defectgen.errors import BundleError, DefectgenError, choice_error
+from defectgen.errors import BundleError, DataError, DefectgenError, choice_error
 from defectgen.export import onnx_tools
-from defectgen.export.bank import build_defect_bank, real_inputs
+from defectgen.export.bank import RealInputs, build_defect_bank, real_inputs
 from defectgen.export.graphs import GraphResult, ModelDims, export_graph, model_dims, plan
 from defectgen.export.objective import DEFAULT_LAMBDAS, DEFAULT_LR, DEFAULT_STEPS
 from defectgen.export.verify import VERIFY_NAME, Bounds, verify_graphs
@@ -198,16 +198,16 @@ def export_bundle(
     out = Path(out)
     tmp = _prepare_out(out)
     try:
-        results = _export_graphs(G, E, D, dims, tmp, spaces, batches, opset)
-        bank = {}
+        bank = {}  # first: a bad dataset fails in seconds, not after minutes of tracing
         if data_root is not None:
             bank = build_defect_bank(data_root, types, tmp, per_type=bank_per_type, max_side=2 * dims.resolution)
             log.info("defect bank: %s", ", ".join(f"{t} {len(v)}" for t, v in bank.items()) or "empty")
         else:
             log.warning("no dataset given: the bundle has no defect bank (the runtime then uses S = I)")
+        results = _export_graphs(G, E, D, dims, tmp, spaces, batches, opset)
         files = {g.path.name: _file_entry(g) for g in results}
         if verify:
-            real = real_inputs(data_root, types, dims.resolution) if data_root is not None else None
+            real = _real_or_none(data_root, types, dims.resolution)
             report = verify_graphs(G, E, D, results, dims, real=real, bounds=bounds)
             (tmp / VERIFY_NAME).write_text(report.to_json())
             report.raise_if_failed()
@@ -229,6 +229,17 @@ def export_bundle(
     log.info("wrote bundle %s: %d files, %.2f MB, %.1f s", out, len(manifest.files) + 1, total / 1e6,
              time.perf_counter() - t_start)
     return out
+
+
+def _real_or_none(data_root: str | os.PathLike[str] | None, types: list[str], res: int) -> RealInputs | None:
+    """Real inputs for the parity check, or None (random inputs only) when the dataset has no usable defects."""
+    if data_root is None:
+        return None
+    try:
+        return real_inputs(data_root, types, res)
+    except DataError as e:
+        log.warning("parity check on random inputs only: %s", e)
+        return None
 
 
 def _export_graphs(G: nn.Module, E: nn.Module, D: nn.Module, dims: ModelDims, folder: Path, spaces: list[str],
