@@ -8,6 +8,7 @@ the rare class from being ignored). CPU-sized: 4 levels, 16 channels at the top,
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -85,9 +86,12 @@ class TrainLog:
     config: dict[str, object]
 
 
-def train_segmenter(good: np.ndarray, synth: np.ndarray, synth_masks: np.ndarray,
-                    cfg: SegConfig) -> tuple[UNet, TrainLog]:
-    """Train a fresh U-Net on good (N,R,R,3) uint8 plus synthetic defects with {0,1} masks (M,R,R)."""
+def train_segmenter(good: np.ndarray, synth: np.ndarray, synth_masks: np.ndarray, cfg: SegConfig,
+                    log_every: int = 100) -> tuple[UNet, TrainLog]:
+    """Train a fresh U-Net on good (N,R,R,3) uint8 plus synthetic defects with {0,1} masks (M,R,R).
+
+    Prints a progress line to stderr every `log_every` steps (0 = never).
+    """
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     rng = np.random.default_rng([cfg.seed, 8])
@@ -99,7 +103,7 @@ def train_segmenter(good: np.ndarray, synth: np.ndarray, synth_masks: np.ndarray
     losses: list[float] = []
     t0 = time.perf_counter()
     net.train()
-    for _ in range(cfg.steps):
+    for step in range(1, cfg.steps + 1):
         i = rng.integers(len(synth), size=n_def)
         j = rng.integers(len(good), size=cfg.batch - n_def)
         x, m = _augment(np.concatenate([synth[i], good[j]]), np.concatenate([synth_masks[i], zeros]), rng)
@@ -110,6 +114,10 @@ def train_segmenter(good: np.ndarray, synth: np.ndarray, synth_masks: np.ndarray
         opt.step()
         sched.step()
         losses.append(float(loss.detach()))
+        if log_every and step % log_every == 0:
+            rate = (time.perf_counter() - t0) / step
+            print(f"  segmenter step {step}/{cfg.steps}: loss {np.mean(losses[-log_every:]):.4f}, {rate:.2f} s/step",
+                  file=sys.stderr, flush=True)
     seconds = time.perf_counter() - t0
     tail = losses[-max(1, len(losses) // 10):]
     return net, TrainLog(seconds=seconds, final_loss=float(np.mean(tail)), losses=losses, config=asdict(cfg))
