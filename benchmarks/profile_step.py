@@ -132,6 +132,8 @@ def main() -> None:
     ap.add_argument("--model", default="128", help="'default' (shipped bundle) or a resolution for a random model")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--space", default="wplus")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="intra-op threads of the per-op profile (default: the runtime's, one per physical core)")
     a = ap.parse_args()
     started, stamp = time.time(), bench.machine_stamp()
     res, batch = (32, 4) if a.quick else (None, a.batch)
@@ -147,18 +149,21 @@ def main() -> None:
     feeds = step_feeds(bundle, batch, a.space)
     flops = bench.count_flops(path)
     print(f"{path}: {flops['flops'] / 1e9:.2f} GFLOP per step", flush=True)
-    ceiling = bench.matmul_ceiling(sizes=(512,) if a.quick else (1024, 2048), repeats=3 if a.quick else 5)
-    prof = bench.profile_ops(path, feeds, runs=2 if a.quick else 5)
+    prof_threads = a.threads or physical_cores()
+    ceiling = bench.matmul_ceiling(threads=prof_threads, sizes=(512,) if a.quick else (1024, 2048),
+                                   repeats=3 if a.quick else 5)
+    prof = bench.profile_ops(path, feeds, runs=2 if a.quick else 5, threads=prof_threads)
     rows = sweep(path, feeds, quick=a.quick)
     default_s = float(np.median([r["default_median_s"] for r in rows]))
-    share = flops["flops"] / default_s / (ceiling["ceiling_gflops"] * 1e9)
+    share = flops["flops"] / (prof["wall_ms_per_run"] / 1e3) / (ceiling["ceiling_gflops"] * 1e9)
     best = max(rows, key=lambda r: r["speedup_vs_default"])
-    summary = {"step_ms_default_options": default_s * 1e3, "step_flops_share_of_ceiling": share,
+    summary = {"step_ms_default_options": default_s * 1e3, "step_ms_profiled": prof["wall_ms_per_run"],
+               "profile_threads": prof_threads, "step_flops_share_of_ceiling_profiled": share,
                "best_variant": best["variant"], "best_variant_speedup": best["speedup_vs_default"],
                "top_op": prof["ops"][0]["op"], "top_op_share": prof["ops"][0]["share"]}
     eff = conv_efficiency(prof, flops)
     tables = [
-        ("Per-op time (optimised graph, runtime's session options)", common.md_table(
+        (f"Per-op time (optimised graph, runtime's session options, {prof_threads} thread(s))", common.md_table(
             ["op", "ms / step", "share", "nodes"],
             [[o["op"], common.fmt(o["ms_per_run"], 1), f"{100 * o['share']:.1f} %", o["nodes"]]
              for o in prof["ops"][:15]])),
@@ -179,7 +184,7 @@ def main() -> None:
     top = prof["ops"][:10][::-1]
     ax[0, 0].barh([o["op"] for o in top], [o["ms_per_run"] for o in top], color="tab:blue")
     ax[0, 0].set_xlabel("ms per step")
-    ax[0, 0].set_title(f"per-op time, {bundle.resolution} px batch {batch}")
+    ax[0, 0].set_title(f"per-op time, {bundle.resolution} px batch {batch}, {prof_threads} thread(s)")
     ax[0, 1].barh([r["variant"][:40] for r in rows][::-1], [r["speedup_vs_default"] for r in rows][::-1],
                   color="tab:green")
     ax[0, 1].axvline(1.0, color="0.3", lw=0.8)
@@ -189,12 +194,14 @@ def main() -> None:
     which = "the default bundle" if a.model == "default" else "a random-weight model"
     notes = [f"graph: `{bundle.step_file(a.space, batch)}` of {which} ({bundle.resolution} px, {a.space}); "
              f"{flops['flops'] / 1e9:.2f} GFLOP per step counted as 2 x MACs of Conv/ConvTranspose/MatMul/Gemm",
-             f"matmul ceiling {ceiling['ceiling_gflops']:.1f} GFLOP/s ({ceiling['engine']}, n={ceiling['n']}), "
-             "measured in this run; the machine is shared, so absolute times move with its load (load averages)",
+             f"matmul ceiling {ceiling['ceiling_gflops']:.1f} GFLOP/s ({ceiling['engine']}, n={ceiling['n']}, "
+             f"{prof_threads} thread(s)), measured in this run; the share uses the profiled runs' wall time; the "
+             "machine is shared, so absolute times move with its load (load averages)",
              "op names are the optimised graph's: ReorderInput/ReorderOutput are the NCHWc layout conversions, "
              "Where + Greater the leaky-ReLU backward, depthwise ConvTranspose the 2x FIR upsampling"]
     paths = common.write_results("profile_step", summary=summary, data={
-        "graph": str(path), "flops": flops, "ceiling": ceiling, "profile": prof, "conv_efficiency": eff,
+        "graph": str(path), "flops": flops, "ceiling": ceiling, "profile_threads": prof_threads, "profile": prof,
+        "conv_efficiency": eff,
         "session_options": rows}, tables=tables, figure=fig, quick=a.quick, out_dir=a.out_dir, notes=notes,
         machine=stamp, started=started)
     print("\n".join(f"wrote {p}" for p in paths.values()))

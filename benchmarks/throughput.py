@@ -24,6 +24,7 @@ Results: `benchmarks/results/throughput.{json,md,png}`.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -103,8 +104,8 @@ def e2e_rows(label: str, bundle: Bundle, backends: dict[str, Any], torch_be: Any
 def measure_model(label: str, model: tuple[Any, Any, Any, Any], *, batches: list[int], steps: list[int],
                   ref_batches: list[int], threads_list: list[int], headline_threads: int,
                   quick: bool) -> dict[str, Any]:
-    """Step and end-to-end rows of one model at every thread count (GPU backends and the idinvert reference
-    only at `headline_threads`)."""
+    """Step rows of one model at every thread count; GPU backends and end to end (with the idinvert reference)
+    at `headline_threads` only."""
     path, G, E, D = model
     bundle = Bundle.load(path)
     gpu, missing = gpu_backends(bundle)
@@ -122,9 +123,9 @@ def measure_model(label: str, model: tuple[Any, Any, Any, Any], *, batches: list
         runtime = {"ort-cpu": cpu, **(gpu if main else {})}
         for b in batches:
             out["step"] += step_rows(label, bundle, {"torch eager": torch_be, **runtime}, b, ceiling, threads, quick)
-        for b in batches:
-            out["end_to_end"] += e2e_rows(label, bundle, runtime, torch_be, b, steps, main and b in ref_batches,
-                                          threads, quick)
+        for b in batches if main else []:  # end to end at the headline thread count only (CPU time is shared)
+            out["end_to_end"] += e2e_rows(label, bundle, runtime, torch_be, b, steps, b in ref_batches, threads,
+                                          quick)
         cpu.close()
     for be in gpu.values():
         be.close()
@@ -216,6 +217,8 @@ def main() -> None:
                          "default model, the largest for random models)")
     ap.add_argument("--threads", default=None,
                     help="CPU thread counts to measure, each engine at the same count (default: 1,<physical cores>)")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the other models of an existing results file (each model keeps its own stamp)")
     ap.add_argument("--headline-threads", type=int, default=1,
                     help="thread count of the summary figures, GPU backends and the idinvert reference (default 1)")
     a = ap.parse_args()
@@ -243,6 +246,11 @@ def main() -> None:
             ref = [int(x) for x in a.ref_batches.split(",")]
         models.append(measure_model(label, model, batches=batches, steps=steps, ref_batches=ref, quick=a.quick,
                                     threads_list=threads_list, headline_threads=a.headline_threads))
+        models[-1].update({"machine": bench.machine_stamp(), "command": common.command_line()})
+    old = common.results_dir(a.quick, a.out_dir) / "throughput.json"
+    if a.merge and old.is_file():
+        done = {m["label"] for m in models}
+        models = [m for m in json.loads(old.read_text())["models"] if m["label"] not in done] + models
     summary = headline(models, a.headline_threads)
     at = summary.pop("_at", None)
     notes = [f"summary figures: {at}" if at else "summary: nothing measured",
@@ -258,6 +266,8 @@ def main() -> None:
              "end to end excludes reading/preparing jobs (files, random masks, stitching); early stopping is off, "
              "so every run does exactly K steps (+1 evaluation)",
              "random-weight models time like trained ones, but their mask IoU / PSNR / objective are meaningless",
+             *[f"{m['label']}: measured by `{m['command']}` at {m['machine']['date_utc']} (load avg "
+               f"{m['machine']['loadavg']})" for m in models if m.get("machine")],
              *skipped]
     common.write_results("throughput", summary=summary, data={"models": models}, tables=tables(models),
                          figure=figure(models) if models else None, quick=a.quick, out_dir=a.out_dir, notes=notes,

@@ -1,0 +1,116 @@
+"""Regenerate `benchmarks/README.md` from the committed results (`benchmarks/results/*.{json,md,png}`).
+
+    python benchmarks/make_readme.py
+
+The README = the fixed introduction below + a targets table (issue 7, item 5: each target, the measured figure,
+the command and the machine) + every result's own markdown (its tables under the command and machine that
+produced it) and plot. Quick (smoke) results are never used.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import common
+
+INTRO = """\
+# Benchmarks (issue 7)
+
+Scripts that prove or disprove "few-step inversion on the edge, fast". Each writes
+`results/<name>.json` (top-level `summary` with the headline figures, `machine`, `command`), `results/<name>.md`
+(its tables) and `results/<name>.png`, all stamped with the machine (CPU model, cores, library versions, git
+commit, load average). `--quick` runs in about 2 minutes for CI smoke tests and writes to `results/quick/`,
+labelled QUICK: those are not results. Nothing here asserts speed.
+
+Scripts (run from the repository root with the training venv, e.g. `python benchmarks/throughput.py`):
+
+- `throughput.py`: one optimisation step (forward + backward) in torch eager vs ONNX Runtime (and CUDA /
+  TensorRT where present), batch 1/4/8; end-to-end defects/s at K = 5, 10, 20 vs the idinvert reference (torch
+  eager, Adam lr 0.01, 100 steps from `w_avg`); FLOPs per step as a share of the measured matmul ceiling.
+  Summary: `ort_vs_torch_step_speedup`, `end_to_end_speedup_vs_idinvert`, `step_flops_share_of_ceiling`.
+- `convergence.py`: objective, mask IoU, background PSNR and defect-region feature distance per Adam step up
+  to 200 for encoder / `w_avg` / random init in spaces z / w / wplus over >= 50 held-out jobs.
+  Summary: `encoder_init_steps_to_match_wavg_100`.
+- `footprint.py`: cold start (new process -> first finished job of `defectgen run`), peak RSS, size of a
+  runtime-only venv vs the training venv. Summary: `cold_start_s`, `peak_rss_mb`, `runtime_venv_mb`,
+  `train_venv_mb`.
+- `profile_step.py`: ONNX Runtime per-op profile of the step graph and a session-option sweep.
+- `micro_ops.py`: micro-benchmarks behind the profile's findings (2x FIR resampling and leaky-ReLU backward
+  written in cheaper, equivalent forms).
+- `make_readme.py`: rebuilds this file from `results/`.
+
+`defectgen bench` is the torch-free counterpart for an edge box (`defectgen/runtime/bench.py`, which these
+scripts share their measuring code with): step and end-to-end timing, FLOP share and `--profile` on any bundle
+and backend.
+
+How things are measured (details in each script's docstring):
+- warm-up calls excluded; contenders timed in alternating rounds so that load changes hit all alike; median with
+  p25-p75; absolute times are stamped with the machine and its load average, ratios are within one run;
+- FLOPs = 2 x multiply-accumulates of Conv, ConvTranspose, MatMul and Gemm, from shapes after ONNX shape
+  inference of the exported graph (elementwise ops not counted); the ceiling is the best median fp32 matmul
+  GFLOP/s of ONNX Runtime's `MatMul` (same thread count) and `numpy.matmul` (all cores), measured in the same run;
+- torch eager runs the same nets and objective the step graph is traced from (`export.torch_backend`);
+- the "128 px model" is randomly initialised with the default channel config and exported through
+  `defectgen.export`: untrained weights time the same as trained ones; its quality columns mean nothing;
+- this workplace has no GPU: the CUDA / TensorRT rows are listed as not available, with the reason.
+"""
+
+
+def load(name: str) -> dict[str, Any] | None:
+    p = common.RESULTS / f"{name}.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def target_rows(res: dict[str, dict[str, Any] | None]) -> list[list[str]]:
+    f = common.fmt
+
+    def got(name: str, key: str, digits: int = 2) -> tuple[str, str, str]:
+        r = res.get(name)
+        if r is None:
+            return "not run yet", "–", "–"
+        v = r["summary"].get(key)
+        return f(v, digits), f"`{r['command']}`", r["machine"]["date_utc"]
+
+    rows = []
+    for target, name, key, ok, digits in [
+        ("ONNX Runtime step >= 1.5x torch eager (128 px, batch 8)", "throughput", "ort_vs_torch_step_speedup",
+         lambda v: v >= 1.5, 2),
+        (">= 60 % of the measured matmul GFLOP/s (128 px, batch 8)", "throughput", "step_flops_share_of_ceiling",
+         lambda v: v >= 0.6, 3),
+        ("encoder init reaches the 100-step w_avg objective in <= 5 steps", "convergence",
+         "encoder_init_steps_to_match_wavg_100", lambda v: v <= 5, 0),
+        ("end to end >= 25x the idinvert reference defects/s", "throughput", "end_to_end_speedup_vs_idinvert",
+         lambda v: v >= 25, 1),
+        ("cold start <= 1.5 s", "footprint", "cold_start_s", lambda v: v <= 1.5, 2),
+        ("peak RSS <= 400 MB", "footprint", "peak_rss_mb", lambda v: v <= 400, 0),
+        ("runtime venv <= 150 MB", "footprint", "runtime_venv_mb", lambda v: v <= 150, 0),
+    ]:
+        value, cmd, when = got(name, key, digits)
+        r = res.get(name)
+        raw = r["summary"].get(key) if r else None
+        verdict = "–" if raw is None else ("met" if ok(raw) else "**not met**")
+        rows.append([target, value, verdict, cmd, when])
+    return rows
+
+
+def main() -> None:
+    names = ["throughput", "convergence", "footprint", "profile_step", "micro_ops"]
+    res = {n: load(n) for n in names}
+    parts = [INTRO, "## Targets (issue 7, item 5)", "",
+             common.md_table(["target", "measured", "verdict", "command", "measured at (UTC)"], target_rows(res)),
+             "", "Machine of the latest runs: " + next((common.stamp_line(r["machine"]) for r in res.values() if r),
+                                                     "–"), ""]
+    for n in names:
+        md = common.RESULTS / f"{n}.md"
+        if not md.is_file():
+            parts += [f"## {n}", "", "Not run yet.", ""]
+            continue
+        text = md.read_text().replace("](", "](results/").replace("\n## ", "\n### ").replace("# ", "## ", 1)
+        parts += [text, ""]
+    (common.ROOT / "benchmarks" / "README.md").write_text("\n".join(parts))
+    print("wrote benchmarks/README.md")
+
+
+if __name__ == "__main__":
+    main()
