@@ -93,7 +93,7 @@ def augment_texture(img: np.ndarray, rng: np.random.Generator, n_ops: int = 3) -
     """DRAEM's anomaly-source augmentation: 3 distinct ops drawn from its list, applied in random order."""
     x = img.astype(np.float32)
     for i in rng.choice(len(TEXTURE_OPS), size=n_ops, replace=False):
-        x = TEXTURE_OPS[int(i)](x, rng)
+        x = np.clip(TEXTURE_OPS[int(i)](x, rng), 0, 255)  # float round-off (255.00002) would make gamma NaN
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 

@@ -100,3 +100,15 @@ def test_validation_split_never_touches_held_out_or_test_images(data: Path) -> N
         assert val.held_in[t] and val.held_out[t]
         assert not {i.image_path for i in val.held_in[t]} & {i.image_path for i in val.held_out[t]}
     assert not {i.image_path for i in val.train_good} & {i.image_path for i in val.test_good}
+
+
+def test_texture_augmentation_stays_finite(data: Path) -> None:
+    good = MVTecCategory(data).train_good()[0].load()[0]
+    x = good.astype(np.float32)
+    for op in (baselines._autocontrast, baselines._invert):  # round-off here once made the gamma op NaN
+        x = op(x, np.random.default_rng(0))
+    with np.errstate(invalid="raise"):
+        for seed in range(200):
+            out = baselines.augment_texture(good, np.random.default_rng(seed))
+            assert out.dtype == np.uint8 and out.shape == good.shape
+        baselines._gamma(np.clip(x, 0, 255), np.random.default_rng(0))
