@@ -251,22 +251,19 @@ def random_model(res: int, *, batches: Sequence[int] = (1, 4, 8), spaces: Sequen
 
 
 def default_model() -> tuple[Path, Any, Any, Any] | None:
-    """The trained default model: (embedded bundle, G, E, D), or None while it is not shipped/trained yet."""
+    """The trained default model: (embedded bundle, G, E, D), or None while it is not shipped/trained yet.
+
+    The nets are read from the checkpoints under `models/default/` (the GAN run: G_ema and D; the encoder run:
+    E), the same ones `defectgen export` builds the bundle from (`export.bundle.export_bundle_cli`).
+    """
     if not (DEFAULT_BUNDLE / "manifest.json").is_file() or not DEFAULT_MODELS.is_dir():
         return None
-    from defectgen.training.checkpoint import load_discriminator, load_encoder, load_generator
+    from defectgen.training.checkpoint import load_discriminator, load_encoder, load_generator, read_checkpoint
 
-    ckpts = {p.stem: p for p in DEFAULT_MODELS.glob("*.safetensors")}
-
-    def find(word: str) -> Path:
-        for stem, p in sorted(ckpts.items()):
-            if word in stem:
-                return p
-        msg = f"no {word} checkpoint in {DEFAULT_MODELS} (found {sorted(ckpts)})"
-        raise FileNotFoundError(msg)
-
-    gan = find("gan")
-    G, D, E = load_generator(gan), load_discriminator(gan), load_encoder(find("enc"))
+    kinds = {read_checkpoint(p).meta.get("kind"): p for p in sorted(DEFAULT_MODELS.rglob("*.safetensors"))}
+    if "gan" not in kinds or "encoder" not in kinds:
+        return None
+    G, D, E = load_generator(kinds["gan"]), load_discriminator(kinds["gan"]), load_encoder(kinds["encoder"])
     for net in (G, E, D):
         net.eval().requires_grad_(False)
     return DEFAULT_BUNDLE, G, E, D

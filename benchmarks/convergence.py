@@ -183,7 +183,12 @@ def main() -> None:
     ap.add_argument("--inits", default=",".join(INITS))
     ap.add_argument("--lr", type=float, default=None, help="constant Adam lr (default: the bundle's)")
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--no-reference", action="store_true", help="skip the idinvert-setting run (lr 0.01, 100 steps)")
+    ap.add_argument("--other-steps", type=int, default=None,
+                    help="steps for spaces other than wplus (default: --steps; e.g. 100 to save CPU time)")
+    ap.add_argument("--reference-spaces", default="wplus",
+                    help="spaces that also get the idinvert-setting run (lr 0.01, 100 steps); '' for none")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="ONNX Runtime intra-op threads (default 1: fastest on a shared machine)")
     a = ap.parse_args()
     started, stamp = time.time(), bench.machine_stamp()
     bundle = Bundle.load(a.bundle if a.bundle else common.DEFAULT_BUNDLE)
@@ -191,25 +196,27 @@ def main() -> None:
     n_jobs, steps = a.jobs, a.steps
     if a.quick:
         n_jobs, steps, spaces = 8, 20, spaces[:1]
+    ref_spaces = [x for x in a.reference_spaces.split(",") if x] if not a.quick else spaces
     batch = min(a.batch, max(bundle.step_batches(spaces[0])))
     lr = a.lr or float(bundle.defaults.get("lr", 0.05))
-    eval_steps = [s for s in EVAL_STEPS if s <= steps] + ([steps] if steps not in EVAL_STEPS else [])
+    top = max(steps, a.other_steps or 0)
+    eval_steps = [s for s in EVAL_STEPS if s <= top] + ([top] if top not in EVAL_STEPS else [])
     jobs = bench.make_jobs(bundle, n_jobs, seed=2026, parts=held_out_parts(n_jobs, bundle.resolution, a.images))
     ref_at = min(100, steps)
     runs = []
-    with load_backend(bundle, "ort-cpu") as be:
+    with load_backend(bundle, "ort-cpu", threads=a.threads) as be:
         for space in spaces:
-            cfgs = [InversionConfig(space=space, steps=steps, lr=lr, init=i, lr_schedule="constant",
-                                    early_stop_patience=0) for i in a.inits.split(",")]
-            if not a.no_reference:
+            n = steps if space == "wplus" or a.other_steps is None or a.quick else a.other_steps
+            cfgs = [(InversionConfig(space=space, steps=n, lr=lr, init=i, lr_schedule="constant",
+                                     early_stop_patience=0), False) for i in a.inits.split(",")]
+            if space in ref_spaces:
                 ref = bench.idinvert_config(space)
                 ref.steps = ref_at
-                cfgs.append(ref)
-            for cfg in cfgs:
+                cfgs.append((ref, True))
+            for cfg, is_ref in cfgs:
                 t0 = time.time()
-                runs.append(run_config(be, bundle, jobs, cfg, batch, eval_steps if cfg.steps == steps else
-                                       [s for s in eval_steps if s <= cfg.steps]))
-                runs[-1]["reference"] = cfg is cfgs[-1] and not a.no_reference
+                runs.append(run_config(be, bundle, jobs, cfg, batch, [s for s in eval_steps if s <= cfg.steps]))
+                runs[-1]["reference"] = is_ref
                 print(f"  {space:<5} {cfg.init:<7} lr {cfg.lr:<5g} {cfg.steps} steps: objective "
                       f"{runs[-1]['mean']['objective'][0]:.4f} -> {runs[-1]['mean']['objective'][-1]:.4f} "
                       f"({time.time() - t0:.0f} s)", flush=True)
@@ -237,7 +244,7 @@ def main() -> None:
     parts = f"--images {a.images}" if a.images else "fresh procedural parts"
     types = ", ".join(bundle.defect_types[1:])
     notes = [f"{n_jobs} jobs on held-out parts ({parts}), masks cycling through {types}; bundle {bundle.source} "
-             f"({bundle.resolution} px); ONNX Runtime CPU; batch {batch}",
+             f"({bundle.resolution} px); ONNX Runtime CPU, {a.threads} thread(s); batch {batch}",
              f"constant lr {lr:g} for every init (the bundle's default), early stop off; the idinvert-setting run "
              f"uses w_avg init and lr 0.01",
              "per-step values are means over jobs of the best-so-far latent (what invert(steps=k) returns with a "

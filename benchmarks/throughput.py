@@ -166,8 +166,7 @@ def tables(models: list[dict[str, Any]]) -> list[tuple[str, str]]:
             f(r["quality"]["mask_iou"], 3), f(r["quality"]["bg_psnr_db"], 2), f(r["quality"]["objective"], 4)]
            for m in models for r in m["end_to_end"]]
     ceil = [[m["label"], t, f(c["ceiling_gflops"], 1), f"{c['engine']} n={c['n']}",
-             "; ".join(f"{k}: {v}" for k, v in m["unavailable"].items()) or "–"]
-            for m in models for t, c in m["ceilings"].items()]
+             ", ".join(m["unavailable"]) or "–"] for m in models for t, c in m["ceilings"].items()]
     return [("One optimisation step (forward + backward), wplus", common.md_table(
         ["model", "batch", "backend", "threads", "median ms", "p25–p75 ms", "ms / sample", "GFLOP / step",
          "GFLOP/s", "share of ceiling", "× torch eager (same threads)"], step)),
@@ -266,6 +265,7 @@ def main() -> None:
              "end to end excludes reading/preparing jobs (files, random masks, stitching); early stopping is off, "
              "so every run does exactly K steps (+1 evaluation)",
              "random-weight models time like trained ones, but their mask IoU / PSNR / objective are meaningless",
+             *sorted({f"not available here: {k}: {v}" for m in models for k, v in m["unavailable"].items()}),
              *[f"{m['label']}: measured by `{m['command']}` at {m['machine']['date_utc']} (load avg "
                f"{m['machine']['loadavg']})" for m in models if m.get("machine")],
              *skipped]
