@@ -73,7 +73,10 @@ def runtime_venv(path: Path | None, *, build: bool) -> Path | None:
     """The runtime-only venv: `path`, else a cached one built with `pip install <repo>` (no extras)."""
     if path is not None:
         return path
-    key = hashlib.sha256((common.ROOT / "pyproject.toml").read_bytes()).hexdigest()[:10]
+    h = hashlib.sha256((common.ROOT / "pyproject.toml").read_bytes())
+    for f in sorted((common.ROOT / "defectgen" / "assets").rglob("*")):  # the embedded bundle ships in the wheel
+        h.update(f"{f.relative_to(common.ROOT)}:{f.stat().st_size}".encode())
+    key = h.hexdigest()[:10]
     venv = common.cache_root() / f"runtime-venv-{key}"
     done = venv / ".complete"  # venvs are not relocatable, so it is built in place; this marks a finished build
     if done.is_file() or not build:
@@ -81,7 +84,7 @@ def runtime_venv(path: Path | None, *, build: bool) -> Path | None:
     print(f"building the runtime-only venv {venv} (pip install {common.ROOT}, no extras) ...", flush=True)
     shutil.rmtree(venv, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-cache-dir", str(common.ROOT)], check=True)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(common.ROOT)], check=True)
     done.touch()
     return venv
 
