@@ -11,11 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from defectgen.data.imageio import atomic_write_bytes
 from defectgen.errors import BundleError
 
 FORMAT = "defectgen-bundle"
@@ -318,21 +318,6 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write `data` to a temp file in the same folder, fsync, then `os.replace`: readers see old or new, never half."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def finalize_manifest(bundle_dir: str | os.PathLike[str], manifest: Manifest) -> Path:
     """Hash every listed file, validate, and write `<bundle_dir>/manifest.json` atomically.
 
@@ -363,7 +348,7 @@ def finalize_manifest(bundle_dir: str | os.PathLike[str], manifest: Manifest) ->
         entry.bytes = path.stat().st_size
     manifest.validate()
     out = root / MANIFEST_NAME
-    write_atomic(out, manifest.to_json().encode())
+    atomic_write_bytes(out, manifest.to_json().encode())
     return out
 
 
