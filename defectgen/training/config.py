@@ -40,6 +40,9 @@ class TrainGanConfig:
     defect_fraction: float = 1.0    # fraction of each defect type's images used for training (rest held out)
     mask_stat: float = 0.1          # per-type mask-coverage matching (see losses.py); 0 = pure adversarial
     mask_ste: bool = True           # D sees G's mask thresholded at 0.5 (straight-through gradient), as reals
+    mask_seg: float = 0.0           # BCE of G's mask vs a real-data segmenter's labels of G's image (segmenter.py)
+    seg_steps: int = 300            # segmenter fitting steps (before the GAN starts; batch = `batch`)
+    seg_width: int = 8              # segmenter channels at full resolution
     log_every: int = 20             # steps between log.jsonl lines
     sample_every: int = 200         # steps between sample grids (samples/NNNNNN.png)
     ckpt_every: int = 200           # steps between checkpoint writes (also written at the end)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from defectgen.training.config import ConfigError, TrainGanConfig, from_dict, to
 from defectgen.training.dataset import Sampler, TrainData, load_training_set, open_category
 from defectgen.training.losses import GanLoss, onehot
 from defectgen.training.report import pair_cells, write_grid, write_json
+from defectgen.training.segmenter import Segmenter, fit_segmenter
 
 SUPPORTED_RES = (16, 32, 64, 128, 256)  # 16/32 for tests; the CLI documents 64/128/256
 
@@ -52,6 +53,7 @@ class GanState:
     types: list[str]
     step: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    S: Segmenter | None = None  # defect segmenter labelling G's masks (cfg.mask_seg > 0), fitted once, frozen
 
     def configs(self) -> dict[str, dict[str, Any]]:
         return {"generator": to_dict(self.g_cfg), "discriminator": to_dict(self.d_cfg),
@@ -59,7 +61,8 @@ class GanState:
 
     def save(self, out: Path) -> Path:
         return _save(out / CKPT_NAME, kind="gan", step=self.step,
-                     modules={"G": self.G, "G_ema": self.G_ema, "D": self.D},
+                     modules={"G": self.G, "G_ema": self.G_ema, "D": self.D,
+                              **({"S": self.S} if self.S is not None else {})},
                      optimizers={"opt_G": self.opt_G, "opt_D": self.opt_D},
                      configs=self.configs(), extra={"defect_types": self.types, **self.extra})
 
@@ -118,7 +121,10 @@ def restore_state(ck: Checkpoint, cfg: TrainGanConfig, device: str) -> GanState:
     load_optimizer(st.opt_G, ck, "opt_G")
     load_optimizer(st.opt_D, ck, "opt_D")
     st.step = ck.step
-    st.extra = {k: ck.meta[k] for k in ("split",) if k in ck.meta}
+    st.extra = {k: ck.meta[k] for k in ("split", "segmenter") if k in ck.meta}
+    if ck.has("S"):
+        st.S = Segmenter(cfg.seg_width).to(device).eval().requires_grad_(False)
+        st.S.load_state_dict(ck.state_dict("S"))
     return st
 
 
@@ -200,7 +206,8 @@ def _gan_report(st: GanState, data: TrainData, held: TrainData, out: Path, wall_
     rep = {"kind": "gan", "step": st.step, "kimg": round(st.step * st.cfg.batch * world / 1000, 3),
            "wall_s_this_call": round(wall_s, 1), "world_size": world, "defect_types": st.types,
            "params": {"G": count_params(st.G), "D": count_params(st.D)}, "per_type": per_type,
-           "held_out": held.paths, "grid": "report.png (rows = types, cells = image | mask, fixed z)"}
+           "segmenter": st.extra.get("segmenter"), "held_out": held.paths,
+           "grid": "report.png (rows = types, cells = image | mask > 0.5, fixed z)"}
     write_json(out / "report.json", rep)
     write_grid(out / "report.png", sample_grid(st.G_ema, st.types, st.cfg.grid_per_type, st.cfg.seed, device))
     return rep
@@ -256,14 +263,19 @@ def train_gan(cfg: TrainGanConfig, out: str | os.PathLike[str], *, g_cfg: Genera
         st = build_state(cfg, g_cfg, d_cfg, types, info.device)
         st.extra = {"split": {"held_out": held.paths}}
         write_config(out, info, {**resolved, "world_size": info.world_size, "held_out": held.paths})
-    for m in (st.G, st.G_ema, st.D):
+    if cfg.mask_seg > 0 and st.S is None:  # every rank fits the same S (same seed and data)
+        st.S, fit = fit_segmenter(data.images, data.masks, data.types, steps=cfg.seg_steps, batch=cfg.batch,
+                                  seed=cfg.seed, width=cfg.seg_width)
+        st.extra["segmenter"] = asdict(fit)
+    for m in (st.G, st.G_ema, st.D, *([st.S] if st.S else [])):
         dist.broadcast_module(m, info)
     sampler = Sampler(data.types.cpu(), good_share=cfg.good_share, seed=cfg.seed, batch=cfg.batch,
                       rank=info.rank, world_size=info.world_size)
     coverage = torch.stack([data.masks[data.types == t].mean() if (data.types == t).any()
                             else torch.zeros((), device=info.device) for t in range(len(types))])
     loss = GanLoss(st.G, st.D, policy=cfg.augment, r1_gamma=cfg.r1_gamma, r1_interval=cfg.r1_interval,
-                   mask_stat=cfg.mask_stat, real_coverage=coverage, mask_ste=cfg.mask_ste)
+                   mask_stat=cfg.mask_stat, real_coverage=coverage, mask_ste=cfg.mask_ste,
+                   segmenter=st.S if cfg.mask_seg > 0 else None, mask_seg=cfg.mask_seg)
     total = cfg.total_steps(info.world_size)
     log = RunLogger(out, info, total=total, start=st.step, every=cfg.log_every, progress=progress, desc="gan")
     history = []

@@ -34,6 +34,8 @@ class GanLoss:
       gradient passed straight through. Real masks are exactly binary, so a soft mask would let D win on
       "not binary" alone, and G would answer by driving every logit to -inf: no mask at all. Binary inputs
       leave D only the questions that matter: is there a mask, is it defect-shaped, does it sit on the defect.
+    - `mask_seg` (opt-in, see segmenter.py): BCE towards a real-data segmenter's labels of G's own image, so
+      the mask marks the defect G actually drew.
     - `mask_stat`: a first-moment match of how much mask each type draws: per type present in the batch,
       (log((c_fake + s) / (c_real + s)))² with c = mean hard coverage (straight-through) and s = the mean real
       coverage over defect types. It keeps the mask head from dying early (no mask → no gradient) and says
@@ -41,12 +43,14 @@ class GanLoss:
     """
 
     def __init__(self, G: Generator, D: Discriminator, *, policy: str, r1_gamma: float, r1_interval: int,
-                 mask_stat: float = 0.0, real_coverage: torch.Tensor | None = None, mask_ste: bool = False) -> None:
+                 mask_stat: float = 0.0, real_coverage: torch.Tensor | None = None, mask_ste: bool = False,
+                 segmenter: torch.nn.Module | None = None, mask_seg: float = 0.0) -> None:
         self.G, self.D = G, D
         self.policy = policy
         self.r1_gamma, self.r1_interval = r1_gamma, r1_interval
         self.n_types = G.cfg.n_types
         self.mask_ste = mask_ste
+        self.segmenter, self.mask_seg = segmenter, (mask_seg if segmenter is not None else 0.0)
         self.mask_stat = mask_stat if real_coverage is not None else 0.0
         if real_coverage is not None:
             defects = real_coverage[1:]
@@ -75,6 +79,13 @@ class GanLoss:
         err = torch.log((per_type + s) / (self.coverage.to(cov.device) + s)).square()
         return (err * (counts > 0)).sum() / (counts > 0).sum().clamp(min=1)
 
+    def seg_loss(self, img: torch.Tensor, logit: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+        """BCE of G's mask logit vs the segmenter's label of G's own (detached) image; empty for type good."""
+        with torch.no_grad():
+            defect = (types != 0).to(logit.dtype).reshape(-1, 1, 1, 1)
+            target = (self.segmenter(img.detach()) > 0).to(logit.dtype) * defect  # [B, 1, R, R]
+        return F.binary_cross_entropy_with_logits(logit, target)
+
     def accumulate_g(self, z: torch.Tensor, types: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
         """G main phase: softplus(-D(G(z))). Returns log values and the batch's w (for the w_avg EMA)."""
         c = onehot(types, self.n_types)
@@ -86,6 +97,10 @@ class GanLoss:
             cov = self.coverage_loss(mask_for_d(logit, ste=True), c)
             loss = loss + self.mask_stat * cov
             stats["loss_G_cov"] = cov.item()
+        if self.mask_seg > 0:
+            seg = self.seg_loss(img, logit, types)
+            loss = loss + self.mask_seg * seg
+            stats["loss_G_seg"] = seg.item()
         loss.backward()
         return stats, w.detach()
 

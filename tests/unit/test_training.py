@@ -240,3 +240,12 @@ def test_export_slim_copies_nets_and_side_files(gan_run, encoder_run, tmp_path):
     with pytest.raises(DataError, match="slim"):
         train_encoder(TrainEncoderConfig(data=encoder_run.state.cfg.data, gan=str(gan_run.out), steps=5, batch=4),
                       tmp_path / "enc", resume=True, progress=False, device="cpu")
+
+
+def test_segmenter_guided_masks_are_saved_and_resumed(data, tmp_path):
+    a = run_gan(data, tmp_path / "seg", 2, mask_seg=1.0, seg_steps=3, ckpt_every=1)
+    assert a.state.S is not None and "loss_G_seg" in a.history[0]
+    ck = read_checkpoint(tmp_path / "seg")
+    assert ck.has("S") and set(ck.meta["segmenter"]) >= {"train_iou_defective", "train_fp_good"}
+    b = run_gan(data, tmp_path / "seg", 3, resume=True, mask_seg=1.0, seg_steps=3)
+    assert all(torch.equal(v, b.state.S.state_dict()[k]) for k, v in a.state.S.state_dict().items())
