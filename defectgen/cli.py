@@ -94,6 +94,8 @@ def train_gan(
     channel_base: Optional[int] = typer.Option(None, help="Channels at side r = min(base // r, max) (default 1024)."),
     sample_every: Optional[int] = typer.Option(None, help="Steps between sample grids (default 200)."),
     ckpt_every: Optional[int] = typer.Option(None, help="Steps between checkpoints (default 200)."),
+    mask_seg: Optional[float] = typer.Option(
+        None, help="Weight of the segmenter-guided mask loss (default 0 = off; see training/segmenter.py)."),
 ) -> None:
     """Train the conditional image+mask StyleGAN2-lite generator."""
     from defectgen.training.gan import train_gan_cli
@@ -101,7 +103,7 @@ def train_gan(
     train_gan_cli(data=data, out=out, res=res, kimg=kimg, batch=batch, resume=resume, seed=seed, dry_run=dry_run,
                   r1_gamma=r1_gamma, augment=augment, defect_fraction=defect_fraction, good_share=good_share,
                   channel_max=channel_max, channel_base=channel_base, sample_every=sample_every,
-                  ckpt_every=ckpt_every)
+                  ckpt_every=ckpt_every, mask_seg=mask_seg)
 
 
 @train_app.command("encoder")
