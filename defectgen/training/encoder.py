@@ -212,7 +212,9 @@ def _encoder_report(st: EncoderState, G: Generator, held: TrainData, out: Path, 
                     "baseline = G(w_avg) without the encoder"}
     write_json(out / "report.json", rep)
     with torch.no_grad():  # report.png: per held-out image, input | mask, then G(E(x)) | generated mask
-        sel = held.subset(list(range(min(len(held), 16)))) if len(held) else held
+        bad = torch.nonzero(held.types != 0).flatten().tolist()[:8]  # defective first: they show masks
+        good = torch.nonzero(held.types == 0).flatten().tolist()[:16 - len(bad)]
+        sel = held.subset(bad + good) if len(held) else held
         if len(sel):
             rec, logit = G.synthesis(st.E(sel.images, sel.masks), noise_mode="const")
             a, b = pair_cells(sel.images, sel.masks), pair_cells(rec, (logit > 0).float())

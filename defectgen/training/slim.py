@@ -43,7 +43,10 @@ def export_slim(run: str | os.PathLike[str], dst: str | os.PathLike[str]) -> lis
             written.append(Path(shutil.copy2(run / name, dst / name)))
     grids = sorted((run / "samples").glob("*.png"))
     if grids:
-        written.append(Path(shutil.copy2(grids[-1], dst / f"samples_{grids[-1].name}")))
+        report = run / "report.png"
+        same = report.is_file() and grids[-1].read_bytes() == report.read_bytes()  # a GAN's last grid = report
+        if not same:
+            written.append(Path(shutil.copy2(grids[-1], dst / f"samples_{grids[-1].name}")))
     if kind == "gan":  # re-render with this version's grid code: fixed z, one row per type, image | mask > 0.5
         from defectgen.training.gan import sample_grid
         from defectgen.training.report import write_grid
