@@ -269,6 +269,31 @@ def default_model() -> tuple[Path, Any, Any, Any] | None:
     return DEFAULT_BUNDLE, G, E, D
 
 
+def default_model_all_spaces(*, batches: Sequence[int] = (4,),
+                              spaces: Sequence[str] = ("wplus", "w", "z")) -> Path | None:
+    """The default model exported with every latent space (the shipped bundle has wplus only), cached.
+
+    Same nets and defect bank data as the shipped bundle (`docs/bundle.md`: `--data runs/data64` when that
+    folder is here, else no bank); for `convergence.py`, which compares spaces.
+    """
+    found = default_model()
+    if found is None:
+        return None
+    _, G, E, D = found
+    from defectgen.training.checkpoint import defect_types
+
+    gan = next(p for p in sorted(DEFAULT_MODELS.rglob("*.safetensors")) if "gan" in p.parts[-2])
+    data = ROOT / "runs" / "data64"
+    key = _source_key("default", list(batches), list(spaces), gan.stat().st_size, data.is_dir())
+    out = cache_root() / f"default-all-{key}"
+    if not (out / "manifest.json").is_file():
+        from defectgen.export.bundle import export_bundle
+
+        export_bundle(G, E, D, out=out, spaces=list(spaces), batches=list(batches), verify=False,
+                      data_root=data if data.is_dir() else None, types=defect_types(gan))
+    return out
+
+
 def torch_backend(G: Any, E: Any, D: Any, threads: int) -> Any:
     """The torch eager reference backend (what an idinvert user runs), `threads` intra-op threads."""
     from defectgen.export.torch_backend import TorchBackend

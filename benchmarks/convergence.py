@@ -1,6 +1,6 @@
 """Steps to quality: encoder init vs `w_avg` init vs random z, per latent space, up to 200 Adam steps (issue 7).
 
-    python benchmarks/convergence.py                       # default bundle, >= 50 held-out jobs, z / w / wplus
+    python benchmarks/convergence.py --all-spaces          # default model, >= 50 held-out jobs, z / w / wplus
     python benchmarks/convergence.py --spaces wplus --jobs 56 --steps 200
     python benchmarks/convergence.py --quick --bundle B    # smoke test: 8 jobs, 20 steps, the bundle's first space
 
@@ -176,6 +176,8 @@ def figure(runs: list[dict[str, Any]]) -> Any:
 def main() -> None:
     ap = common.parser(__doc__.splitlines()[0])
     ap.add_argument("--bundle", type=Path, default=None, help="bundle (default: the embedded default bundle)")
+    ap.add_argument("--all-spaces", action="store_true",
+                    help="use the default model exported with spaces wplus, w, z (the shipped bundle has wplus only)")
     ap.add_argument("--images", type=Path, default=None, help="held-out good images (default: fresh procedural parts)")
     ap.add_argument("--jobs", type=int, default=56)
     ap.add_argument("--steps", type=int, default=200)
@@ -191,7 +193,8 @@ def main() -> None:
                     help="ONNX Runtime intra-op threads (default 1: fastest on a shared machine)")
     a = ap.parse_args()
     started, stamp = time.time(), bench.machine_stamp()
-    bundle = Bundle.load(a.bundle if a.bundle else common.DEFAULT_BUNDLE)
+    path = a.bundle or (common.default_model_all_spaces() if a.all_spaces else None) or common.DEFAULT_BUNDLE
+    bundle = Bundle.load(path)
     spaces = a.spaces.split(",") if a.spaces else list(bundle.spaces)
     n_jobs, steps = a.jobs, a.steps
     if a.quick:

@@ -3,8 +3,9 @@
     python benchmarks/make_readme.py
 
 The README = the fixed introduction below + a targets table (issue 7, item 5: each target, the measured figure,
-the command and the machine) + every result's own markdown (its tables under the command and machine that
-produced it) and plot. Quick (smoke) results are never used.
+the command and the machine) + `findings.md` (hand-written: what the profile says, what to change) + every
+result's own markdown (its tables under the command and machine that produced it) and plot. Quick (smoke)
+results are never used.
 """
 
 from __future__ import annotations
@@ -101,6 +102,9 @@ def main() -> None:
              common.md_table(["target", "measured", "verdict", "command", "measured at (UTC)"], target_rows(res)),
              "", "Machine of the latest runs: " + next((common.stamp_line(r["machine"]) for r in res.values() if r),
                                                      "–"), ""]
+    findings = common.ROOT / "benchmarks" / "findings.md"
+    if findings.is_file():
+        parts += [findings.read_text(), ""]
     for n in names:
         md = common.RESULTS / f"{n}.md"
         if not md.is_file():

@@ -49,7 +49,7 @@ import numpy as np
 from defectgen.data.imageio import from_model, read_image, read_mask, to_model
 from defectgen.data.masks import part_mask, random_mask, stitch
 from defectgen.errors import JobError
-from defectgen.runtime.backend import Backend, load_backend, resolve_backend_name
+from defectgen.runtime.backend import Backend, load_backend, plan_chunks, resolve_backend_name
 from defectgen.runtime.bundle import Bundle
 from defectgen.runtime.compose import Crop, alpha_for, composite, model_inputs
 from defectgen.runtime.invert import InversionBatch, InversionConfig, InversionResult, invert
@@ -546,6 +546,19 @@ def time_end_to_end(backend: Backend, bundle: Bundle, jobs: BenchJobs, config: I
 
 
 # ---- `defectgen bench` -----------------------------------------------------------------------------------------
+def step_graph_flops(bundle: Bundle, space: str, batch: int) -> dict[str, Any]:
+    """The step graph calls `backend.step` makes for `batch` samples (padded / chunked to exported batches, as
+    `plan_chunks` does) and their FLOPs: `{"graph": names, "graph_calls": n, "flops": count_flops-style or None}`.
+    """
+    chunks = plan_chunks(batch, bundle.step_batches(space))
+    files = [bundle.step_file(space, b) for _, _, b in chunks]
+    counted = {f: count_flops(bundle.path_of(f)) for f in set(files)}
+    flops = None
+    if all(counted.values()):
+        flops = {"flops": sum(counted[f]["flops"] for f in files)}  # type: ignore[index]
+    return {"graph": ", ".join(dict.fromkeys(files)), "graph_calls": len(files), "flops": flops}
+
+
 def step_share(flops: dict[str, Any] | None, median_s: float, ceiling: dict[str, Any] | None) -> float | None:
     """Achieved step FLOP/s as a share of the matmul ceiling (None when either is unknown)."""
     if not flops or not ceiling or not flops.get("flops") or median_s <= 0:
@@ -589,9 +602,7 @@ def run_bench(bundle_path: str | os.PathLike[str] | None = None, *, batches: Seq
         for b in batches:
             jobs = make_jobs(bundle, b, seed=b)
             row = time_step(be, bundle, jobs, space=space, repeats=repeats, budget_s=10 if quick else 60)
-            graph_b = min([x for x in bundle.step_batches(space) if x >= b] or [max(bundle.step_batches(space))])
-            row["graph"] = bundle.step_file(space, graph_b)
-            row["flops"] = count_flops(bundle.path_of(row["graph"]))
+            row.update(step_graph_flops(bundle, space, b))
             row["share_of_ceiling"] = step_share(row["flops"], row["median_s"], ceiling)
             rows_step.append(row)
             for k in steps:
