@@ -172,3 +172,22 @@ def test_tampering_is_detected_and_info_reports(bundle_dir, tmp_path):
     step.write_bytes(bytes(data))
     with pytest.raises(BundleError, match=f"checksum mismatch: step_w_b{BATCH}.onnx"):
         Bundle.load(copy)
+
+
+@pytest.mark.parametrize("space", SPACES)
+def test_whole_inversion_run_ort_matches_torch(bundle_dir, nets, space):
+    """The one optimisation loop, driven by ORT and by the torch reference backend, ends at the same latent."""
+    from defectgen.runtime.invert import InversionBatch, InversionConfig, invert
+
+    b = Bundle.load(bundle_dir)
+    x = {k: v.numpy() for k, v in example_inputs("step", model_dims(nets[0]), space="wplus", batch=3, seed=7).items()}
+    batch = InversionBatch(good=x["good"], mask=x["mask"], stitched=x["stitched"], types=["crack", "hole", "crack"])
+    cfg = InversionConfig(space=space, steps=6, lr=0.05, init="encoder", seed=3, early_stop_patience=0)
+    tb = TorchBackend(*nets, step_batches=[BATCH])
+    want = invert(tb, b, batch, config=cfg)
+    with load_backend(b, "ort-cpu") as ob:
+        got = invert(ob, b, batch, config=cfg)
+    assert not got.failed.any() and not want.failed.any()
+    assert _rel(got.latent, want.latent) <= 1e-3
+    assert _rel(got.terms_history, want.terms_history) <= 1e-3
+    assert _rel(got.image, want.image) <= 1e-3
