@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import shlex
 import sys
 import tempfile
@@ -82,6 +83,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--validate", action="store_true",
                    help="tune mode: evaluate on half of the held-in defects (the other half are the references) "
                         "and on a tenth of train/good; the held-out defects and test images are never read")
+    p.add_argument("--render-only", action="store_true",
+                   help="only rewrite downstream.md/.png from the downstream.json in --out (with any --note)")
+    p.add_argument("--note", action="append", default=[], help="a note to add to the report (repeatable)")
     p.add_argument("--real-reference", action="store_true",
                    help="also train on the held-in real defects themselves (a reference row, not a source)")
     return p.parse_args(argv)
@@ -162,6 +166,8 @@ def _train_eval(images: np.ndarray, masks: np.ndarray, good: np.ndarray, ev: tup
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the protocol and write the results; returns the results dict."""
+    if args.render_only:
+        return render_only(args)
     from defectgen.runtime.bench import machine_stamp, stamp_line
 
     t_start = time.perf_counter()
@@ -233,12 +239,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                        "sources": names, "run_args": args.run_args,
                                        "textures": str(args.textures) if args.textures else "good images"},
         "segmenter": asdict(seg_cfg), "sources": sources, "real_reference": real_diversity(split),
-        "timing": timing, "notes": notes + _notes(mode, bundle),
+        "timing": timing, "notes": notes + _notes(mode, bundle) + list(args.note),
     }
-    report.write_json(args.out / "downstream.json", results)
-    (args.out / "downstream.md").write_text(report.markdown(results), encoding="utf-8")
-    report.plot(results, curves, args.out / "downstream.png")
+    results["pr_curves"] = {k: {"precision": np.round(p, 4).tolist(), "recall": np.round(r, 4).tolist()}
+                            for k, (p, r) in curves.items()}
+    write_report(results, args.out)
     print(f"downstream: wrote {args.out / 'downstream.json'} ({mode}, {timing['total_s']:.0f} s)", flush=True)
+    return results
+
+
+def write_report(results: dict[str, Any], out: Path) -> None:
+    """`downstream.json`, `.md` and `.png` in `out` from a results dict (PR curves from `results["pr_curves"]`)."""
+    curves = {k: (np.asarray(v["precision"]), np.asarray(v["recall"])) for k, v in results.get("pr_curves", {}).items()}
+    report.write_json(out / "downstream.json", results)
+    (out / "downstream.md").write_text(report.markdown(results), encoding="utf-8")
+    report.plot(results, curves, out / "downstream.png")
+
+
+def render_only(args: argparse.Namespace) -> dict[str, Any]:
+    """Rewrite md/png (and the JSON's notes) from an existing `downstream.json`, adding `--note`s."""
+    path = (args.out or REPO / "benchmarks" / "results" / ("quick" if args.quick else "")) / "downstream.json"
+    results = json.loads(path.read_text(encoding="utf-8"))
+    results["notes"] = list(results.get("notes", [])) + [n for n in args.note if n not in results.get("notes", [])]
+    write_report(results, path.parent)
+    print(f"downstream: re-rendered {path.parent / 'downstream.md'}", flush=True)
     return results
 
 

@@ -51,4 +51,13 @@ def test_quick_mode_writes_the_results(tmp_path: Path) -> None:
     for line in jobs:
         ref = json.loads(line)["reference"][0]
         assert Path(ref).name in held_in[Path(ref).parent.name]
+    assert len(res["pr_curves"]["defectgen"]["precision"]) == len(res["pr_curves"]["defectgen"]["recall"])
+    # re-rendering from the JSON adds a note and keeps the numbers
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "downstream.py"), "--render-only", "--out",
+                           str(out), "--note", "a hand-written note"], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    again = json.loads((out / "downstream.json").read_text())
+    assert again["summary"] == res["summary"] and "a hand-written note" in again["notes"]
+    assert "a hand-written note" in (out / "downstream.md").read_text()
     print(f"quick downstream run: {seconds:.1f} s")
