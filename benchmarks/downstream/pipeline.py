@@ -253,7 +253,8 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     curves = {k: (np.asarray(v["precision"]), np.asarray(v["recall"])) for k, v in results.get("pr_curves", {}).items()}
     report.write_json(out / "downstream.json", results)
     (out / "downstream.md").write_text(report.markdown(results), encoding="utf-8")
-    report.plot(results, curves, out / "downstream.png")
+    if curves or not (out / "downstream.png").is_file():  # an older JSON without curves keeps its figure
+        report.plot(results, curves, out / "downstream.png")
 
 
 def render_only(args: argparse.Namespace) -> dict[str, Any]:
