@@ -74,8 +74,9 @@ def runtime_venv(path: Path | None, *, build: bool) -> Path | None:
     if path is not None:
         return path
     h = hashlib.sha256((common.ROOT / "pyproject.toml").read_bytes())
-    for f in sorted((common.ROOT / "defectgen" / "assets").rglob("*")):  # the embedded bundle ships in the wheel
-        h.update(f"{f.relative_to(common.ROOT)}:{f.stat().st_size}".encode())
+    for f in sorted((common.ROOT / "defectgen").rglob("*")):  # the code and the embedded bundle ship in the wheel
+        if f.is_file() and "__pycache__" not in f.parts and not any(p.startswith(".") for p in f.parts):
+            h.update(f"{f.relative_to(common.ROOT)}:{f.stat().st_size}:{f.stat().st_mtime_ns}".encode())
     key = h.hexdigest()[:10]
     venv = common.cache_root() / f"runtime-venv-{key}"
     done = venv / ".complete"  # venvs are not relocatable, so it is built in place; this marks a finished build
@@ -139,7 +140,8 @@ def main() -> None:
     a = ap.parse_args()
     started, stamp = time.time(), bench.machine_stamp()
     bundle = a.bundle or common.DEFAULT_BUNDLE
-    rt = runtime_venv(a.runtime_venv, build=not (a.quick or a.no_build))
+    # a smoke run never builds nor uses the cached runtime venv (it may hold older code): this venv, unless given
+    rt = a.runtime_venv if a.quick else runtime_venv(a.runtime_venv, build=not a.no_build)
     train_venv = Path(sys.prefix)
     defectgen = (rt or train_venv) / "bin" / "defectgen"
     cs = cold_starts(defectgen, bundle, 1 if a.quick else a.repeats)
