@@ -215,6 +215,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         samples = read_samples(work / "sources" / name)
         quality = generation_quality(samples)
         sheet = report.source_sheet(samples, args.out / f"downstream_{name}.png")
+        report.zoom_sheet(samples, args.out / f"downstream_{name}_zoom.png")
         images, masks = source_set(samples, seg_cfg.res)
         metrics, training, curves[name] = _train_eval(images, masks, good, ev, seg_cfg)
         sources[name] = {"metrics": metrics, "generation": gen, "quality": quality, "training": training,

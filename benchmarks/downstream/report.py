@@ -194,3 +194,30 @@ def source_sheet(samples: list[Sample], path: Path, per_type: int = 8) -> Path:
             img = read_image(s.image)
             rows[s.type].append((img, read_mask(s.mask, img.shape[:2]), f"{s.type} {Path(s.image).stem}"))
     return contact_sheet([rows[t] for t in sorted(rows)], path)
+
+
+def zoom_sheet(samples: list[Sample], path: Path, n: int = 4, side: int = 40, scale: int = 4) -> Path:
+    """Close-ups of the first `n` samples: good crop | output crop | |output − good| × 4 | label mask.
+
+    What the segmenter is taught is easier to judge here than on a whole-image sheet: a defect that changes
+    no pixels, or changes pixels outside its mask, shows at once.
+    """
+    import cv2
+
+    rows = []
+    for s in samples[:n]:
+        img, good = read_image(s.image), read_image(s.good)
+        mask = read_mask(s.mask, img.shape[:2])
+        ys, xs = np.nonzero(mask)
+        h, w = mask.shape
+        y0 = int(np.clip(ys.mean() - side // 2, 0, max(0, h - side)))
+        x0 = int(np.clip(xs.mean() - side // 2, 0, max(0, w - side)))
+
+        def crop(a: np.ndarray, y0: int = y0, x0: int = x0) -> np.ndarray:
+            c = a[y0:y0 + side, x0:x0 + side]
+            return cv2.resize(c, (c.shape[1] * scale, c.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
+
+        diff = np.clip(np.abs(img.astype(np.int16) - good.astype(np.int16)) * 4, 0, 255).astype(np.uint8)
+        rows.append([(crop(good), None, "good"), (crop(img), None, f"{s.type} out"), (crop(diff), None, "|diff| x4"),
+                     (crop(np.repeat(mask[..., None] * 255, 3, 2).astype(np.uint8)), None, "label")])
+    return contact_sheet(rows, path)
