@@ -158,3 +158,49 @@ def _mask_iou(job_list: Path, out: Path, work: Path, common: list[str], k: int) 
         ious.append(iou(read_mask(gen_out / g["outputs"]["mask"], tm.shape), tm))
     return {"mask_iou": float(np.mean(ious)) if ious else None, "mask_iou_jobs": len(ious),
             "mask_iou_exit_code": code, "mask_iou_seconds": seconds}
+
+
+def inversion_sheet(job_list: Path, bundle: Path, path: Path, *, seed: int, run_args: Sequence[str] = (),
+                    n: int = 4) -> Path:
+    """What the model itself makes of the first `n` jobs, at model resolution: I | S | G(c) | M.
+
+    Runs the runtime's own job preparation and inversion (no subprocess) with the same `--steps`, `--lr`,
+    `--lambda`, `--space`, `--init` as the run, and shows the good image I, the stitched guide S, the generated
+    image G(c) after the inversion and the target mask M. The composite pastes G(c) into M, so a blurry or
+    defect-free G(c) here explains a weak downstream row.
+    """
+    import argparse
+
+    import cv2
+
+    from defectgen.data.contact import contact_sheet
+    from defectgen.data.imageio import from_model
+    from defectgen.runtime.backend import load_backend
+    from defectgen.runtime.cli_run import parse_lambdas, resolve_settings
+    from defectgen.runtime.jobs import jsonl_jobs
+    from defectgen.runtime.pipeline import invert_batch, prepare
+
+    p = argparse.ArgumentParser(add_help=False)
+    for opt in ("--steps", "--lr", "--space", "--init"):
+        p.add_argument(opt, type=float if opt == "--lr" else (int if opt == "--steps" else str))
+    p.add_argument("--lambda", dest="lambdas", action="append", default=[])
+    opts, _ = p.parse_known_args(list(run_args))
+    b = Bundle.load(bundle)
+    settings = resolve_settings(b, space=opts.space, steps=opts.steps, lr=opts.lr, init=opts.init,
+                                lambdas=parse_lambdas(opts.lambdas), mask_mode="target", batch=None)
+    types = [t for t in b.defect_types if t != GOOD]
+    specs = [s for _, s in zip(range(n), jsonl_jobs(job_list, types=types, run_seed=seed), strict=False)]
+    engine = load_backend(b, "ort-cpu")
+    try:
+        prepared = [prepare(s, b, settings) for s in specs]
+        result = invert_batch(engine, b, prepared, settings)
+    finally:
+        engine.close()
+    rows = []
+    for i, job in enumerate(prepared):
+        m = (job.mask_m[0] > 0).astype(np.uint8)
+        gen = from_model(np.clip(result.image[i], -1, 1))
+        rows.append([(from_model(job.good), None, "I (good)"), (from_model(job.stitched), m, "S (stitched)"),
+                     (gen, m, "G(c) after inversion"),
+                     (cv2.cvtColor(m * 255, cv2.COLOR_GRAY2RGB), None, f"M ({job.spec.defect_type})")])
+    return contact_sheet(rows, path)

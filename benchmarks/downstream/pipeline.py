@@ -28,7 +28,7 @@ from defectgen.data.procedural import make_dataset
 from defectgen.runtime.bundle import MANIFEST_NAME, Bundle, default_bundle_path
 
 from . import report
-from .defectgen_source import generate_defectgen
+from .defectgen_source import generate_defectgen, inversion_sheet
 from .evaluate import eval_set, generation_quality, load_pairs, real_diversity, source_set
 from .metrics import pr_curve, segmentation_metrics
 from .segmenter import SegConfig, predict, train_segmenter
@@ -151,6 +151,16 @@ def _generate(name: str, args: argparse.Namespace, pre: Preset, split: Split, wo
     return generate_baseline(name, jobs, split, out, seed=args.seed, textures=args.textures)
 
 
+def _inversion_sheet(args: argparse.Namespace, work: Path, bundle: Path) -> None:
+    """The I | S | G(c) | M diagnostic; it uses runtime internals, so a failure only costs the figure."""
+    try:
+        inversion_sheet(work / "defectgen" / "inputs" / "jobs.jsonl", bundle,
+                        args.out / "downstream_defectgen_inversion.png", seed=args.seed,
+                        run_args=shlex.split(args.run_args))
+    except Exception as e:  # noqa: BLE001 - a diagnostic figure must never sink an hour-long benchmark
+        print(f"downstream: warning: no inversion sheet ({type(e).__name__}: {e})", file=sys.stderr, flush=True)
+
+
 def _train_eval(images: np.ndarray, masks: np.ndarray, good: np.ndarray, ev: tuple[np.ndarray, ...],
                 cfg: SegConfig) -> tuple[dict[str, Any], dict[str, Any], tuple[np.ndarray, np.ndarray]]:
     net, tlog = train_segmenter(good, images, masks, cfg)
@@ -216,6 +226,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         quality = generation_quality(samples)
         sheet = report.source_sheet(samples, args.out / f"downstream_{name}.png")
         report.zoom_sheet(samples, args.out / f"downstream_{name}_zoom.png")
+        if name == "defectgen":
+            _inversion_sheet(args, work, Path(bundle["path"]))
         images, masks = source_set(samples, seg_cfg.res)
         metrics, training, curves[name] = _train_eval(images, masks, good, ev, seg_cfg)
         sources[name] = {"metrics": metrics, "generation": gen, "quality": quality, "training": training,

@@ -44,6 +44,7 @@ def test_quick_mode_writes_the_results(tmp_path: Path) -> None:
     for name in res["summary"]:
         assert read_image(out / f"downstream_{name}.png").ndim == 3
         assert read_image(out / f"downstream_{name}_zoom.png").ndim == 3
+    assert read_image(out / "downstream_defectgen_inversion.png").ndim == 3
     assert "QUICK" in (out / "downstream.md").read_text() and read_image(out / "downstream.png").ndim == 3
     held_in = res["dataset"]["split"]["held_in"]
     assert sorted(held_in) == sorted(DEFAULT_DEFECT_TYPES) and res["dataset"]["held_out_defects"] == 16
