@@ -162,9 +162,10 @@ def plot(results: dict[str, Any], curves: dict[str, tuple[np.ndarray, np.ndarray
         vals = [100 * (m.get(key) or 0.0) for key in METRICS]
         ax.bar(np.arange(len(METRICS)) + (k - (len(names) - 1) / 2) * width, vals, width, label=name)
     ax.set_xticks(np.arange(len(METRICS)), [LABELS[m] for m in METRICS])
-    ax.set_ylim(0, 100)
+    ax.set_ylim(0, 120)  # headroom above 100 for the legend, so it never hides a bar
+    ax.set_yticks(range(0, 101, 20))
     ax.set_ylabel("score ×100")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper center", ncol=3)
     ax.set_title(f"{results['dataset']['name']} ({results['mode']})", fontsize=10)
     for name, (precision, recall) in curves.items():
         ax2.plot(recall, precision, label=name)
