@@ -140,11 +140,36 @@ def downsample2x(x: Tensor, kernel: Tensor) -> Tensor:
     return conv2d(x, kernel, stride=2, padding=1, groups=x.shape[1])
 
 
+LRELU_SLOPE = 0.2
+LRELU_GAIN = 2**0.5
+
+
+class _LeakyReluGain(torch.autograd.Function):
+    """gain * leaky_relu(x, 0.2) that saves its slope tensor, so the backward is one multiply.
+
+    Why: autograd's leaky-ReLU backward exports as Greater + Mul + Mul + Where, and ONNX Runtime's CPU `Where`
+    with two tensor branches is ~20x slower than a `Mul` on the same tensor (benchmarks/findings.md). The slope
+    `s = Where(x > 0, gain, 0.2 gain)` (scalar branches, cheap) is made once in the forward; y = x * s and
+    dy/dx = s are exact. Double backward (R1) still works: the backward is a plain differentiable product.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        slope = torch.where(x > 0, LRELU_GAIN, LRELU_SLOPE * LRELU_GAIN).to(x.dtype)
+        ctx.save_for_backward(slope)
+        return x * slope
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> Tensor:
+        (slope,) = ctx.saved_tensors
+        return g * slope
+
+
 def lrelu_gain(x: Tensor, bias: Tensor | None = None) -> Tensor:
     """Leaky ReLU(0.2) scaled by sqrt(2) so activations keep unit variance (StyleGAN2 `bias_act`)."""
     if bias is not None:
         x = x + bias.reshape(1, -1, *([1] * (x.ndim - 2)))
-    return F.leaky_relu(x, 0.2) * 2**0.5
+    return _LeakyReluGain.apply(x)
 
 
 def pixel_norm(x: Tensor, dim: int = 1, eps: float = EPS) -> Tensor:

@@ -105,6 +105,24 @@ def test_resample_gradcheck_and_matches_autograd(op):
     torch.testing.assert_close(torch.autograd.grad(y, x, gy)[0], torch.autograd.grad(yr, x, gy)[0])
 
 
+def test_lrelu_gain_matches_autograd_and_double_backward():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+    y = ops.lrelu_gain(x)
+    ref = F.leaky_relu(x, 0.2) * 2**0.5
+    torch.testing.assert_close(y, ref)
+    assert torch.autograd.gradcheck(ops.lrelu_gain, (x,), fast_mode=True)
+    gy = torch.randn_like(y)
+    torch.testing.assert_close(torch.autograd.grad(y, x, gy)[0], torch.autograd.grad(ref, x, gy)[0])
+    # R1-style double backward: d/dg of (g * slope) must flow, as for the autograd leaky ReLU
+    gy.requires_grad_(True)
+    (gx,) = torch.autograd.grad(ops.lrelu_gain(x), x, gy, create_graph=True)
+    (gx_ref,) = torch.autograd.grad(F.leaky_relu(x, 0.2) * 2**0.5, x, gy, create_graph=True)
+    w = torch.randn_like(gx)
+    ours, theirs = torch.autograd.grad((gx * w).sum(), gy)[0], torch.autograd.grad((gx_ref * w).sum(), gy)[0]
+    torch.testing.assert_close(ours, theirs)
+
+
 def test_upsample_keeps_constants_away_from_the_border():
     k = ops.fir_kernel(1, gain=4.0)
     y = ops.upsample2x(torch.ones(1, 1, 8, 8), k)
