@@ -120,13 +120,17 @@ def train_encoder(
     holdout: Optional[float] = typer.Option(None, help="Fraction of real images held out for report.json (0.1)."),
     sample_every: Optional[int] = typer.Option(None, help="Steps between sample grids (default 200)."),
     ckpt_every: Optional[int] = typer.Option(None, help="Steps between checkpoints (default 200)."),
+    init_from: Optional[Path] = typer.Option(None, help="Encoder run or checkpoint to start from (E and D weights; "
+                                                        "fresh optimisers)."),
+    w_mask: Optional[float] = typer.Option(None, help="Weight of the mask BCE (default 0.5)."),
     dry_run: bool = typer.Option(False, help="Resolve and print the config, then stop."),
 ) -> None:
     """Train the idinvert domain-guided encoder (image + mask -> w+)."""
     from defectgen.training.encoder import train_encoder_cli
 
     train_encoder_cli(data=data, gan=gan, out=out, steps=steps, batch=batch, vgg=vgg, resume=resume, seed=seed,
-                      holdout=holdout, sample_every=sample_every, ckpt_every=ckpt_every, dry_run=dry_run)
+                      holdout=holdout, sample_every=sample_every, ckpt_every=ckpt_every, dry_run=dry_run,
+                      init_from=str(init_from) if init_from else None, w_mask=w_mask)
 
 
 @app.command("export")

@@ -74,6 +74,7 @@ class TrainEncoderConfig:
     r1_interval: int = 16
     train_d: bool = True            # fine-tune D against reconstructions (idinvert); off = frozen D
     vgg: str | None = None          # VGG16 safetensors for the feature loss; None = D trunk
+    init_from: str | None = None    # encoder run/checkpoint whose E and D weights start this run (fresh Adam)
     holdout: float = 0.1            # fraction of real good + defective images held out for the report
     good_share: float = 0.5         # share of good images among the real half of a batch
     log_every: int = 20

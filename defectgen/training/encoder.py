@@ -223,6 +223,21 @@ def _encoder_report(st: EncoderState, G: Generator, held: TrainData, out: Path, 
     return rep
 
 
+def warm_start(st: EncoderState, src: str | os.PathLike[str]) -> None:
+    """Load E and the fine-tuned D of encoder run/checkpoint `src` into `st` (optimisers stay fresh)."""
+    ck = read_checkpoint(src)
+    if ck.meta.get("kind") != "encoder":
+        msg = f"--init-from must be an encoder run or checkpoint, {ck.path} is a {ck.meta.get('kind')!r} checkpoint"
+        raise DataError(msg)
+    try:
+        st.E.load_state_dict(ck.state_dict("E"))
+        st.D.load_state_dict(ck.state_dict("D"))
+    except RuntimeError as e:  # shape mismatch: an encoder of another generator
+        first = str(e).strip().splitlines()[0]
+        msg = f"--init-from {ck.path} does not fit this generator's encoder/discriminator: {first}"
+        raise DataError(msg) from None
+
+
 def _check_cfg(cfg: TrainEncoderConfig) -> None:
     if cfg.batch < 2 or cfg.steps < 1 or not 0 <= cfg.holdout < 1:
         msg = f"need batch >= 2, steps >= 1 and 0 <= holdout < 1; got {cfg.batch}, {cfg.steps}, {cfg.holdout}"
@@ -263,6 +278,8 @@ def train_encoder(cfg: TrainEncoderConfig, out: str | os.PathLike[str], *, resum
         st.step = ck.step
         restore_rng(ck)
     else:
+        if cfg.init_from:
+            warm_start(st, cfg.init_from)
         write_config(out, info, {**gan_meta["configs"], "encoder": to_dict(st.e_cfg), "train_encoder": to_dict(cfg),
                                  "defect_types": st.types, "gan": gan_meta["gan"], "world_size": info.world_size,
                                  "held_out": held.paths})

@@ -76,5 +76,14 @@ def test_tiny_gan_and_encoder_through_cli(data, tmp_path):
     assert "mask IoU" in r.output
     rep = json.loads((tmp_path / "enc" / "report.json").read_text())
     assert {"psnr_db", "mask_iou"} <= set(rep["held_out"])
+    r = runner.invoke(app, ["train", "encoder", "--data", str(data), "--gan", str(gan), "--out",
+                            str(tmp_path / "enc2"), "--steps", "1", "--batch", "4", "--holdout", "0.3",
+                            "--init-from", str(tmp_path / "enc"), "--w-mask", "5"])
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((tmp_path / "enc2" / "config.json").read_text())["train_encoder"]
+    assert cfg["init_from"] == str(tmp_path / "enc") and cfg["w_mask"] == 5.0
+    r = runner.invoke(app, ["train", "encoder", "--data", str(data), "--gan", str(gan), "--out",
+                            str(tmp_path / "enc3"), "--steps", "1", "--batch", "4", "--init-from", str(gan)])
+    assert "--init-from must be an encoder run" in one_line_error(r)
     r = runner.invoke(app, ["train", "gan", "--data", str(data), "--out", str(gan), "--res", "16"])
     assert "already holds a run" in one_line_error(r)

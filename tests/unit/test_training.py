@@ -214,6 +214,38 @@ def test_encoder_resume_is_exact(gan_run, data, tmp_path):
     assert all(torch.equal(v, b.state.E.state_dict()[k]) for k, v in a.state.E.state_dict().items())
 
 
+def test_encoder_init_from_starts_at_the_source_weights(gan_run, encoder_run, data, tmp_path, monkeypatch):
+    """--init-from (a slim copy here) loads E and D, keeps fresh optimisers, and is recorded in the config."""
+    from defectgen.training.slim import export_slim
+
+    export_slim(encoder_run.out, tmp_path / "src")
+    cfg = TrainEncoderConfig(data=str(data), gan=str(gan_run.out), steps=1, batch=4, sample_every=100,
+                             init_from=str(tmp_path / "src"))
+    captured = {}
+    import defectgen.training.encoder as enc_mod
+
+    real_step = enc_mod.encoder_step
+
+    def spy(st, *args, **kwargs):  # the weights the first step starts from
+        captured.setdefault("E", {k: v.clone() for k, v in st.E.state_dict().items()})
+        captured.setdefault("D", {k: v.clone() for k, v in st.D.state_dict().items()})
+        captured.setdefault("opt_state", len(st.opt_E.state))
+        return real_step(st, *args, **kwargs)
+
+    monkeypatch.setattr(enc_mod, "encoder_step", spy)
+    res = train_encoder(cfg, tmp_path / "warm", progress=False, device="cpu")
+    src = encoder_run.state
+    assert all(torch.equal(v, captured["E"][k]) for k, v in src.E.state_dict().items())
+    assert all(torch.equal(v, captured["D"][k]) for k, v in src.D.state_dict().items())
+    assert captured["opt_state"] == 0  # fresh Adam
+    assert res.step == 1
+    assert json.loads((tmp_path / "warm" / "config.json").read_text())["train_encoder"]["init_from"] == str(
+        tmp_path / "src")
+    with pytest.raises(DataError, match="--init-from must be an encoder run"):
+        train_encoder(TrainEncoderConfig(data=str(data), gan=str(gan_run.out), steps=1, batch=4,
+                                         init_from=str(gan_run.out)), tmp_path / "bad", progress=False, device="cpu")
+
+
 def test_vgg16_trunk_loads_torchvision_names(tmp_path):
     net = VGG16Features()
     sd = {f"features.{i}.{n}": torch.randn_like(t) for i, c in net.convs.items() for n, t in c.state_dict().items()}
