@@ -175,6 +175,13 @@ def run(
     batch: Optional[int] = typer.Option(None, help="Jobs per step call (an exported batch; default: largest)."),
     mask_mode: str = typer.Option("target", help="Output mask: target, or generated (G mask > 0.5 near the target)."),
     retry_failed: bool = typer.Option(False, help="Rerun jobs that OUT/jobs.jsonl records as failed."),
+    detail: Optional[bool] = typer.Option(None, "--detail/--no-detail",
+                                          help="Add the real defect's detail above the model's resolution "
+                                               "(default: the bundle's, on)."),
+    guide_weight: Optional[float] = typer.Option(None, help="Share 0..1 of the stitched real defect in the model "
+                                                            "image: 0 = GAN alone, 1 = warped copy-paste "
+                                                            "(default: the bundle's, 0)."),
+    threads: Optional[int] = typer.Option(None, help="ONNX Runtime intra-op threads (default: physical cores)."),
 ) -> None:
     """Generate defective images with exact masks (torch-free edge runtime). Rerun to resume.
 
@@ -185,7 +192,8 @@ def run(
     code = run_cli(out=out, bundle=bundle, images=images, mvtec=mvtec, jobs=jobs, masks=masks,
                    random_masks=random_masks, types=_csv(types), space=space, steps=steps, lr=lr,
                    lambdas=lambda_ or [], init=init, backend=backend, shard=shard, seed=seed, batch=batch,
-                   mask_mode=mask_mode, retry_failed=retry_failed)
+                   mask_mode=mask_mode, retry_failed=retry_failed, detail=detail, guide_weight=guide_weight,
+                   threads=threads)
     raise typer.Exit(code)
 
 

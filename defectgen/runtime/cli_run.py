@@ -70,12 +70,13 @@ def parse_lambdas(items: Sequence[str]) -> dict[str, float]:
 
 
 def resolve_settings(bundle: Bundle, *, space: str | None, steps: int | None, lr: float | None, init: str | None,
-                     lambdas: dict[str, float], mask_mode: str, batch: int | None) -> RunSettings:
+                     lambdas: dict[str, float], mask_mode: str, batch: int | None, detail: bool | None = None,
+                     guide_weight: float | None = None) -> RunSettings:
     """Merge options with the bundle's defaults and validate them against the bundle.
 
     Raises:
         BundleError: unknown space, λ name or a batch size the bundle has no step graph for.
-        JobError: bad init, steps, lr, λ value or mask mode.
+        JobError: bad init, steps, lr, λ value, mask mode or guide weight.
     """
     d = bundle.defaults
     space = space or d.get("space", "wplus")
@@ -90,10 +91,15 @@ def resolve_settings(bundle: Bundle, *, space: str | None, steps: int | None, lr
         batch = max(batches)
     elif batch not in batches:
         bundle.step_file(space, batch)  # raises the bundle's message naming the exported batches
+    guide_weight = float(d.get("guide_weight", 0.0)) if guide_weight is None else float(guide_weight)
+    if not 0.0 <= guide_weight <= 1.0:  # also refuses NaN
+        msg = f"--guide-weight must be within [0, 1], got {guide_weight}"
+        raise JobError(msg)
     lam = bundle.lambda_vector(lambdas)
     return RunSettings(space=space, steps=config.steps, lr=config.lr, init=config.init,
                        lambdas={t: float(f"{v:.7g}") for t, v in zip(LOSS_TERMS, lam, strict=True)},
-                       mask_mode=mask_mode, feather_px=float(d.get("feather_px", 3)), batch=batch)
+                       mask_mode=mask_mode, feather_px=float(d.get("feather_px", 3)), batch=batch,
+                       detail=bool(d.get("detail", True)) if detail is None else detail, guide_weight=guide_weight)
 
 
 @dataclass(frozen=True)
@@ -193,26 +199,43 @@ class Plan:
 
 def plan_run(*, bundle: Bundle, source: Source, types: Sequence[str] | None, space: str | None,
              steps: int | None, lr: float | None, lambdas: dict[str, float], init: str | None, mask_mode: str,
-             batch: int | None, seed: int) -> Plan:
+             batch: int | None, seed: int, detail: bool | None = None, guide_weight: float | None = None) -> Plan:
     """Resolve options against the bundle and scan the job source once (paths only): every fatal check."""
     settings = resolve_settings(bundle, space=space, steps=steps, lr=lr, init=init, lambdas=lambdas,
-                                mask_mode=mask_mode, batch=batch)
+                                mask_mode=mask_mode, batch=batch, detail=detail, guide_weight=guide_weight)
     types_ = check_types(types, bundle.defect_types)
     jobset = scan_jobs(source.jobs(types_, seed))
     return Plan(bundle=bundle, settings=settings, types=types_, source=source, seed=seed, jobset=jobset)
 
 
+def check_threads(threads: int | None, backend: str) -> dict[str, int]:
+    """`load_backend` options for `--threads` (ONNX Runtime's intra-op threads).
+
+    Raises:
+        JobError: fewer than 1 thread, or a backend that has no CPU thread pool to size.
+    """
+    if threads is None:
+        return {}
+    if threads < 1:
+        msg = f"--threads must be >= 1, got {threads}"
+        raise JobError(msg)
+    if not backend.startswith("ort-"):
+        msg = f"--threads sizes ONNX Runtime's CPU thread pool (ort-* backends); backend {backend!r} has none"
+        raise JobError(msg)
+    return {"threads": threads}
+
+
 def execute(plan: Plan, *, out: Path, backend: str, shard: tuple[int, int] = (0, 1), retry_failed: bool = False,
             progress: bool | None = None, echo: Callable[[str], None] | None = None,
-            info: dict[str, Any] | None = None) -> Summary:
+            info: dict[str, Any] | None = None, threads: int | None = None) -> Summary:
     """Open the output folder and run the plan's jobs of one shard; write the contact sheet.
 
     Raises:
-        DefectgenError: fatal problems (backend unavailable, output folder unusable).
+        DefectgenError: fatal problems (backend unavailable, output folder unusable, bad thread count).
     """
     name = resolve_backend_name(backend)
     echo = echo or (lambda line: print(line, file=sys.stderr))
-    engine = load_backend(plan.bundle, name)
+    engine = load_backend(plan.bundle, name, **check_threads(threads, name))
     try:
         open_run(out, plan.identity(), {"defectgen": __version__, "bundle": str(plan.bundle.source),
                                         "backend": name, "shard": f"{shard[0]}/{shard[1]}",
@@ -252,7 +275,8 @@ def run_cli(*, out: Path, bundle: Path | None, images: Path | None, mvtec: Path 
             masks: Path | None, random_masks: int | None, types: Sequence[str] | None, space: str | None,
             steps: int | None, lr: float | None, lambdas: Sequence[str], init: str | None, backend: str,
             shard: str | None, seed: int, batch: int | None = None, mask_mode: str = "target",
-            retry_failed: bool = False, progress: bool | None = None) -> int:
+            retry_failed: bool = False, progress: bool | None = None, detail: bool | None = None,
+            guide_weight: float | None = None, threads: int | None = None) -> int:
     """`defectgen run`: validate everything cheap, then generate; see the module docstring for the error rule.
 
     Returns:
@@ -264,12 +288,13 @@ def run_cli(*, out: Path, bundle: Path | None, images: Path | None, mvtec: Path 
     """
     source = check_source(images=images, mvtec=mvtec, jobs=jobs, masks=masks, random_masks=random_masks)
     shard_kn = parse_shard(shard)
-    resolve_backend_name(backend)  # an unknown or unavailable backend fails before any scanning
+    check_threads(threads, resolve_backend_name(backend))  # bad backend/threads fail before any scanning
     plan = plan_run(bundle=Bundle.load(bundle), source=source, types=types, space=space, steps=steps, lr=lr,
-                    lambdas=parse_lambdas(lambdas), init=init, mask_mode=mask_mode, batch=batch, seed=seed)
+                    lambdas=parse_lambdas(lambdas), init=init, mask_mode=mask_mode, batch=batch, seed=seed,
+                    detail=detail, guide_weight=guide_weight)
     info = {"input": str(source.path), "masks_dir": str(masks) if masks else None}
     summary = execute(plan, out=out, backend=backend, shard=shard_kn, retry_failed=retry_failed, progress=progress,
-                      info=info)
+                      info=info, threads=threads)
     return _report(summary, out)
 
 

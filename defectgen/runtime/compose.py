@@ -5,6 +5,13 @@ A job's target region is a `Crop` of the full-resolution good image. Today the c
 scale, and nothing here changes: the crop is resized to the model, the generated crop is resized back to the
 crop's own size, and composited over the *original* image with a feathered alpha, so every pixel outside the
 feathered band is bit-exact the input.
+
+Detail above the model's resolution: a R x R model cannot carry the finer detail of a larger crop, so its
+upsampled output is smooth (no surface grain, soft defect edges), a give-away a downstream detector learns.
+`detail_layer` is the part of the full-resolution guide (the good crop with the real defect stitched in) that
+the model's resolution drops: the guide minus its own round trip through the model's resize. Added to the
+upsampled model image, it restores the grain and the defect's fine structure while the model keeps everything
+coarser (shape, shading, colour). Where the crop is no larger than the model, the layer is zero.
 """
 
 from __future__ import annotations
@@ -81,19 +88,32 @@ def upsample(chw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out[:, :, None] if out.ndim == 2 else out
 
 
+def detail_layer(guide: np.ndarray, res: int) -> np.ndarray:
+    """`guide − up(down(guide))`: what the model's resolution cannot hold, float32 HxWx3 in pixel units (0..255).
+
+    `guide` is a uint8 HxWx3 crop; down/up are the resizes the model's input and output take (`to_model`,
+    `upsample`), so a model that reproduced its (downsized) guide exactly would, plus this layer, give the
+    guide back.
+    """
+    low = (upsample(to_model(guide, res), guide.shape[:2]) + 1.0) * 127.5
+    return guide.astype(np.float32) - low
+
+
 def feather_px(crop: Crop, res: int, model_px: float) -> int:
     """A feather width given in model pixels, in full-resolution pixels of `crop` (at least 1)."""
     return max(1, round(model_px * crop.scale(res)))
 
 
-def composite(good: np.ndarray, generated: np.ndarray, alpha: np.ndarray, crop: Crop) -> np.ndarray:
-    """`alpha ⊙ G + (1 − alpha) ⊙ I` inside the crop; every pixel with alpha 0 is copied from `good` unchanged.
+def composite(good: np.ndarray, generated: np.ndarray, alpha: np.ndarray, crop: Crop,
+              detail: np.ndarray | None = None) -> np.ndarray:
+    """`alpha ⊙ (G + D) + (1 − alpha) ⊙ I` inside the crop; every pixel with alpha 0 is copied from `good` unchanged.
 
     Args:
         good: uint8 HxWx3 full-resolution good image `I`.
         generated: float (3,R,R) model image in [-1,1] for the crop.
         alpha: float32 HxW feathered target mask at full resolution (`feather(mask, px)`).
         crop: where the model image goes.
+        detail: optional float32 HxWx3 `detail_layer` of the crop (pixel units), added to the upsampled `G`.
 
     Returns:
         uint8 HxWx3, a new array.
@@ -104,6 +124,8 @@ def composite(good: np.ndarray, generated: np.ndarray, alpha: np.ndarray, crop: 
     if not band.any():
         return out
     gen = (upsample(generated, crop.size) + 1.0) * 127.5  # [-1,1] -> [0,255], float
+    if detail is not None:
+        gen += detail
     region = crop.of(out)
     src = region[band].astype(np.float32)
     blended = a[band][:, None] * gen[band] + (1.0 - a[band][:, None]) * src

@@ -19,13 +19,21 @@ from typing import Any
 import cv2
 import numpy as np
 
-from defectgen.data.imageio import from_model, read_image, read_mask, to_model
+from defectgen.data.imageio import read_image, read_mask, to_model
 from defectgen.data.masks import part_mask, random_mask, stitch
 from defectgen.data.mvtec import MVTecWriter
 from defectgen.errors import JobError
 from defectgen.runtime.backend import Backend
 from defectgen.runtime.bundle import Bundle
-from defectgen.runtime.compose import Crop, alpha_for, composite, generated_mask, model_inputs
+from defectgen.runtime.compose import (
+    Crop,
+    alpha_for,
+    composite,
+    detail_layer,
+    feather_px,
+    generated_mask,
+    model_inputs,
+)
 from defectgen.runtime.invert import InversionBatch, InversionConfig, InversionResult, invert
 from defectgen.runtime.jobs import JobSpec, relpath
 from defectgen.runtime.manifest import LOSS_TERMS
@@ -53,6 +61,9 @@ class RunSettings:
         mask_mode: "target" (output mask = the target mask) or "generated" (σ(G_mask) > 0.5 within it).
         feather_px: compositing feather in model pixels (scaled to the crop's full resolution).
         batch: step-graph batch size jobs are grouped into.
+        detail: add the full-resolution guide's detail above the model's resolution (`compose.detail_layer`).
+        guide_weight: share of the guide `S` in the model-resolution output, `(1 − g) G + g S` (0: the model's
+            image alone; 1: the stitched real defect, i.e. warped copy-paste with colour matching).
     """
 
     space: str
@@ -63,6 +74,8 @@ class RunSettings:
     mask_mode: str = "target"
     feather_px: float = 3.0
     batch: int = 1
+    detail: bool = True
+    guide_weight: float = 0.0
 
 
 @dataclass
@@ -76,6 +89,7 @@ class Prepared:
     good: np.ndarray  # float32 (3,R,R) in [-1,1]
     mask_m: np.ndarray  # float32 (1,R,R) {0,1}
     stitched: np.ndarray  # float32 (3,R,R) in [-1,1]
+    guide: np.ndarray  # uint8 crop-sized HxWx3: the crop with the reference stitched in at full resolution
     reference: str | None  # which real defect was stitched in (None: the bundle has none of this type)
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -158,15 +172,17 @@ def prepare(spec: JobSpec, bundle: Bundle, settings: RunSettings) -> Prepared:
     res = bundle.resolution
     good, mask_m = model_inputs(image, mask, crop, res)
     ref = _reference(spec, bundle)
-    if ref is None:
-        stitched, ref_name = good.copy(), None  # no real defect to imitate: S = I, the def/pix terms only smooth
+    if ref is None:  # no real defect to imitate: S = I, the def/pix terms only smooth
+        guide, stitched, ref_name = crop.of(image), good.copy(), None
     else:
+        # stitched at full resolution (the reference keeps its detail for `detail_layer`), then brought to the
+        # model like the good crop; the feather is the same width in model pixels as the composite's
         ref_img, ref_mask, ref_name = ref
-        s = stitch(from_model(good), ref_img, ref_mask, mask_m[0].astype(np.uint8),
-                   feather_px=max(1, round(settings.feather_px)), rng=job_rng(spec, _RNG_STITCH))
-        stitched = to_model(s, res)
+        guide = stitch(crop.of(image), ref_img, ref_mask, crop.of(mask),
+                       feather_px=feather_px(crop, res, settings.feather_px), rng=job_rng(spec, _RNG_STITCH))
+        stitched = to_model(guide, res)
     return Prepared(spec=spec, image=image, mask=mask, crop=crop, good=good, mask_m=mask_m, stitched=stitched,
-                    reference=ref_name, seconds=time.perf_counter() - t0)
+                    guide=guide, reference=ref_name, seconds=time.perf_counter() - t0)
 
 
 def output_paths(spec: JobSpec, width: int) -> tuple[str, str]:
@@ -200,7 +216,10 @@ def finish(p: Prepared, image_m: np.ndarray, mask_logit: np.ndarray, out: Path, 
         msg = "generated image is not finite (NaN/inf)"
         raise JobError(msg)
     alpha = alpha_for(p.mask, p.crop, res, settings.feather_px)
-    final = composite(p.image, image_m, alpha, p.crop)
+    if settings.guide_weight > 0:
+        image_m = (1.0 - settings.guide_weight) * np.asarray(image_m, np.float32) + settings.guide_weight * p.stitched
+    detail = detail_layer(p.guide, res) if settings.detail else None
+    final = composite(p.image, image_m, alpha, p.crop, detail)
     mask = p.mask if settings.mask_mode == "target" else generated_mask(mask_logit, p.mask, p.crop, res,
                                                                          settings.feather_px)
     rel_img, rel_mask = output_paths(p.spec, width)
@@ -236,7 +255,8 @@ def record(spec: JobSpec, settings: RunSettings, *, status: str, error: str | No
                    "reference": reference},
         "outputs": {"image": outputs[0], "mask": outputs[1]} if outputs else None,
         "space": settings.space, "init": settings.init, "steps": settings.steps, "lr": settings.lr,
-        "lambdas": settings.lambdas, "mask_mode": settings.mask_mode,
+        "lambdas": settings.lambdas, "mask_mode": settings.mask_mode, "detail": settings.detail,
+        "guide_weight": settings.guide_weight,
         "final_terms": None if final_terms is None else dict(zip(LOSS_TERMS, map(num, final_terms), strict=True)),
         "objective": None if history is None else [num(v) for v in history],
         "steps_run": steps_run, "time_s": round(seconds, 4), "backend": backend,

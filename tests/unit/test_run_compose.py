@@ -7,7 +7,16 @@ import pytest
 
 from defectgen.data.masks import dilate
 from defectgen.errors import JobError
-from defectgen.runtime.compose import Crop, alpha_for, composite, feather_px, generated_mask, model_inputs
+from defectgen.runtime.compose import (
+    Crop,
+    alpha_for,
+    composite,
+    detail_layer,
+    feather_px,
+    generated_mask,
+    model_inputs,
+    to_model,
+)
 
 
 def _case(h: int = 100, w: int = 140) -> tuple[np.ndarray, np.ndarray]:
@@ -79,3 +88,23 @@ def test_generated_mask_within_dilated_target() -> None:
     assert m.any() and not (m & (1 - dilate(mask, feather_px(crop, 16, 1)))).any()
     with pytest.raises(JobError, match="generated mask is empty"):
         generated_mask(-logit, mask, crop, 16, 1)
+
+
+def test_detail_layer_is_zero_when_the_crop_is_the_model_size() -> None:
+    guide = np.random.default_rng(2).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    assert np.abs(detail_layer(guide, 16)).max() < 1e-3
+
+
+def test_model_image_plus_detail_gives_the_guide_back_inside_the_mask() -> None:
+    """A model that reproduced its downsized guide exactly, plus the detail layer, is the full-res guide."""
+    image, mask = _case()
+    guide = np.random.default_rng(3).integers(0, 256, image.shape, dtype=np.uint8)  # all fine detail
+    res, crop = 16, Crop.full(image.shape)
+    alpha = alpha_for(mask, crop, res, model_px=1)
+    with_detail = composite(image, to_model(guide, res), alpha, crop, detail_layer(guide, res))
+    smooth = composite(image, to_model(guide, res), alpha, crop)
+    inside = mask > 0
+    assert np.abs(with_detail[inside].astype(int) - guide[inside]).max() <= 1  # rounding only
+    assert np.abs(smooth[inside].astype(int) - guide[inside]).mean() > 20  # the model's resolution alone blurs
+    outside = ~dilate(mask, feather_px(crop, res, 1)).astype(bool)
+    assert np.array_equal(with_detail[outside], image[outside])  # still bit-exact outside the band
