@@ -23,25 +23,9 @@ from defectgen.runtime.bundle import Bundle
 from defectgen.runtime.ort import OrtBackend, optimized_cache_key, physical_cores, providers_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from toy_bundle import ToyModel, make_toy_bundle  # noqa: E402
+from toy_bundle import ToyModel  # noqa: E402
 
 SPACES = ("wplus", "w", "z")
-
-
-@pytest.fixture(scope="module")
-def toy() -> ToyModel:
-    return ToyModel()
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory, toy: ToyModel) -> Bundle:
-    return Bundle.load(make_toy_bundle(tmp_path_factory.mktemp("toy") / "bundle", model=toy))
-
-
-@pytest.fixture(scope="module")
-def backend(bundle: Bundle) -> OrtBackend:
-    with OrtBackend(bundle, threads=1) as b:
-        yield b
 
 
 def test_plan_chunks() -> None:

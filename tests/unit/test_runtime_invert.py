@@ -17,22 +17,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from toy_bundle import ToyModel, make_toy_bundle  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def toy() -> ToyModel:
-    return ToyModel()
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory, toy: ToyModel) -> Bundle:
-    return Bundle.load(make_toy_bundle(tmp_path_factory.mktemp("toy") / "bundle", model=toy))
-
-
-@pytest.fixture(scope="module")
-def backend(bundle: Bundle) -> OrtBackend:
-    with OrtBackend(bundle, threads=1) as b:
-        yield b
-
-
 def _batch(toy: ToyModel, n: int, seed: int = 1) -> InversionBatch:
     return InversionBatch(*toy.inputs(n, seed))
 

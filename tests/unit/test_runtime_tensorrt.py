@@ -19,14 +19,9 @@ from defectgen.runtime.invert import InversionBatch, InversionConfig, invert
 from defectgen.runtime.tensorrt import build_engine, engine_cache_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from toy_bundle import ToyModel, make_toy_bundle  # noqa: E402
+from toy_bundle import ToyModel  # noqa: E402
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
-    return Bundle.load(make_toy_bundle(tmp_path_factory.mktemp("toy") / "bundle"))
 
 
 def test_engine_cache_path_key(bundle: Bundle) -> None:
