@@ -296,9 +296,34 @@ def warp_defect(ref_img: np.ndarray, ref_mask: np.ndarray, target_mask: np.ndarr
     return img, m if m.any() else (soft > 0).astype(np.uint8)
 
 
+def fill_from_defect(warped: np.ndarray, wmask: np.ndarray, target_mask: np.ndarray) -> np.ndarray:
+    """Give every target pixel the warped reference's *defect* look: pixels of `target_mask` outside the warped
+    defect `wmask` copy their nearest defect pixel (Voronoi fill, `cv2.distanceTransformWithLabels`).
+
+    Why: fitting boxes aligns a reference crack with a target crack only roughly, so without this most of a thin
+    target mask would show the reference's intact surface under a "defect" label (label noise that teaches a
+    segmenter to ignore the label), while fragments of the real crack fall outside the target and are cut off.
+    """
+    hole = (target_mask > 0) & (wmask == 0)
+    if not hole.any() or not wmask.any():
+        return warped
+    _, labels = cv2.distanceTransformWithLabels((wmask == 0).astype(np.uint8), cv2.DIST_L2, 5,
+                                                labelType=cv2.DIST_LABEL_PIXEL)
+    ys, xs = np.nonzero(wmask)  # DIST_LABEL_PIXEL numbers the zero pixels 1.. in row-major scan order
+    lut_y, lut_x = np.zeros(ys.size + 1, np.intp), np.zeros(xs.size + 1, np.intp)
+    lut_y[1:], lut_x[1:] = ys, xs
+    out = warped.copy()
+    lab = labels[hole]
+    out[hole] = warped[lut_y[lab], lut_x[lab]]
+    return out
+
+
 def stitch(good: np.ndarray, ref_img: np.ndarray, ref_mask: np.ndarray, target_mask: np.ndarray,
            feather_px: int, rng: np.random.Generator | None = None) -> np.ndarray:
     """The guide image `S`: `good` with a real defect warped into `target_mask` and pasted, feathered.
+
+    Target pixels the warped defect misses take the look of its nearest defect pixel (`fill_from_defect`), so
+    everything under the target mask looks defective.
 
     Colour match: the warped reference is shifted by one RGB offset so that its median colour in a ring just
     around the (target and warped) defect equals the good image's median colour there (a median, because the
@@ -314,6 +339,7 @@ def stitch(good: np.ndarray, ref_img: np.ndarray, ref_mask: np.ndarray, target_m
         msg = f"target mask size {mw}x{mh} != image size {w}x{h}"
         raise DataError(msg)
     warped, wmask = warp_defect(ref_img, ref_mask, target_mask, rng)
+    warped = fill_from_defect(warped, wmask, target_mask)
     core = ((target_mask > 0) | (wmask > 0)).astype(np.uint8)
     ring = dilate(core, max(2, feather_px + 2)) & (1 - core)
     warped = warped.astype(np.float32)

@@ -6,7 +6,16 @@ import cv2
 import numpy as np
 import pytest
 
-from defectgen.data.masks import bbox, dilate, feather, part_mask, random_mask, stitch, warp_defect
+from defectgen.data.masks import (
+    bbox,
+    dilate,
+    feather,
+    fill_from_defect,
+    part_mask,
+    random_mask,
+    stitch,
+    warp_defect,
+)
 from defectgen.data.procedural import render_part
 from defectgen.errors import DataError
 
@@ -100,8 +109,34 @@ def test_stitch_changes_only_the_feathered_target():
     outside = dilate(target, 3) == 0
     np.testing.assert_array_equal(out[outside], good[outside])
     assert (out[target > 0] != good[target > 0]).any()
+    # a crack reference in a crack of another shape: the whole target looks like the (dark) crack, not like the
+    # reference's intact surface (box-fitting alone leaves the target at the surface's brightness here)
+    crack_ref = render_part(np.random.default_rng(5), 48)[0]
+    crack_mask = random_mask("crack", ref_part, np.random.default_rng(5))
+    crack_ref[crack_mask > 0] = 10
+    out = stitch(good, crack_ref, crack_mask, target, feather_px=3, rng=np.random.default_rng(1))
+    core = target > 0  # the feather's alpha is 1 on the whole target
+    assert out[core].mean() < good[core].mean() - 30
     with pytest.raises(DataError, match="target mask size"):
         stitch(good, ref, ref_mask, target[:10], 3)
+
+
+def test_fill_from_defect_copies_the_nearest_defect_pixel():
+    rng = np.random.default_rng(3)
+    wmask = (rng.random((30, 40)) < 0.03).astype(np.uint8)
+    ys, xs = np.nonzero(wmask)
+    warped = np.zeros((30, 40, 3), np.uint8)
+    warped[ys, xs, 0] = np.arange(ys.size) % 250 + 1  # each defect pixel identifiable (ids mod 250)
+    warped[ys, xs, 1] = np.arange(ys.size) // 250
+    target = np.zeros((30, 40), np.uint8)
+    target[5:25, 8:35] = 1
+    out = fill_from_defect(warped, wmask, target)
+    np.testing.assert_array_equal(out[target == 0], warped[target == 0])
+    np.testing.assert_array_equal(out[wmask > 0], warped[wmask > 0])
+    for y, x in zip(*np.nonzero(target & (wmask == 0)), strict=True):
+        src = (out[y, x, 1].astype(int) * 250 + out[y, x, 0] - 1)
+        d_src = np.hypot(ys[src] - y, xs[src] - x)
+        assert d_src <= np.hypot(ys - y, xs - x).min() + 1.5  # nearest (the 5x5 distance mask is approximate)
 
 
 def test_bbox():
