@@ -284,7 +284,8 @@ def default_model_all_spaces(*, batches: Sequence[int] = (4,),
 
     gan = next(p for p in sorted(DEFAULT_MODELS.rglob("*.safetensors")) if "gan" in p.parts[-2])
     data = ROOT / "runs" / "data64"
-    key = _source_key("default", list(batches), list(spaces), gan.stat().st_size, data.is_dir())
+    weights = [hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(DEFAULT_MODELS.rglob("*.safetensors"))]
+    key = _source_key("default", list(batches), list(spaces), weights, data.is_dir())  # new weights, new export
     out = cache_root() / f"default-all-{key}"
     if not (out / "manifest.json").is_file():
         from defectgen.export.bundle import export_bundle
