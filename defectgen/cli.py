@@ -182,6 +182,9 @@ def run(
                                                             "image: 0 = GAN alone, 1 = warped copy-paste "
                                                             "(default: the bundle's, 0)."),
     threads: Optional[int] = typer.Option(None, help="ONNX Runtime intra-op threads (default: physical cores)."),
+    mask_shape: Optional[str] = typer.Option(None, help="Random masks: reference (the reference defect's real "
+                                                        "mask, moved/mirrored/rescaled) or procedural (the "
+                                                        "type's shape family). Default: the bundle's, reference."),
 ) -> None:
     """Generate defective images with exact masks (torch-free edge runtime). Rerun to resume.
 
@@ -193,7 +196,7 @@ def run(
                    random_masks=random_masks, types=_csv(types), space=space, steps=steps, lr=lr,
                    lambdas=lambda_ or [], init=init, backend=backend, shard=shard, seed=seed, batch=batch,
                    mask_mode=mask_mode, retry_failed=retry_failed, detail=detail, guide_weight=guide_weight,
-                   threads=threads)
+                   threads=threads, mask_shape=mask_shape)
     raise typer.Exit(code)
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from defectgen.data.masks import bbox, erode, stitch
+from defectgen.data.masks import erode, place_reference, stitch
 
 MIN_PIXELS = 4  # a synthetic defect smaller than this is redrawn (it would be invisible at 128 px)
 
@@ -231,47 +231,10 @@ def copy_paste(good: np.ndarray, part: np.ndarray, ref_img: np.ndarray, ref_mask
                rng: np.random.Generator, margin: int = 4) -> tuple[np.ndarray, np.ndarray]:
     """Paste a real defect (its pixels inside its own mask) at a random spot of the part.
 
-    The reference is cropped around its mask (plus `margin` px of context for the colour match), mirrored
-    and transposed at random, rescaled when its image size differs from `good`'s, then moved so that at
-    least 95 % of the defect lands on the part (best of 30 tries). `stitch` with no feather does the paste:
-    the target mask equals the moved reference mask, so its warp is the identity and exactly the pixels
-    under the returned mask change.
+    `place_reference` moves it (random mirror/transpose, rescaled to `good`'s size, >= 95 % on the part);
+    `stitch` with no feather does the paste: the target mask equals the moved reference mask, so its warp is
+    the identity and exactly the pixels under the returned mask change.
     """
-    h, w = good.shape[:2]
-    x0, y0, x1, y1 = bbox(ref_mask)
-    rh, rw = ref_mask.shape
-    cx0, cy0, cx1, cy1 = max(0, x0 - margin), max(0, y0 - margin), min(rw, x1 + margin), min(rh, y1 + margin)
-    img, msk = ref_img[cy0:cy1, cx0:cx1], (ref_mask[cy0:cy1, cx0:cx1] > 0).astype(np.uint8)
-    if rng.integers(2):
-        img, msk = img[:, ::-1], msk[:, ::-1]
-    if rng.integers(2):
-        img, msk = img[::-1], msk[::-1]
-    if rng.integers(2):
-        img, msk = img.transpose(1, 0, 2), msk.T
-    scale = min(h / rh, w / rw, 0.9 * h / img.shape[0], 0.9 * w / img.shape[1])
-    if abs(scale - 1.0) > 1e-6:
-        size = (max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale)))
-        img = cv2.resize(np.ascontiguousarray(img), size, interpolation=cv2.INTER_AREA)
-        msk = (cv2.resize(msk.astype(np.float32), size, interpolation=cv2.INTER_AREA) >= 0.5).astype(np.uint8)
-        if not msk.any():
-            msk[msk.shape[0] // 2, msk.shape[1] // 2] = 1
-    ch, cw = msk.shape
-    best, best_frac = None, -1.0
-    for _ in range(30):
-        tx, ty = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-        placed = np.zeros((h, w), np.uint8)
-        placed[ty:ty + ch, tx:tx + cw] = msk
-        frac = float((placed & (part > 0)).sum()) / float(placed.sum())
-        if frac > best_frac:
-            best, best_frac = (tx, ty), frac
-            if frac >= 0.95:
-                break
-    tx, ty = best  # type: ignore[misc]
-    moved = good.copy()
-    moved[ty:ty + ch, tx:tx + cw] = img
-    target = np.zeros((h, w), np.uint8)
-    target[ty:ty + ch, tx:tx + cw] = msk
-    if (target & (part > 0)).sum() >= 1:
-        target &= (part > 0).astype(np.uint8)
+    moved, target = place_reference(good, part, ref_img, ref_mask, rng, margin=margin)
     out = stitch(good, moved, target, target, feather_px=0, rng=None)
     return out, target

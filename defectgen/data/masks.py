@@ -318,6 +318,59 @@ def fill_from_defect(warped: np.ndarray, wmask: np.ndarray, target_mask: np.ndar
     return out
 
 
+def place_reference(good: np.ndarray, part: np.ndarray, ref_img: np.ndarray, ref_mask: np.ndarray,
+                    rng: np.random.Generator, *, margin: int = 4, scale_jitter: tuple[float, float] | None = None,
+                    tries: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    """A real defect moved onto the part, with its own mask as the label: the geometry of copy-paste.
+
+    The reference is cropped around its mask (plus `margin` px of context for the colour match), mirrored and
+    transposed at random, rescaled when its image size differs from `good`'s (times a random factor in
+    `scale_jitter`, if given), then moved so that at least 95 % of the defect lands on the part (best of
+    `tries` spots). Real masks give real label geometry: how thick a crack is, how ragged a hole's rim.
+
+    Returns:
+        (`good` with the moved reference crop pasted in, unblended, uint8 HxWx3; its {0,1} mask on the part).
+        `stitch(good, moved, target, target, ...)` then blends it (its box warp is the identity).
+    """
+    h, w = good.shape[:2]
+    x0, y0, x1, y1 = bbox(ref_mask)
+    rh, rw = ref_mask.shape
+    cx0, cy0, cx1, cy1 = max(0, x0 - margin), max(0, y0 - margin), min(rw, x1 + margin), min(rh, y1 + margin)
+    img, msk = ref_img[cy0:cy1, cx0:cx1], (ref_mask[cy0:cy1, cx0:cx1] > 0).astype(np.uint8)
+    if rng.integers(2):
+        img, msk = img[:, ::-1], msk[:, ::-1]
+    if rng.integers(2):
+        img, msk = img[::-1], msk[::-1]
+    if rng.integers(2):
+        img, msk = img.transpose(1, 0, 2), msk.T
+    scale = min(h / rh, w / rw) * (rng.uniform(*scale_jitter) if scale_jitter else 1.0)
+    scale = min(scale, 0.9 * h / img.shape[0], 0.9 * w / img.shape[1])
+    if abs(scale - 1.0) > 1e-6:
+        size = (max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale)))
+        img = cv2.resize(np.ascontiguousarray(img), size, interpolation=cv2.INTER_AREA)
+        msk = (cv2.resize(msk.astype(np.float32), size, interpolation=cv2.INTER_AREA) >= 0.5).astype(np.uint8)
+        if not msk.any():
+            msk[msk.shape[0] // 2, msk.shape[1] // 2] = 1
+    ch, cw = msk.shape
+    on_part = part > 0
+    best, best_frac = (0, 0), -1.0
+    for _ in range(tries):
+        tx, ty = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        frac = float((msk & on_part[ty:ty + ch, tx:tx + cw]).sum()) / float(msk.sum())
+        if frac > best_frac:
+            best, best_frac = (tx, ty), frac
+            if frac >= 0.95:
+                break
+    tx, ty = best
+    moved = good.copy()
+    moved[ty:ty + ch, tx:tx + cw] = img
+    target = np.zeros((h, w), np.uint8)
+    target[ty:ty + ch, tx:tx + cw] = msk
+    if (target & on_part).sum() >= 1:
+        target &= on_part.astype(np.uint8)
+    return moved, target
+
+
 def stitch(good: np.ndarray, ref_img: np.ndarray, ref_mask: np.ndarray, target_mask: np.ndarray,
            feather_px: int, rng: np.random.Generator | None = None) -> np.ndarray:
     """The guide image `S`: `good` with a real defect warped into `target_mask` and pasted, feathered.

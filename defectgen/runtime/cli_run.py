@@ -43,7 +43,7 @@ from defectgen.runtime.jobs import (
     scan_jobs,
 )
 from defectgen.runtime.manifest import LOSS_TERMS
-from defectgen.runtime.pipeline import MASK_MODES, RunSettings
+from defectgen.runtime.pipeline import MASK_MODES, MASK_SHAPES, RunSettings
 from defectgen.runtime.runlog import JOBS_FILE, JobLog, open_run, sweep_temp_files
 from defectgen.runtime.runner import Summary, run_jobs, write_contact_sheet
 
@@ -71,12 +71,12 @@ def parse_lambdas(items: Sequence[str]) -> dict[str, float]:
 
 def resolve_settings(bundle: Bundle, *, space: str | None, steps: int | None, lr: float | None, init: str | None,
                      lambdas: dict[str, float], mask_mode: str, batch: int | None, detail: bool | None = None,
-                     guide_weight: float | None = None) -> RunSettings:
+                     guide_weight: float | None = None, mask_shape: str | None = None) -> RunSettings:
     """Merge options with the bundle's defaults and validate them against the bundle.
 
     Raises:
         BundleError: unknown space, λ name or a batch size the bundle has no step graph for.
-        JobError: bad init, steps, lr, λ value, mask mode or guide weight.
+        JobError: bad init, steps, lr, λ value, mask mode, mask shape or guide weight.
     """
     d = bundle.defaults
     space = space or d.get("space", "wplus")
@@ -91,6 +91,9 @@ def resolve_settings(bundle: Bundle, *, space: str | None, steps: int | None, lr
         batch = max(batches)
     elif batch not in batches:
         bundle.step_file(space, batch)  # raises the bundle's message naming the exported batches
+    mask_shape = mask_shape or d.get("mask_shape", "reference")
+    if mask_shape not in MASK_SHAPES:
+        raise JobError(choice_error("mask shape", mask_shape, MASK_SHAPES))
     guide_weight = float(d.get("guide_weight", 0.0)) if guide_weight is None else float(guide_weight)
     if not 0.0 <= guide_weight <= 1.0:  # also refuses NaN
         msg = f"--guide-weight must be within [0, 1], got {guide_weight}"
@@ -99,7 +102,8 @@ def resolve_settings(bundle: Bundle, *, space: str | None, steps: int | None, lr
     return RunSettings(space=space, steps=config.steps, lr=config.lr, init=config.init,
                        lambdas={t: float(f"{v:.7g}") for t, v in zip(LOSS_TERMS, lam, strict=True)},
                        mask_mode=mask_mode, feather_px=float(d.get("feather_px", 3)), batch=batch,
-                       detail=bool(d.get("detail", True)) if detail is None else detail, guide_weight=guide_weight)
+                       detail=bool(d.get("detail", True)) if detail is None else detail, guide_weight=guide_weight,
+                       mask_shape=mask_shape)
 
 
 @dataclass(frozen=True)
@@ -199,10 +203,12 @@ class Plan:
 
 def plan_run(*, bundle: Bundle, source: Source, types: Sequence[str] | None, space: str | None,
              steps: int | None, lr: float | None, lambdas: dict[str, float], init: str | None, mask_mode: str,
-             batch: int | None, seed: int, detail: bool | None = None, guide_weight: float | None = None) -> Plan:
+             batch: int | None, seed: int, detail: bool | None = None, guide_weight: float | None = None,
+             mask_shape: str | None = None) -> Plan:
     """Resolve options against the bundle and scan the job source once (paths only): every fatal check."""
     settings = resolve_settings(bundle, space=space, steps=steps, lr=lr, init=init, lambdas=lambdas,
-                                mask_mode=mask_mode, batch=batch, detail=detail, guide_weight=guide_weight)
+                                mask_mode=mask_mode, batch=batch, detail=detail, guide_weight=guide_weight,
+                                mask_shape=mask_shape)
     types_ = check_types(types, bundle.defect_types)
     jobset = scan_jobs(source.jobs(types_, seed))
     return Plan(bundle=bundle, settings=settings, types=types_, source=source, seed=seed, jobset=jobset)
@@ -276,7 +282,7 @@ def run_cli(*, out: Path, bundle: Path | None, images: Path | None, mvtec: Path 
             steps: int | None, lr: float | None, lambdas: Sequence[str], init: str | None, backend: str,
             shard: str | None, seed: int, batch: int | None = None, mask_mode: str = "target",
             retry_failed: bool = False, progress: bool | None = None, detail: bool | None = None,
-            guide_weight: float | None = None, threads: int | None = None) -> int:
+            guide_weight: float | None = None, threads: int | None = None, mask_shape: str | None = None) -> int:
     """`defectgen run`: validate everything cheap, then generate; see the module docstring for the error rule.
 
     Returns:
@@ -291,7 +297,7 @@ def run_cli(*, out: Path, bundle: Path | None, images: Path | None, mvtec: Path 
     check_threads(threads, resolve_backend_name(backend))  # bad backend/threads fail before any scanning
     plan = plan_run(bundle=Bundle.load(bundle), source=source, types=types, space=space, steps=steps, lr=lr,
                     lambdas=parse_lambdas(lambdas), init=init, mask_mode=mask_mode, batch=batch, seed=seed,
-                    detail=detail, guide_weight=guide_weight)
+                    detail=detail, guide_weight=guide_weight, mask_shape=mask_shape)
     info = {"input": str(source.path), "masks_dir": str(masks) if masks else None}
     summary = execute(plan, out=out, backend=backend, shard=shard_kn, retry_failed=retry_failed, progress=progress,
                       info=info, threads=threads)

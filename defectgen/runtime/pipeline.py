@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from defectgen.data.imageio import read_image, read_mask, to_model
-from defectgen.data.masks import part_mask, random_mask, stitch
+from defectgen.data.masks import part_mask, place_reference, random_mask, stitch
 from defectgen.data.mvtec import MVTecWriter
 from defectgen.errors import JobError
 from defectgen.runtime.backend import Backend
@@ -30,7 +30,6 @@ from defectgen.runtime.compose import (
     alpha_for,
     composite,
     detail_layer,
-    feather_px,
     generated_mask,
     model_inputs,
 )
@@ -43,6 +42,9 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 # part_mask + random_mask cost grows fast with size (measured: 1024 px 1.6 s, 512 px 0.14 s per job)
 RANDOM_MASK_MAX_SIDE = 512
+STITCH_FEATHER_PX = 1  # full-resolution pixels: see `prepare`
+MASK_SHAPES = ("reference", "procedural")
+REFERENCE_SCALE_JITTER = (0.8, 1.25)  # random rescale of a reference-shaped target (`place_reference`)
 
 # child stream ids of a job's seed: one per random decision, so adding one never shifts the others
 _RNG_MASK, _RNG_REFERENCE, _RNG_STITCH = 0, 1, 2
@@ -62,6 +64,9 @@ class RunSettings:
         feather_px: compositing feather in model pixels (scaled to the crop's full resolution).
         batch: step-graph batch size jobs are grouped into.
         detail: add the full-resolution guide's detail above the model's resolution (`compose.detail_layer`).
+        mask_shape: random targets (`mask: null` jobs) take the reference defect's own mask, moved, mirrored
+            and rescaled ("reference": real label geometry), or a shape drawn from the type's procedural
+            family ("procedural"); jobs without a reference always draw procedurally.
         guide_weight: share of the guide `S` in the model-resolution output, `(1 − g) G + g S` (0: the model's
             image alone; 1: the stitched real defect, i.e. warped copy-paste with colour matching).
     """
@@ -76,6 +81,7 @@ class RunSettings:
     batch: int = 1
     detail: bool = True
     guide_weight: float = 0.0
+    mask_shape: str = "reference"
 
 
 @dataclass
@@ -123,23 +129,47 @@ def _reference(spec: JobSpec, bundle: Bundle) -> tuple[np.ndarray, np.ndarray, s
     return (*_read_reference(str(img), str(msk)), relpath(img, bundle.root))
 
 
-def _random_target(spec: JobSpec, image: np.ndarray) -> np.ndarray:
-    """A random mask for the job, drawn at most `RANDOM_MASK_MAX_SIDE` px wide and scaled up to the image.
-
-    Defect shapes scale with the part, so drawing small gives the same geometry; only the edge detail is
-    interpolated (linear, thresholded at 0.5, so edges stay smooth rather than blocky).
-    """
+def _small(image: np.ndarray) -> tuple[np.ndarray, float]:
+    """`image` shrunk to at most `RANDOM_MASK_MAX_SIDE` px (the part estimate and mask shapes need no more)."""
     h, w = image.shape[:2]
     f = min(1.0, RANDOM_MASK_MAX_SIDE / max(h, w))
-    rng = job_rng(spec, _RNG_MASK)
     if f == 1.0:
-        return random_mask(spec.defect_type, part_mask(image), rng)
-    small = cv2.resize(image, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
-    m = random_mask(spec.defect_type, part_mask(small), rng)
+        return image, f
+    return cv2.resize(image, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA), f
+
+
+def _to_full(m: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """A mask drawn small, at full size: linear + 0.5 threshold (smooth edges), nearest if that empties it."""
+    (h, w), (mh, mw) = hw, m.shape
+    if (mh, mw) == (h, w):
+        return m
     up = cv2.resize(m.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR) >= 0.5
     if not up.any():  # a 1-px draw can fall between sample points: keep it, nearest
         up = cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST) > 0
     return up.astype(np.uint8)
+
+
+def _random_target(spec: JobSpec, image: np.ndarray) -> np.ndarray:
+    """A random mask of the type's shape family, drawn at most `RANDOM_MASK_MAX_SIDE` px wide, scaled up.
+
+    Defect shapes scale with the part, so drawing small gives the same geometry; only the edge detail is
+    interpolated (linear, thresholded at 0.5, so edges stay smooth rather than blocky).
+    """
+    small, _ = _small(image)
+    return _to_full(random_mask(spec.defect_type, part_mask(small), job_rng(spec, _RNG_MASK)), image.shape[:2])
+
+
+def _reference_target(spec: JobSpec, image: np.ndarray, ref_img: np.ndarray,
+                      ref_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A random target with the reference's own (real) mask shape: `place_reference` on the part.
+
+    Returns:
+        (the full-size image with the moved reference pasted in, unblended; its {0,1} mask = the target).
+    """
+    small, _ = _small(image)
+    part = _to_full(part_mask(small), image.shape[:2])
+    return place_reference(image, part, ref_img, ref_mask, job_rng(spec, _RNG_MASK),
+                           scale_jitter=REFERENCE_SCALE_JITTER)
 
 
 def target_mask(spec: JobSpec, image: np.ndarray) -> np.ndarray:
@@ -167,19 +197,27 @@ def prepare(spec: JobSpec, bundle: Bundle, settings: RunSettings) -> Prepared:
     """
     t0 = time.perf_counter()
     image = read_image(spec.image)
-    mask = target_mask(spec, image)
+    ref = _reference(spec, bundle)
+    moved = None
+    if spec.mask is None and ref is not None and settings.mask_shape == "reference":
+        moved, mask = _reference_target(spec, image, ref[0], ref[1])
+    else:
+        mask = target_mask(spec, image)
     crop = Crop.full(image.shape)  # patch mode will crop around the mask here
     res = bundle.resolution
     good, mask_m = model_inputs(image, mask, crop, res)
-    ref = _reference(spec, bundle)
     if ref is None:  # no real defect to imitate: S = I, the def/pix terms only smooth
         guide, stitched, ref_name = crop.of(image), good.copy(), None
     else:
         # stitched at full resolution (the reference keeps its detail for `detail_layer`), then brought to the
-        # model like the good crop; the feather is the same width in model pixels as the composite's
+        # model like the good crop. Its feather is one full-resolution pixel (anti-aliasing): the stitch fills
+        # the whole target with the defect's look, and a wider band would paste the reference's *surface*
+        # around the label, a halo of changed pixels outside the mask that a detector learns as "not defect"
         ref_img, ref_mask, ref_name = ref
-        guide = stitch(crop.of(image), ref_img, ref_mask, crop.of(mask),
-                       feather_px=feather_px(crop, res, settings.feather_px), rng=job_rng(spec, _RNG_STITCH))
+        if moved is not None:  # already in place: the box warp is the identity
+            ref_img, ref_mask = crop.of(moved), crop.of(mask)
+        guide = stitch(crop.of(image), ref_img, ref_mask, crop.of(mask), feather_px=STITCH_FEATHER_PX,
+                       rng=None if moved is not None else job_rng(spec, _RNG_STITCH))
         stitched = to_model(guide, res)
     return Prepared(spec=spec, image=image, mask=mask, crop=crop, good=good, mask_m=mask_m, stitched=stitched,
                     guide=guide, reference=ref_name, seconds=time.perf_counter() - t0)
@@ -256,7 +294,7 @@ def record(spec: JobSpec, settings: RunSettings, *, status: str, error: str | No
         "outputs": {"image": outputs[0], "mask": outputs[1]} if outputs else None,
         "space": settings.space, "init": settings.init, "steps": settings.steps, "lr": settings.lr,
         "lambdas": settings.lambdas, "mask_mode": settings.mask_mode, "detail": settings.detail,
-        "guide_weight": settings.guide_weight,
+        "guide_weight": settings.guide_weight, "mask_shape": settings.mask_shape,
         "final_terms": None if final_terms is None else dict(zip(LOSS_TERMS, map(num, final_terms), strict=True)),
         "objective": None if history is None else [num(v) for v in history],
         "steps_run": steps_run, "time_s": round(seconds, 4), "backend": backend,

@@ -178,3 +178,25 @@ def test_guide_weight_one_with_detail_pastes_the_stitched_guide(setup: dict[str,
     inside = read_mask(root / "big_masks" / "part_00.png") > 0
     err = {k: np.abs(v[inside].astype(int) - guide[inside]).mean() for k, v in results.items()}
     assert err["detail"] <= 0.5 < err["smooth"]
+
+
+def test_random_masks_take_the_reference_shape_unless_procedural(setup: dict[str, Path], tmp_path: Path) -> None:
+    """`--mask-shape reference` (default): a random target is the reference's own mask, moved and rescaled, and
+    its defect pixels sit under it; `procedural` draws the type's shape family instead."""
+    root = setup["root"]
+    line = {"image": "big/part_00.png", "mask": None, "type": "hole",
+            "reference": ["big/part_01.png", "big_masks/part_01.png"]}
+    jobs = root / "shape.jsonl"
+    jobs.write_text(json.dumps(line) + "\n")
+    ref_area = int(read_mask(root / "big_masks" / "part_01.png").sum())
+    masks = {}
+    for shape in ("reference", "procedural"):
+        out = tmp_path / shape
+        code, _, stderr = invoke("run", "--bundle", setup["bundle16"], "--jobs", jobs, "--out", out,
+                                 "--mask-shape", shape, "--guide-weight", 1)
+        assert code == 0, stderr
+        (rec,) = jobs_log(out)
+        assert rec["mask_shape"] == shape
+        masks[shape] = read_mask(out / rec["outputs"]["mask"])
+    assert 0.8**2 * 0.8 * ref_area <= masks["reference"].sum() <= 1.25**2 * 1.2 * ref_area
+    assert not np.array_equal(masks["reference"], masks["procedural"])

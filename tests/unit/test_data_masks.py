@@ -12,6 +12,7 @@ from defectgen.data.masks import (
     feather,
     fill_from_defect,
     part_mask,
+    place_reference,
     random_mask,
     stitch,
     warp_defect,
@@ -137,6 +138,27 @@ def test_fill_from_defect_copies_the_nearest_defect_pixel():
         src = (out[y, x, 1].astype(int) * 250 + out[y, x, 0] - 1)
         d_src = np.hypot(ys[src] - y, xs[src] - x)
         assert d_src <= np.hypot(ys - y, xs - x).min() + 1.5  # nearest (the 5x5 distance mask is approximate)
+
+
+def test_place_reference_moves_the_real_mask_onto_the_part():
+    good, part = render_part(np.random.default_rng(0), 96)
+    ref, ref_part = render_part(np.random.default_rng(5), 48)
+    ref_mask = random_mask("cut", ref_part, np.random.default_rng(5))
+    ref[ref_mask > 0] = 250  # a bright defect
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        moved, target = place_reference(good, part, ref, ref_mask, rng, scale_jitter=(0.8, 1.25))
+        assert target.shape == part.shape and target.any()
+        assert (target & (part > 0)).sum() >= 0.95 * target.sum()  # on the part
+        area = ref_mask.sum() * (96 / 48) ** 2  # rescaled to the image size, then jittered
+        assert 0.8**2 * 0.7 * area <= target.sum() <= 1.25**2 * 1.3 * area
+        # the defect's own (bright) pixels sit under its own label; only rim pixels mix with the surface (resize)
+        under = moved[target > 0].astype(int)
+        assert (under.min(axis=1) >= 230).mean() > 0.5 and under.mean() > good[target > 0].mean() + 60
+        changed = (moved != good).any(axis=2)
+        x0, y0, x1, y1 = bbox(target)
+        pad = 12  # the 4 px context margin, rescaled (2x, jitter <= 1.25)
+        assert not changed[:max(0, y0 - pad)].any() and not changed[y1 + pad:].any()  # only the crop box
 
 
 def test_bbox():
