@@ -145,12 +145,17 @@ def export(
     opset: int = typer.Option(18, help="ONNX opset."),
     verify: bool = typer.Option(True, help="Check ONNX Runtime against torch and finite differences."),
     zip_: bool = typer.Option(False, "--zip", help="Also write BUNDLE.zip."),
+    steps: Optional[int] = typer.Option(None, help="Recommended `run --steps`, stored in the manifest (default 10)."),
+    guide_weight: Optional[float] = typer.Option(None, help="Recommended `run --guide-weight`, stored in the "
+                                                            "manifest (default 0; 1 for a G that cannot draw "
+                                                            "defects)."),
 ) -> None:
     """Export encoder, mapping, synthesis and the inversion step graphs (forward + backward) as an ONNX bundle."""
     from defectgen.export.bundle import export_bundle_cli
 
     export_bundle_cli(gan=gan, encoder=encoder, out=out, data=data, spaces=_csv(spaces),
-                      batch=[int(b) for b in _csv(batch) or []], opset=opset, verify=verify, zip_=zip_)
+                      batch=[int(b) for b in _csv(batch) or []], opset=opset, verify=verify, zip_=zip_,
+                      steps=steps, guide_weight=guide_weight)
 
 
 @app.command("run")

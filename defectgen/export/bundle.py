@@ -165,6 +165,7 @@ def export_bundle(
     zip_: bool = False,
     bank_per_type: int = 6,
     bounds: Bounds | None = None,
+    run_defaults: dict[str, Any] | None = None,
 ) -> Path:
     """Export encoder, mapping, synthesis and step graphs plus defect bank and manifest as one bundle.
 
@@ -181,6 +182,8 @@ def export_bundle(
         zip_: also write `OUT.zip`.
         bank_per_type: defect crops per type in the bank.
         bounds: parity bounds (default `Bounds()`).
+        run_defaults: overrides of the manifest's recommended `defectgen run` settings (`steps`, `guide_weight`):
+            the model's trainer knows how many steps its encoder needs and whether its G can draw defects.
 
     Returns:
         The bundle folder.
@@ -215,6 +218,7 @@ def export_bundle(
             log.info("verify: passed (worst: %s)", ", ".join(f"{k} {v:.1e}" for k, v in report.worst.items()))
         manifest = _manifest(G, E, D, dims, types, spaces, batches, opset, files, bank, configs, results,
                              time.perf_counter() - t_start)
+        manifest.defaults.update(run_defaults or {})
         finalize_manifest(tmp, manifest)
         _make_readable(tmp)
         Bundle.load(tmp)  # the runtime's own validation: shapes, checksums, I/O names
@@ -301,7 +305,8 @@ def _progress_to_stderr() -> None:
 
 
 def export_bundle_cli(*, gan: Path, encoder: Path, out: Path, data: Path | None, spaces: list[str] | None,
-                      batch: list[int], opset: int, verify: bool, zip_: bool) -> Path:
+                      batch: list[int], opset: int, verify: bool, zip_: bool, steps: int | None = None,
+                      guide_weight: float | None = None) -> Path:
     """`defectgen export`: load the checkpoints, then `export_bundle`.
 
     Args:
@@ -314,6 +319,7 @@ def export_bundle_cli(*, gan: Path, encoder: Path, out: Path, data: Path | None,
         opset: ONNX opset.
         verify: run the parity check.
         zip_: also write `OUT.zip`.
+        steps, guide_weight: the bundle's recommended `defectgen run --steps / --guide-weight` (None: 10 / 0).
 
     Returns:
         The bundle folder.
@@ -321,6 +327,17 @@ def export_bundle_cli(*, gan: Path, encoder: Path, out: Path, data: Path | None,
     Raises:
         DefectgenError: unreadable checkpoints, mismatched encoder, bad options, failed verification.
     """
+    run_defaults: dict[str, Any] = {}
+    if steps is not None:
+        if steps < 1:
+            msg = f"--steps must be >= 1, got {steps}"
+            raise BundleError(msg)
+        run_defaults["steps"] = steps
+    if guide_weight is not None:
+        if not 0.0 <= guide_weight <= 1.0:
+            msg = f"--guide-weight must be within [0, 1], got {guide_weight}"
+            raise BundleError(msg)
+        run_defaults["guide_weight"] = guide_weight
     from defectgen.training.checkpoint import (
         defect_types,
         load_discriminator,
@@ -346,4 +363,5 @@ def export_bundle_cli(*, gan: Path, encoder: Path, out: Path, data: Path | None,
         else:
             log.warning("the GAN's training data %r is not here; pass --data for a defect bank", trained_on)
     return export_bundle(G, E, D, out=out, spaces=spaces or list(SPACES), batches=batch or [1, 4, 8],
-                         opset=opset, data_root=data, types=types, configs=configs, verify=verify, zip_=zip_)
+                         opset=opset, data_root=data, types=types, configs=configs, verify=verify, zip_=zip_,
+                         run_defaults=run_defaults)

@@ -52,7 +52,7 @@ def bundle_dir(nets, tmp_path_factory):
     (out / "stale.onnx").write_bytes(b"old")
     G, E, D = nets
     export_bundle(G, E, D, out=out, spaces=SPACES, batches=[BATCH], data_root=data, types=TINY_TYPES,
-                  verify=True)
+                  verify=True, run_defaults={"steps": 5, "guide_weight": 1.0})
     return out
 
 
@@ -76,6 +76,15 @@ def test_layout_replaces_old_bundle_and_loads(bundle_dir):
         assert b.bank(t), f"no bank crops for {t}"
         img, msk = b.bank(t)[0]
         assert img.is_file() and msk.is_file()
+    # the exporter's recommended run settings reach `defectgen run` unless an option overrides them
+    from defectgen.runtime.cli_run import resolve_settings
+
+    assert b.defaults["steps"] == 5 and b.defaults["guide_weight"] == 1.0
+    s = resolve_settings(b, space=None, steps=None, lr=None, init=None, lambdas={}, mask_mode="target", batch=None)
+    assert (s.steps, s.guide_weight) == (5, 1.0)
+    s = resolve_settings(b, space=None, steps=7, lr=None, init=None, lambdas={}, mask_mode="target", batch=None,
+                         guide_weight=0.25)
+    assert (s.steps, s.guide_weight) == (7, 0.25)
 
 
 def test_verify_report_passed_with_real_inputs_and_fd(bundle_dir):

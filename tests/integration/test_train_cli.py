@@ -28,6 +28,15 @@ def one_line_error(result) -> str:
     return lines[0]
 
 
+@pytest.mark.parametrize(("option", "message"), [(["--steps", "0"], "--steps must be >= 1, got 0"),
+                                                  (["--guide-weight", "2"], "--guide-weight must be within [0, 1]")])
+def test_export_refuses_bad_run_defaults_before_loading(tmp_path, option, message):
+    r = runner.invoke(app, ["export", "--gan", str(tmp_path / "nope"), "--encoder", str(tmp_path / "nope"),
+                            "--out", str(tmp_path / "b"), *option])
+    assert message in one_line_error(r)
+    assert not (tmp_path / "b").exists()
+
+
 def test_missing_data_folder(tmp_path):
     r = runner.invoke(app, ["train", "gan", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "run")])
     assert "missing folder" in one_line_error(r)
