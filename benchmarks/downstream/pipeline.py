@@ -136,7 +136,7 @@ def _bundle(args: argparse.Namespace, split: Split, work: Path, res: int, log: l
     b = Bundle.load(path)
     sha = hashlib.sha256((b.root / MANIFEST_NAME).read_bytes()).hexdigest()
     return {"path": str(path), "kind": kind, "note": note, "resolution": b.resolution,
-            "defect_types": b.defect_types, "manifest_sha256": sha[:16],
+            "defect_types": b.defect_types, "manifest_sha256": sha[:16], "run_defaults": b.defaults,
             "trained_on": sorted({str(v["data"]) for v in b.manifest.configs.values()
                                   if isinstance(v, dict) and v.get("data")})}
 
