@@ -14,6 +14,7 @@ from defectgen.data.masks import (
     part_mask,
     place_reference,
     random_mask,
+    rgb_to_lab8,
     stitch,
     warp_defect,
 )
@@ -159,6 +160,14 @@ def test_place_reference_moves_the_real_mask_onto_the_part():
         x0, y0, x1, y1 = bbox(target)
         pad = 12  # the 4 px context margin, rescaled (2x, jitter <= 1.25)
         assert not changed[:max(0, y0 - pad)].any() and not changed[y1 + pad:].any()  # only the crop box
+
+
+def test_rgb_to_lab8_matches_opencv_to_its_rounding():
+    import cv2
+
+    rgb = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    diff = np.abs(rgb_to_lab8(rgb) - cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB).astype(np.float32))
+    assert diff.max() <= 2.5 and diff.mean() <= 0.6
 
 
 def test_bbox():
