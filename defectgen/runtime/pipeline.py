@@ -42,9 +42,8 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 # part_mask + random_mask cost grows fast with size (measured: 1024 px 1.6 s, 512 px 0.14 s per job)
 RANDOM_MASK_MAX_SIDE = 512
-STITCH_FEATHER_PX = 1  # full-resolution pixels: see `prepare`
+STITCH_FEATHER_PX = 0  # full-resolution pixels: see `prepare`
 MASK_SHAPES = ("reference", "procedural")
-REFERENCE_SCALE_JITTER = (0.8, 1.25)  # random rescale of a reference-shaped target (`place_reference`)
 
 # child stream ids of a job's seed: one per random decision, so adding one never shifts the others
 _RNG_MASK, _RNG_REFERENCE, _RNG_STITCH = 0, 1, 2
@@ -64,8 +63,8 @@ class RunSettings:
         feather_px: compositing feather in model pixels (scaled to the crop's full resolution).
         batch: step-graph batch size jobs are grouped into.
         detail: add the full-resolution guide's detail above the model's resolution (`compose.detail_layer`).
-        mask_shape: random targets (`mask: null` jobs) take the reference defect's own mask, moved, mirrored
-            and rescaled ("reference": real label geometry), or a shape drawn from the type's procedural
+        mask_shape: random targets (`mask: null` jobs) take the reference defect's own mask, moved and
+            mirrored ("reference": real label geometry), or a shape drawn from the type's procedural
             family ("procedural"); jobs without a reference always draw procedurally.
         guide_weight: share of the guide `S` in the model-resolution output, `(1 − g) G + g S` (0: the model's
             image alone; 1: the stitched real defect, i.e. warped copy-paste with colour matching).
@@ -168,8 +167,7 @@ def _reference_target(spec: JobSpec, image: np.ndarray, ref_img: np.ndarray,
     """
     small, _ = _small(image)
     part = _to_full(part_mask(small), image.shape[:2])
-    return place_reference(image, part, ref_img, ref_mask, job_rng(spec, _RNG_MASK),
-                           scale_jitter=REFERENCE_SCALE_JITTER)
+    return place_reference(image, part, ref_img, ref_mask, job_rng(spec, _RNG_MASK))
 
 
 def target_mask(spec: JobSpec, image: np.ndarray) -> np.ndarray:
@@ -210,9 +208,10 @@ def prepare(spec: JobSpec, bundle: Bundle, settings: RunSettings) -> Prepared:
         guide, stitched, ref_name = crop.of(image), good.copy(), None
     else:
         # stitched at full resolution (the reference keeps its detail for `detail_layer`), then brought to the
-        # model like the good crop. Its feather is one full-resolution pixel (anti-aliasing): the stitch fills
-        # the whole target with the defect's look, and a wider band would paste the reference's *surface*
-        # around the label, a halo of changed pixels outside the mask that a detector learns as "not defect"
+        # model like the good crop. It is pasted hard-edged (no feather): the stitch fills the whole target
+        # with the defect's look, and any band outside the label would paste the reference's *surface* there,
+        # changed pixels outside the mask that a detector learns as "not defect" (validation split: a 6 px
+        # band cost 9 points of pixel AP, 1 px still ~2; benchmarks/results/downstream_tuning.md)
         ref_img, ref_mask, ref_name = ref
         if moved is not None:  # already in place: the box warp is the identity
             ref_img, ref_mask = crop.of(moved), crop.of(mask)

@@ -181,8 +181,8 @@ def test_guide_weight_one_with_detail_pastes_the_stitched_guide(setup: dict[str,
 
 
 def test_random_masks_take_the_reference_shape_unless_procedural(setup: dict[str, Path], tmp_path: Path) -> None:
-    """`--mask-shape reference` (default): a random target is the reference's own mask, moved and rescaled, and
-    its defect pixels sit under it; `procedural` draws the type's shape family instead."""
+    """`--mask-shape reference` (default): a random target is the reference's own mask, moved (same-size images:
+    not rescaled); `procedural` draws the type's shape family instead."""
     root = setup["root"]
     line = {"image": "big/part_00.png", "mask": None, "type": "hole",
             "reference": ["big/part_01.png", "big_masks/part_01.png"]}
@@ -198,5 +198,5 @@ def test_random_masks_take_the_reference_shape_unless_procedural(setup: dict[str
         (rec,) = jobs_log(out)
         assert rec["mask_shape"] == shape
         masks[shape] = read_mask(out / rec["outputs"]["mask"])
-    assert 0.8**2 * 0.8 * ref_area <= masks["reference"].sum() <= 1.25**2 * 1.2 * ref_area
+    assert 0.9 * ref_area <= masks["reference"].sum() <= ref_area  # clipped to the part at most
     assert not np.array_equal(masks["reference"], masks["procedural"])
