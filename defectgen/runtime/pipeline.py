@@ -211,7 +211,7 @@ def prepare(spec: JobSpec, bundle: Bundle, settings: RunSettings) -> Prepared:
         # model like the good crop. It is pasted hard-edged (no feather): the stitch fills the whole target
         # with the defect's look, and any band outside the label would paste the reference's *surface* there,
         # changed pixels outside the mask that a detector learns as "not defect" (validation split: a 6 px
-        # band cost 9 points of pixel AP, 1 px still ~2; benchmarks/results/downstream_tuning.md)
+        # band cost ~10 points of pixel AP, 1 px with a rescale jitter ~2; benchmarks/results/downstream_tuning.md)
         ref_img, ref_mask, ref_name = ref
         if moved is not None:  # already in place: the box warp is the identity
             ref_img, ref_mask = crop.of(moved), crop.of(mask)
