@@ -88,14 +88,14 @@ def upsample(chw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out[:, :, None] if out.ndim == 2 else out
 
 
-def detail_layer(guide: np.ndarray, res: int) -> np.ndarray:
-    """`guide − up(down(guide))`: what the model's resolution cannot hold, float32 HxWx3 in pixel units (0..255).
+def detail_layer(guide: np.ndarray, guide_m: np.ndarray) -> np.ndarray:
+    """`guide − up(guide_m)`: what the model's resolution cannot hold, float32 HxWx3 in pixel units (0..255).
 
-    `guide` is a uint8 HxWx3 crop; down/up are the resizes the model's input and output take (`to_model`,
-    `upsample`), so a model that reproduced its (downsized) guide exactly would, plus this layer, give the
-    guide back.
+    `guide` is a uint8 HxWx3 crop and `guide_m = to_model(guide, R)` its model-resolution copy (the job's `S`,
+    already made for the inversion); `up` is the resize the model's output takes (`upsample`), so a model that
+    reproduced `guide_m` exactly would, plus this layer, give the guide back.
     """
-    low = (upsample(to_model(guide, res), guide.shape[:2]) + 1.0) * 127.5
+    low = (upsample(guide_m, guide.shape[:2]) + 1.0) * 127.5
     return guide.astype(np.float32) - low
 
 

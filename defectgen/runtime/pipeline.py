@@ -128,13 +128,13 @@ def _reference(spec: JobSpec, bundle: Bundle) -> tuple[np.ndarray, np.ndarray, s
     return (*_read_reference(str(img), str(msk)), relpath(img, bundle.root))
 
 
-def _small(image: np.ndarray) -> tuple[np.ndarray, float]:
+def _small(image: np.ndarray) -> np.ndarray:
     """`image` shrunk to at most `RANDOM_MASK_MAX_SIDE` px (the part estimate and mask shapes need no more)."""
     h, w = image.shape[:2]
     f = min(1.0, RANDOM_MASK_MAX_SIDE / max(h, w))
     if f == 1.0:
-        return image, f
-    return cv2.resize(image, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA), f
+        return image
+    return cv2.resize(image, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
 
 
 def _to_full(m: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -154,8 +154,7 @@ def _random_target(spec: JobSpec, image: np.ndarray) -> np.ndarray:
     Defect shapes scale with the part, so drawing small gives the same geometry; only the edge detail is
     interpolated (linear, thresholded at 0.5, so edges stay smooth rather than blocky).
     """
-    small, _ = _small(image)
-    return _to_full(random_mask(spec.defect_type, part_mask(small), job_rng(spec, _RNG_MASK)), image.shape[:2])
+    return _to_full(random_mask(spec.defect_type, part_mask(_small(image)), job_rng(spec, _RNG_MASK)), image.shape[:2])
 
 
 def _reference_target(spec: JobSpec, image: np.ndarray, ref_img: np.ndarray,
@@ -165,8 +164,7 @@ def _reference_target(spec: JobSpec, image: np.ndarray, ref_img: np.ndarray,
     Returns:
         (the full-size image with the moved reference pasted in, unblended; its {0,1} mask = the target).
     """
-    small, _ = _small(image)
-    part = _to_full(part_mask(small), image.shape[:2])
+    part = _to_full(part_mask(_small(image)), image.shape[:2])
     return place_reference(image, part, ref_img, ref_mask, job_rng(spec, _RNG_MASK))
 
 
@@ -255,7 +253,7 @@ def finish(p: Prepared, image_m: np.ndarray, mask_logit: np.ndarray, out: Path, 
     alpha = alpha_for(p.mask, p.crop, res, settings.feather_px)
     if settings.guide_weight > 0:
         image_m = (1.0 - settings.guide_weight) * np.asarray(image_m, np.float32) + settings.guide_weight * p.stitched
-    detail = detail_layer(p.guide, res) if settings.detail else None
+    detail = detail_layer(p.guide, p.stitched) if settings.detail else None
     final = composite(p.image, image_m, alpha, p.crop, detail)
     mask = p.mask if settings.mask_mode == "target" else generated_mask(mask_logit, p.mask, p.crop, res,
                                                                          settings.feather_px)

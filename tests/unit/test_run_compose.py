@@ -92,7 +92,7 @@ def test_generated_mask_within_dilated_target() -> None:
 
 def test_detail_layer_is_zero_when_the_crop_is_the_model_size() -> None:
     guide = np.random.default_rng(2).integers(0, 256, (16, 16, 3), dtype=np.uint8)
-    assert np.abs(detail_layer(guide, 16)).max() < 1e-3
+    assert np.abs(detail_layer(guide, to_model(guide, 16))).max() < 1e-3
 
 
 def test_model_image_plus_detail_gives_the_guide_back_inside_the_mask() -> None:
@@ -101,7 +101,7 @@ def test_model_image_plus_detail_gives_the_guide_back_inside_the_mask() -> None:
     guide = np.random.default_rng(3).integers(0, 256, image.shape, dtype=np.uint8)  # all fine detail
     res, crop = 16, Crop.full(image.shape)
     alpha = alpha_for(mask, crop, res, model_px=1)
-    with_detail = composite(image, to_model(guide, res), alpha, crop, detail_layer(guide, res))
+    with_detail = composite(image, to_model(guide, res), alpha, crop, detail_layer(guide, to_model(guide, res)))
     smooth = composite(image, to_model(guide, res), alpha, crop)
     inside = mask > 0
     assert np.abs(with_detail[inside].astype(int) - guide[inside]).max() <= 1  # rounding only
