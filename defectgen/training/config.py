@@ -82,6 +82,36 @@ class TrainEncoderConfig:
     ckpt_every: int = 200
 
 
+@dataclass(frozen=True)
+class TrainPatchConfig:
+    """Options of `defectgen train patch` (layered patch G; model shapes live in nets/patch.py)."""
+
+    data: str = ""                  # MVTec-layout category folder
+    window: int = 32                # P: window side in model px
+    scale: float = 1.0              # data px per model px (1 = native resolution)
+    held_in: int | None = None      # defect images per type to train on; None = first third (ceil(n / 3))
+    steps: int = 100_000            # total optimisation steps (a --minutes budget usually ends a call first)
+    minutes: float | None = None    # wall-clock budget of this call; None = run to `steps`
+    batch: int = 32                 # windows per step (even: fakes come in pairs for the mode-seeking term)
+    seed: int = 0                   # seeds windows, weights, z and augmentation
+    lr_g: float = 0.002             # Adam lr of G
+    lr_d: float = 0.002             # Adam lr of D
+    betas: tuple[float, float] = (0.0, 0.99)
+    r1_gamma: float = 1.0           # R1 weight; the probe that showed this design learns used 1.0 every 4 steps
+    r1_interval: int = 4            # lazy R1 interval
+    ema_kimg: float = 4.0           # G_ema half-life in thousands of windows (~125 steps at batch 32)
+    ema_rampup: float = 0.05        # EMA half-life at most rampup * windows seen so far
+    augment: str = "translation,color"  # DiffAugment ops applied to all D inputs (image and mask together)
+    ms_weight: float = 0.1          # mode-seeking weight (DFMGAN/MSGAN): different latents -> different defects
+    ms_cap: float = 1.0             # the ratio |dx| / |dw| stops being rewarded above this (no reward for noise)
+    per_defect: int = 64            # augmented windows cut per held-in defect image
+    per_good: int = 8               # augmented windows cut per good training image
+    log_every: int = 20             # steps between log.jsonl lines
+    sample_every: int = 200         # steps between sample grids (samples/NNNNNN.png)
+    ckpt_every: int = 200           # steps between checkpoint writes (also written at the end)
+    grid_per_type: int = 6          # samples per type in grids (fixed z and good windows)
+
+
 C = TypeVar("C")
 
 
@@ -111,4 +141,4 @@ def replace(cfg: C, **changes: Any) -> C:
     return dataclasses.replace(cfg, **changes)  # type: ignore[type-var]
 
 
-__all__ = ["ConfigError", "TrainEncoderConfig", "TrainGanConfig", "from_dict", "replace", "to_dict"]
+__all__ = ["ConfigError", "TrainEncoderConfig", "TrainGanConfig", "TrainPatchConfig", "from_dict", "replace", "to_dict"]

@@ -1,0 +1,388 @@
+"""`defectgen train patch`: the layered patch GAN trainer (patch mode, DESIGN.md "Resolution and patch mode").
+
+G draws a defect layer (colour + alpha) over a random *real* good window; D sees (composite, mask) against real
+defective windows of the held-in images, unpaired, with the same DiffAugment on both. Non-saturating loss +
+lazy R1, EMA generator, and a mode-seeking term so different latents give different defects.
+
+Run folder: `config.json`, `held_in.json` (the only defective files the run saw), `checkpoint.safetensors`
+(kind "patch"; see checkpoint.py), `log.jsonl`, `samples/NNNNNN.png` (the learning curve: fixed z and good
+windows, one row per type, cells = good window | composite | mask), `reals.png` (real windows per type), and
+at the end `report.json` + `report.png` (loss curves). Resume is exact: step k's batch, z, noise and
+augmentation depend only on (seed, k).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from defectgen.data.imageio import from_model
+from defectgen.nets.patch import (
+    PatchDiscriminator,
+    PatchDiscriminatorConfig,
+    PatchGenerator,
+    PatchGeneratorConfig,
+    composite,
+)
+from defectgen.nets.stylegan import count_params
+from defectgen.training.augment import augment, parse_policy
+from defectgen.training.checkpoint import CKPT_NAME, Checkpoint, load_optimizer, read_checkpoint, restore_rng
+from defectgen.training.checkpoint import save_checkpoint as _save
+from defectgen.training.common import RunLogger, ema_update, prepare_run_dir, set_trainable, step_seed
+from defectgen.training.config import ConfigError, TrainPatchConfig, from_dict, to_dict
+from defectgen.training.dist import DistInfo
+from defectgen.training.losses import onehot
+from defectgen.training.patch_data import PatchData, load_patch_data
+from defectgen.training.report import mask_rgb, pair_cells, write_grid, write_json
+
+KIND = "patch"
+MS_EPS = 1e-3  # floor of |w1 - w2| in the mode-seeking ratio (two z never map to the same w in practice)
+
+
+@dataclass
+class PatchState:
+    """Everything a patch-GAN step touches; `step` counts completed steps."""
+
+    G: PatchGenerator
+    G_ema: PatchGenerator
+    D: PatchDiscriminator
+    opt_G: torch.optim.Optimizer
+    opt_D: torch.optim.Optimizer
+    cfg: TrainPatchConfig
+    g_cfg: PatchGeneratorConfig
+    d_cfg: PatchDiscriminatorConfig
+    types: list[str]
+    held_in: dict[str, list[str]]
+    step: int = 0
+
+    def configs(self) -> dict[str, dict[str, Any]]:
+        return {"patch_generator": to_dict(self.g_cfg), "patch_discriminator": to_dict(self.d_cfg),
+                "train_patch": to_dict(self.cfg)}
+
+    def save(self, out: Path) -> Path:
+        return _save(out / CKPT_NAME, kind=KIND, step=self.step,
+                     modules={"G": self.G, "G_ema": self.G_ema, "D": self.D},
+                     optimizers={"opt_G": self.opt_G, "opt_D": self.opt_D}, configs=self.configs(),
+                     extra={"defect_types": self.types, "held_in": self.held_in, "scale": self.cfg.scale})
+
+
+@dataclass
+class PatchResult:
+    out: Path
+    step: int
+    history: list[dict[str, float]]  # per-step losses of this call
+    state: PatchState
+
+
+def model_configs(window: int, n_types: int, tiny: bool = False) -> tuple[PatchGeneratorConfig,
+                                                                          PatchDiscriminatorConfig]:
+    """Default nets at window `window`; `tiny` = 8-16 channels and 16-dim latents (tests, smoke runs)."""
+    if tiny:
+        return (PatchGeneratorConfig(window=window, z_dim=16, w_dim=16, n_types=n_types, mapping_layers=2,
+                                     channel_base=128, channel_max=16),
+                PatchDiscriminatorConfig(res=window, n_types=n_types, channel_base=128, channel_max=16))
+    return PatchGeneratorConfig(window=window, n_types=n_types), PatchDiscriminatorConfig(res=window, n_types=n_types)
+
+
+def _adam(params: Any, lr: float, betas: tuple[float, float], interval: int | None) -> torch.optim.Adam:
+    if interval:  # lazy regularisation: compensate lr and betas for the extra R1 steps (StyleGAN2 appendix)
+        ratio = interval / (interval + 1)
+        lr, betas = lr * ratio, (betas[0] ** ratio, betas[1] ** ratio)
+    return torch.optim.Adam(params, lr=lr, betas=betas, eps=1e-8)
+
+
+def build_state(cfg: TrainPatchConfig, g_cfg: PatchGeneratorConfig, d_cfg: PatchDiscriminatorConfig,
+                types: list[str], held_in: dict[str, list[str]]) -> PatchState:
+    """Fresh nets + optimisers; weights depend only on `cfg.seed`."""
+    torch.manual_seed(cfg.seed)
+    G, D = PatchGenerator(g_cfg), PatchDiscriminator(d_cfg)
+    G_ema = PatchGenerator(g_cfg).eval()
+    G_ema.load_state_dict(G.state_dict())
+    set_trainable(G_ema, False)
+    return PatchState(G=G, G_ema=G_ema, D=D, opt_G=_adam(G.parameters(), cfg.lr_g, cfg.betas, None),
+                      opt_D=_adam(D.parameters(), cfg.lr_d, cfg.betas, cfg.r1_interval), cfg=cfg, g_cfg=g_cfg,
+                      d_cfg=d_cfg, types=types, held_in=held_in)
+
+
+def restore_state(ck: Checkpoint, cfg: TrainPatchConfig) -> PatchState:
+    """Rebuild a `PatchState` from a checkpoint (`cfg` = the saved config with this call's budget)."""
+    g_cfg = from_dict(PatchGeneratorConfig, ck.configs["patch_generator"])
+    d_cfg = from_dict(PatchDiscriminatorConfig, ck.configs["patch_discriminator"])
+    st = build_state(cfg, g_cfg, d_cfg, list(ck.meta["defect_types"]), dict(ck.meta["held_in"]))
+    for name in ("G", "G_ema", "D"):
+        getattr(st, name).load_state_dict(ck.state_dict(name))
+    load_optimizer(st.opt_G, ck, "opt_G")
+    load_optimizer(st.opt_D, ck, "opt_D")
+    st.step = ck.step
+    return st
+
+
+def load_patch_generator(path: str | os.PathLike[str], *, ema: bool = True) -> PatchGenerator:
+    """The (EMA) generator of a patch run folder or checkpoint, frozen, eval mode."""
+    ck = read_checkpoint(path)
+    G = PatchGenerator(from_dict(PatchGeneratorConfig, ck.configs["patch_generator"]))
+    G.load_state_dict(ck.state_dict("G_ema" if ema and ck.has("G_ema") else "G"))
+    return G.eval().requires_grad_(False)
+
+
+# --------------------------------------------------------------------------------------------- one step
+
+
+def mode_seeking(image: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Per pair (i, i + B/2): mean |x_i - x_j| / mean |w_i - w_j| (pairs share good window and type)."""
+    h = image.shape[0] // 2
+    dx = (image[:h] - image[h:]).abs().mean((1, 2, 3))
+    dw = (w[:h] - w[h:]).abs().mean(1).clamp_min(MS_EPS)
+    return dx / dw  # [B/2]
+
+
+def _fake_inputs(st: PatchState, data: PatchData, types: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(z, type one-hot, good windows) of the fake batch: half B distinct pairs, two z per pair."""
+    h = st.cfg.batch // 2
+    good = data.goods[torch.randint(len(data.goods), (h,))].repeat(2, 1, 1, 1)  # [B, 3, P, P]
+    c = onehot(types[:h], len(st.types)).repeat(2, 1)  # [B, T]
+    z = torch.randn(st.cfg.batch, st.g_cfg.z_dim)
+    return z, c, good
+
+
+def _generate(G: PatchGenerator, z: torch.Tensor, c: torch.Tensor, good: torch.Tensor):
+    """(composite, hard alpha, w) with fresh noise, as in training; D sees the binary alpha as the mask."""
+    w = G.mapping(z, c)
+    colour, logit = G.synthesis(w, good, noise_mode="random")
+    image, alpha = composite(good, colour, logit, hard=True)
+    return image, alpha, w
+
+
+def _d_phase(st: PatchState, fake: tuple[torch.Tensor, ...], real: tuple[torch.Tensor, ...], do_r1: bool) -> dict:
+    """D main loss (+ lazy R1 on the augmented reals: grid_sample has no double backward)."""
+    cfg = st.cfg
+    f_img, f_mask, c_fake = fake
+    r_img, r_mask, c_real = real
+    d_fake = st.D(*augment(f_img, f_mask, cfg.augment), c_fake)
+    if do_r1:
+        with torch.no_grad():
+            a_img, a_mask = augment(r_img, r_mask, cfg.augment)
+        a_img.requires_grad_(True)
+        a_mask.requires_grad_(True)
+        d_real = st.D(a_img, a_mask, c_real)
+    else:
+        d_real = st.D(*augment(r_img, r_mask, cfg.augment), c_real)
+    loss = F.softplus(d_fake).mean() + F.softplus(-d_real).mean()
+    stats = {"loss_D": loss.item(), "D_real": d_real.mean().item(), "D_fake": d_fake.mean().item()}
+    if do_r1:
+        g_img, g_mask = torch.autograd.grad(d_real.sum(), [a_img, a_mask], create_graph=True)
+        penalty = g_img.square().sum([1, 2, 3]) + g_mask.square().sum([1, 2, 3])
+        loss = loss + penalty.mean() * (cfg.r1_gamma / 2) * cfg.r1_interval
+        stats["loss_R1"] = penalty.mean().item()
+    loss.backward()
+    return stats
+
+
+def patch_step(st: PatchState, data: PatchData) -> dict[str, float]:
+    """One D step (+ lazy R1), one G step (adversarial + mode seeking), EMA and the w_avg update."""
+    cfg, step = st.cfg, st.step
+    torch.manual_seed(step_seed(cfg.seed, step, 0))
+    idx = torch.randint(len(data.defects), (cfg.batch,))
+    r_types = data.types[idx]
+    real = (data.defects[idx], data.masks[idx], onehot(r_types, len(st.types)))
+    z, c, good = _fake_inputs(st, data, r_types)
+
+    set_trainable(st.G, False)
+    set_trainable(st.D, True)
+    st.opt_D.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        f_img, f_mask, _ = _generate(st.G, z, c, good)
+    do_r1 = cfg.r1_interval > 0 and cfg.r1_gamma > 0 and step % cfg.r1_interval == 0
+    stats = _d_phase(st, (f_img, f_mask, c), real, do_r1)
+    st.opt_D.step()
+
+    set_trainable(st.G, True)
+    set_trainable(st.D, False)
+    st.opt_G.zero_grad(set_to_none=True)
+    image, alpha, w = _generate(st.G, z, c, good)
+    adv = F.softplus(-st.D(*augment(image, alpha, cfg.augment), c)).mean()
+    ratio = mode_seeking(image, w)
+    # maximise the diversity ratio, clipped: a constant gradient near collapse (1/ratio explodes exactly
+    # there) and no reward for noise once latents already differ by `ms_cap`
+    loss = adv - cfg.ms_weight * ratio.clamp(max=cfg.ms_cap).mean()
+    loss.backward()
+    st.opt_G.step()
+    st.G.mapping.update_w_avg(w.detach(), c)
+
+    nimg = (step + 1) * cfg.batch
+    half = min(cfg.ema_kimg * 1000, nimg * cfg.ema_rampup) if cfg.ema_rampup > 0 else cfg.ema_kimg * 1000
+    ema_update(st.G_ema, st.G, 0.5 ** (cfg.batch / max(half, 1e-8)))
+    st.step += 1
+    return {**stats, "loss_G": adv.item(), "ms_ratio": ratio.mean().item(),
+            "mask_fake": alpha.detach().mean().item(), "mask_real": real[1].mean().item()}
+
+
+# --------------------------------------------------------------------------------------------- outputs
+
+
+def _fixed_goods(data: PatchData, n: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return data.goods[torch.randperm(len(data.goods), generator=gen)[:n]]
+
+
+@torch.no_grad()
+def sample_grid(G: PatchGenerator, goods: torch.Tensor, types: list[str], seed: int) -> list[list[np.ndarray]]:
+    """One row per type: cells (good window | composite | mask), fixed z and good windows across the run."""
+    n = goods.shape[0]
+    z = torch.randn(n, G.cfg.z_dim, generator=torch.Generator().manual_seed(seed))
+    rows = []
+    for t in range(len(types)):
+        image, alpha, _, _ = G(z, onehot(torch.full((n,), t, dtype=torch.int64), len(types)), goods)
+        cells = []
+        for g, x, a in zip(goods, image, alpha, strict=True):
+            gutter = np.full((g.shape[-1], 1, 3), 255, np.uint8)
+            parts = [from_model(g.numpy()), gutter, from_model(x.numpy()), gutter, mask_rgb(a)]
+            cells.append(np.concatenate(parts, axis=1))
+        rows.append(cells)
+    return rows
+
+
+def real_grid(data: PatchData, per_type: int) -> list[list[np.ndarray]]:
+    """Rows of real defect windows per type (image | mask), what the samples should look like."""
+    rows = []
+    for t in range(len(data.type_names)):
+        idx = torch.nonzero(data.types == t)[:, 0]
+        idx = idx[torch.linspace(0, len(idx) - 1, per_type).long()]
+        rows.append(pair_cells(data.defects[idx], data.masks[idx]))
+    return rows
+
+
+def plot_curves(log_path: Path, png: Path) -> None:
+    """report.png: the log's loss and diversity curves against steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = [json.loads(s) for s in log_path.read_text().splitlines() if s.strip()]
+    keys = ["loss_D", "loss_G", "loss_R1", "D_real", "D_fake", "ms_ratio", "mask_fake", "mask_real"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, group in zip(axes, (keys[:3], keys[3:5], keys[5:]), strict=True):
+        for k in group:
+            pts = [(r["step"], r[k]) for r in lines if k in r]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), label=k, lw=1)
+        ax.set_xlabel("step")
+        ax.legend()
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=80)
+    plt.close(fig)
+
+
+def _report(st: PatchState, data: PatchData, out: Path, wall_s: float) -> dict[str, Any]:
+    """report.json (run summary, per-type mask coverage of G_ema vs real windows) + report.png (curves)."""
+    goods = _fixed_goods(data, 64, st.cfg.seed + 1)
+    n = goods.shape[0]
+    z = torch.randn(n, st.g_cfg.z_dim, generator=torch.Generator().manual_seed(st.cfg.seed + 1))
+    per_type = {}
+    with torch.no_grad():
+        for t, name in enumerate(st.types):
+            _, alpha, _, _ = st.G_ema(z, onehot(torch.full((n,), t, dtype=torch.int64), len(st.types)), goods)
+            per_type[name] = {"held_in": st.held_in[name], "n_windows": int((data.types == t).sum()),
+                              "sample_mask_coverage": round(float(alpha.mean()), 4),
+                              "real_mask_coverage": round(float(data.masks[data.types == t].mean()), 4)}
+    rep = {"kind": KIND, "step": st.step, "windows_seen": st.step * st.cfg.batch,
+           "wall_s_this_call": round(wall_s, 1), "threads": torch.get_num_threads(), "defect_types": st.types,
+           "params": {"G": count_params(st.G), "D": count_params(st.D)}, "per_type": per_type,
+           "n_good_windows": int(data.goods.shape[0]), "curves": "report.png"}
+    write_json(out / "report.json", rep)
+    plot_curves(out / "log.jsonl", out / "report.png")
+    return rep
+
+
+# --------------------------------------------------------------------------------------------- entry
+
+
+def _check_cfg(cfg: TrainPatchConfig) -> None:
+    if cfg.batch < 2 or cfg.batch % 2:
+        msg = f"--batch must be even and >= 2 (fakes come in pairs), got {cfg.batch}"
+        raise ConfigError(msg)
+    if not 0.25 <= cfg.scale <= 16 or cfg.steps < 1 or (cfg.minutes is not None and cfg.minutes <= 0):
+        msg = f"need 0.25 <= --scale <= 16, --steps >= 1, --minutes > 0; got {cfg.scale}, {cfg.steps}, {cfg.minutes}"
+        raise ConfigError(msg)
+    try:
+        PatchGeneratorConfig(window=cfg.window)
+    except ValueError as e:
+        msg = f"--window: {e}"
+        raise ConfigError(msg) from None
+    parse_policy(cfg.augment)
+
+
+def _resolve(cfg: TrainPatchConfig, out: Path, resume: bool) -> tuple[TrainPatchConfig, Checkpoint | None]:
+    """(cfg, g_cfg, d_cfg, checkpoint or None): a resume keeps the saved options except this call's budget."""
+    ck = None
+    if resume:
+        ck = read_checkpoint(out / CKPT_NAME)
+        if ck.meta.get("kind") != KIND:
+            msg = f"{ck.path} is a {ck.meta.get('kind')!r} checkpoint, not a patch run"
+            raise ConfigError(msg)
+        cfg = from_dict(TrainPatchConfig, {**ck.configs["train_patch"], "steps": cfg.steps, "minutes": cfg.minutes})
+    _check_cfg(cfg)
+    return cfg, ck
+
+
+def train_patch(cfg: TrainPatchConfig, out: str | os.PathLike[str], *, resume: bool = False, tiny: bool = False,
+                progress: bool = True) -> PatchResult:
+    """Train (or resume) the layered patch GAN; see the module docstring for the run folder.
+
+    Args:
+        cfg: Training options (`cfg.data` is the MVTec-layout folder).
+        out: Run folder.
+        resume: Continue from `out/checkpoint.safetensors`; its options win except `steps` and `minutes`.
+        tiny: Toy-sized nets (tests and smoke runs).
+        progress: Show the tqdm bar.
+    """
+    out = Path(out)
+    cfg, ck = _resolve(cfg, out, resume)
+    prepare_run_dir(out, resume)
+    data = load_patch_data(cfg.data, window=cfg.window, scale=cfg.scale, held_in=cfg.held_in,
+                           per_defect=cfg.per_defect, per_good=cfg.per_good, seed=cfg.seed)
+    if ck is not None:
+        st = restore_state(ck, cfg)
+        restore_rng(ck)
+    else:
+        st = build_state(cfg, *model_configs(cfg.window, len(data.type_names), tiny), data.type_names, data.held_in)
+        write_json(out / "config.json", {**st.configs(), "defect_types": st.types, "held_in": data.held_in,
+                                         "n_defect_windows": len(data.defects), "n_good_windows": len(data.goods)})
+        write_json(out / "held_in.json", data.held_in)
+        write_grid(out / "reals.png", real_grid(data, cfg.grid_per_type))
+    goods = _fixed_goods(data, cfg.grid_per_type, cfg.seed)
+    log = RunLogger(out, DistInfo(), total=cfg.steps, start=st.step, every=cfg.log_every, progress=progress,
+                    desc="patch")
+    history, t0 = [], time.perf_counter()
+    while st.step < cfg.steps:
+        history.append(patch_step(st, data))
+        log.step(st.step, history[-1], cfg.batch)
+        over = cfg.minutes is not None and time.perf_counter() - t0 > cfg.minutes * 60
+        last = over or st.step == cfg.steps
+        if st.step % cfg.sample_every == 0 or last:
+            write_grid(out / "samples" / f"{st.step:06d}.png", sample_grid(st.G_ema, goods, st.types, cfg.seed))
+        if st.step % cfg.ckpt_every == 0 or last:
+            st.save(out)
+        if over:
+            break
+    wall = log.close()
+    _report(st, data, out, wall)
+    return PatchResult(out=out, step=st.step, history=history, state=st)
+
+
+def train_patch_cli(*, data: Path, out: Path, resume: bool, **options: Any) -> None:
+    """Entry of `defectgen train patch`: keyword options are TrainPatchConfig fields (None = default)."""
+    cfg = TrainPatchConfig(data=str(data), **{k: v for k, v in options.items() if v is not None})
+    result = train_patch(cfg, out, resume=resume)
+    print(f"trained to step {result.step} -> {out / CKPT_NAME} (samples: {out / 'samples'}, "
+          f"report: {out / 'report.json'})")

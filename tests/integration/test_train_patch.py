@@ -1,0 +1,108 @@
+"""`defectgen train patch` at toy size: held-in selection, windows, exact resume, CLI outputs and errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from defectgen.cli import app
+from defectgen.data.procedural import make_dataset
+from defectgen.errors import DataError
+from defectgen.training.checkpoint import read_checkpoint
+from defectgen.training.config import TrainPatchConfig
+from defectgen.training.patch_data import MIN_DEFECT_PX, load_patch_data
+from defectgen.training.patch_gan import load_patch_generator, train_patch
+
+runner = CliRunner()
+P = 16
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data") / "nuts"
+    make_dataset(root, res=48, n_good=4, n_defect=7, n_test_good=1, seed=2)
+    return root
+
+
+def test_held_in_is_the_first_third_by_sorted_name(data):
+    d = load_patch_data(data, window=P, per_defect=2, per_good=2)
+    assert d.type_names == ["crack", "cut", "hole", "print"]
+    assert d.held_in == {t: ["000.png", "001.png", "002.png"] for t in d.type_names}  # ceil(7 / 3) = 3
+    assert load_patch_data(data, window=P, held_in=1, per_defect=2, per_good=2).held_in["hole"] == ["000.png"]
+    with pytest.raises(DataError, match="--held-in 8"):
+        load_patch_data(data, window=P, held_in=8)
+
+
+def test_windows_contain_the_defect_and_come_from_the_image(data):
+    d = load_patch_data(data, window=P, per_defect=8, per_good=3, seed=1)
+    assert d.defects.shape == (4 * 3 * 8, 3, P, P) and d.masks.shape == (4 * 3 * 8, 1, P, P)
+    assert d.goods.shape == (4 * 3, 3, P, P)
+    assert (d.masks.flatten(1).sum(1) >= MIN_DEFECT_PX).all()
+    assert set(d.masks.unique().tolist()) <= {0.0, 1.0}
+    assert d.defects.min() >= -1 and d.defects.max() <= 1
+    assert torch.bincount(d.types).tolist() == [24] * 4
+    again = load_patch_data(data, window=P, per_defect=8, per_good=3, seed=1)
+    assert torch.equal(again.defects, d.defects) and torch.equal(again.goods, d.goods)  # pure function of seed
+
+
+def test_native_scale_keeps_the_defect_size(data):
+    """At scale 1 a window's mask area is the source's (up to the +-10 % zoom); at scale 2 it is ~1/4."""
+    one = load_patch_data(data, window=P, per_defect=16, per_good=1, held_in=1, seed=3)
+    two = load_patch_data(data, window=P, scale=2.0, per_defect=16, per_good=1, held_in=1, seed=3)
+    assert two.masks.mean() < 0.6 * one.masks.mean()
+
+
+def cfg(data, steps, **kw):
+    return TrainPatchConfig(data=str(data), window=P, steps=steps, batch=4, per_defect=2, per_good=2,
+                            log_every=1, sample_every=2, ckpt_every=2, grid_per_type=2, **kw)
+
+
+def test_resume_is_bit_exact(data, tmp_path):
+    full = train_patch(cfg(data, 4), tmp_path / "full", tiny=True, progress=False)
+    train_patch(cfg(data, 2), tmp_path / "half", tiny=True, progress=False)
+    resumed = train_patch(cfg(data, 4), tmp_path / "half", resume=True, tiny=True, progress=False)
+    assert full.step == resumed.step == 4
+    a, b = read_checkpoint(tmp_path / "full"), read_checkpoint(tmp_path / "half")
+    assert set(a.tensors) == set(b.tensors)
+    for k in a.tensors:
+        if not k.startswith("rng."):
+            assert torch.equal(a.tensors[k], b.tensors[k]), k
+    assert full.history[-1] == resumed.history[-1]
+    assert a.meta["held_in"]["crack"] == ["000.png", "001.png", "002.png"]
+    g = load_patch_generator(tmp_path / "full")
+    assert not any(p.requires_grad for p in g.parameters())
+
+
+def test_cli_writes_checkpoint_samples_and_report(data, tmp_path):
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["train", "patch", "--data", str(data), "--out", str(out), "--window", str(P),
+                            "--steps", "2", "--batch", "4", "--held-in", "2", "--seed", "1"])
+    assert r.exit_code == 0, r.output
+    for name in ("checkpoint.safetensors", "config.json", "held_in.json", "log.jsonl", "reals.png",
+                 "report.json", "report.png", "samples/000002.png"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "held_in.json").read_text())["cut"] == ["000.png", "001.png"]
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["step"] == 2 and set(rep["per_type"]) == {"crack", "cut", "hole", "print"}
+    lines = [json.loads(s) for s in (out / "log.jsonl").read_text().splitlines()]
+    assert lines[-1]["step"] == 2 and np.isfinite(lines[-1]["loss_D"])
+    # a second run into the same folder needs --resume; --resume extends it
+    r = runner.invoke(app, ["train", "patch", "--data", str(data), "--out", str(out), "--window", str(P)])
+    assert r.exit_code == 2 and "--resume" in r.output
+    r = runner.invoke(app, ["train", "patch", "--data", str(data), "--out", str(out), "--steps", "3", "--resume"])
+    assert r.exit_code == 0, r.output
+    assert read_checkpoint(out).step == 3
+
+
+@pytest.mark.parametrize(("args", "message"), [(["--window", "48"], "--window"),
+                                                (["--batch", "3"], "--batch must be even"),
+                                                (["--held-in", "9"], "--held-in 9")])
+def test_cli_bad_input_is_one_line(data, tmp_path, args, message):
+    r = runner.invoke(app, ["train", "patch", "--data", str(data), "--out", str(tmp_path / "r"), *args])
+    assert r.exit_code == 2, r.output
+    lines = [x for x in r.output.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("defectgen: error:") and message in lines[0], r.output
