@@ -133,6 +133,30 @@ def train_encoder(
                       init_from=str(init_from) if init_from else None, w_mask=w_mask)
 
 
+@train_app.command("patch")
+@user_errors
+def train_patch(
+    data: Path = typer.Option(..., help="MVTec-layout category folder."),
+    out: Path = typer.Option(..., help="Run folder (checkpoints, logs, sample grids)."),
+    window: Optional[int] = typer.Option(None, help="Window side P in model px (default 32)."),
+    scale: Optional[float] = typer.Option(None, help="Data px per model px (default 1 = native)."),
+    held_in: Optional[int] = typer.Option(None, help="Defect images per type to train on (default: first third)."),
+    minutes: Optional[float] = typer.Option(None, help="Wall-clock budget of this call."),
+    steps: Optional[int] = typer.Option(None, help="Total steps (default 100000)."),
+    batch: Optional[int] = typer.Option(None, help="Windows per step, even (default 32)."),
+    seed: Optional[int] = typer.Option(None, help="Random seed (default 0)."),
+    sample_every: Optional[int] = typer.Option(None, help="Steps between sample grids (default 200)."),
+    ckpt_every: Optional[int] = typer.Option(None, help="Steps between checkpoints (default 200)."),
+    resume: bool = typer.Option(False, help="Continue from the last checkpoint in --out."),
+) -> None:
+    """Train the layered patch generator (defect layer over real good windows, native pixel scale)."""
+    from defectgen.training.patch_gan import train_patch_cli
+
+    train_patch_cli(data=data, out=out, resume=resume, window=window, scale=scale, held_in=held_in,
+                    minutes=minutes, steps=steps, batch=batch, seed=seed, sample_every=sample_every,
+                    ckpt_every=ckpt_every)
+
+
 @app.command("export")
 @user_errors
 def export(
