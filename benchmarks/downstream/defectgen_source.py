@@ -8,7 +8,9 @@ escape it), so the used goods and references are copied into `<work>/inputs/`.
 
 A second, short run of the first jobs with `--mask-mode generated` gives G's own mask for the same jobs
 (same lines, same seeds, so the same target masks and inversions): its IoU with the target is the
-"generated-mask IoU" of the table.
+"generated-mask IoU" of the table (run for the main defectgen row only).
+
+Everything goes through the `defectgen` CLI in a subprocess: the bundle is read only as its manifest's JSON.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ import numpy as np
 from defectgen import GOOD
 from defectgen.data.imageio import atomic_write_text, read_mask
 from defectgen.data.masks import shape_for
-from defectgen.runtime.bundle import Bundle
 
+from .bundle_info import read_manifest
 from .metrics import iou
 from .sources import Job, Sample, fresh_dir, write_samples
 from .split import Split
@@ -104,25 +106,27 @@ def _tail(log: Path, n: int = 15) -> str:
 
 
 def generate_defectgen(jobs: list[Job], split: Split, out: Path, *, bundle: Path, seed: int, work: Path,
-                       iou_jobs: int = 32, extra: Sequence[str] = ()) -> dict[str, Any]:
+                       iou_jobs: int = 32, extra: Sequence[str] = (), threads: int | None = None) -> dict[str, Any]:
     """Generate the defectgen source into `out` (replaced); returns timing, failures and the mask IoU.
+
+    Sample types are the data's types (the job's), whatever bundle type a job was mapped to.
 
     Raises:
         RuntimeError: `defectgen run` refused to start (exit 2) or produced nothing.
     """
-    b = Bundle.load(bundle)
-    type_map = map_types(split.types, b.defect_types)
+    type_map = map_types(split.types, read_manifest(bundle)["defect_types"])
     job_list = stage_jobs(jobs, split, type_map, work / "inputs", seed)
     fresh_dir(out)
-    common = ["--bundle", str(bundle), "--seed", str(seed), *extra]
+    common = ["--bundle", str(bundle), "--seed", str(seed), *(["--threads", str(threads)] if threads else []),
+              *extra]
     code, seconds = run_defectgen(["--jobs", str(job_list), "--out", str(out), *common], work / "run.log")
     recs = _records(out)
     ok = {i: r for i, r in recs.items() if r["status"] == "ok"}
     if code == 2 or not ok:
         raise RuntimeError(f"defectgen run failed (exit {code}); last lines of {work / 'run.log'}:\n"
                            f"{_tail(work / 'run.log')}")
-    samples = [Sample(str(out / r["outputs"]["image"]), str(out / r["outputs"]["mask"]), r["type"],
-                      str(job_list.parent / r["inputs"]["image"])) for _, r in sorted(ok.items())]
+    samples = [Sample(str(out / r["outputs"]["image"]), str(out / r["outputs"]["mask"]), jobs[i].type,
+                      str(job_list.parent / r["inputs"]["image"]), i) for i, r in sorted(ok.items())]
     write_samples(out, samples)
     run_info = json.loads((out / "run.json").read_text(encoding="utf-8")) if (out / "run.json").is_file() else {}
     info: dict[str, Any] = {
@@ -158,49 +162,3 @@ def _mask_iou(job_list: Path, out: Path, work: Path, common: list[str], k: int) 
         ious.append(iou(read_mask(gen_out / g["outputs"]["mask"], tm.shape), tm))
     return {"mask_iou": float(np.mean(ious)) if ious else None, "mask_iou_jobs": len(ious),
             "mask_iou_exit_code": code, "mask_iou_seconds": seconds}
-
-
-def inversion_sheet(job_list: Path, bundle: Path, path: Path, *, seed: int, run_args: Sequence[str] = (),
-                    n: int = 4) -> Path:
-    """What the model itself makes of the first `n` jobs, at model resolution: I | S | G(c) | M.
-
-    Runs the runtime's own job preparation and inversion (no subprocess) with the same `--steps`, `--lr`,
-    `--lambda`, `--space`, `--init` as the run, and shows the good image I, the stitched guide S, the generated
-    image G(c) after the inversion and the target mask M. The composite pastes G(c) into M, so a blurry or
-    defect-free G(c) here explains a weak downstream row.
-    """
-    import argparse
-
-    import cv2
-
-    from defectgen.data.contact import contact_sheet
-    from defectgen.data.imageio import from_model
-    from defectgen.runtime.backend import load_backend
-    from defectgen.runtime.cli_run import parse_lambdas, resolve_settings
-    from defectgen.runtime.jobs import jsonl_jobs
-    from defectgen.runtime.pipeline import invert_batch, prepare
-
-    p = argparse.ArgumentParser(add_help=False)
-    for opt in ("--steps", "--lr", "--space", "--init"):
-        p.add_argument(opt, type=float if opt == "--lr" else (int if opt == "--steps" else str))
-    p.add_argument("--lambda", dest="lambdas", action="append", default=[])
-    opts, _ = p.parse_known_args(list(run_args))
-    b = Bundle.load(bundle)
-    settings = resolve_settings(b, space=opts.space, steps=opts.steps, lr=opts.lr, init=opts.init,
-                                lambdas=parse_lambdas(opts.lambdas), mask_mode="target", batch=None)
-    types = [t for t in b.defect_types if t != GOOD]
-    specs = [s for _, s in zip(range(n), jsonl_jobs(job_list, types=types, run_seed=seed), strict=False)]
-    engine = load_backend(b, "ort-cpu")
-    try:
-        prepared = [prepare(s, b, settings) for s in specs]
-        result = invert_batch(engine, b, prepared, settings)
-    finally:
-        engine.close()
-    rows = []
-    for i, job in enumerate(prepared):
-        m = (job.mask_m[0] > 0).astype(np.uint8)
-        gen = from_model(np.clip(result.image[i], -1, 1))
-        rows.append([(from_model(job.good), None, "I (good)"), (from_model(job.stitched), m, "S (stitched)"),
-                     (gen, m, "G(c) after inversion"),
-                     (cv2.cvtColor(m * 255, cv2.COLOR_GRAY2RGB), None, f"M ({job.spec.defect_type})")])
-    return contact_sheet(rows, path)

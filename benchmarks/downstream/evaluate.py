@@ -1,25 +1,24 @@
-"""Loading images at the segmenter's resolution, and the generation-side measures of a source:
-change IoU, background PSNR and diversity (the segmentation metrics live in `metrics.py`).
+"""Loading images at the segmenter's resolution, the evaluation set, per-type AP, and the pixel-level
+generation measures of a source: change IoU and background PSNR (the feature-space figures are in `features.py`,
+the ranking metrics in `metrics.py`).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from defectgen import GOOD
 from defectgen.data.imageio import read_image, read_mask
-from defectgen.data.masks import bbox
 
-from .metrics import diversity, iou, psnr
+from .metrics import average_precision, iou, psnr
 from .sources import Sample
 from .split import Split
 
 CHANGE_THRESHOLD = 10  # a pixel "changed" when some channel moved by more than this (of 255)
-DIVERSITY_CROP = 32  # defect crops are compared at this size
 
 
 def resize_image(img: np.ndarray, res: int) -> np.ndarray:
@@ -49,42 +48,31 @@ def load_pairs(pairs: Sequence[tuple[Path, Path | None]], res: int) -> tuple[np.
     return np.stack(imgs), np.stack(masks)
 
 
-def eval_set(split: Split, res: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Held-out real defects + good test images: (images, masks, image labels)."""
+def eval_set(split: Split, res: int) -> dict[str, np.ndarray]:
+    """Held-out real defects + good test images: images, masks, image labels and each image's type."""
     items = [i for t in split.types for i in split.held_out[t]] + list(split.test_good)
     images, masks = load_pairs([(i.image_path, i.mask_path) for i in items], res)
     labels = np.array([i.mask_path is not None for i in items], np.uint8)
-    return images, masks, labels
+    return {"images": images, "masks": masks, "labels": labels, "types": np.array([i.defect_type for i in items])}
+
+
+def per_type_ap(maps: np.ndarray, masks: np.ndarray, types: np.ndarray) -> dict[str, float]:
+    """Pixel AP per defect type, over the pixels of that type's images and of all good images."""
+    good = types == GOOD
+    return {str(t): average_precision(maps[(types == t) | good], masks[(types == t) | good])
+            for t in sorted(set(types.tolist()) - {GOOD})}
 
 
 def source_set(samples: Sequence[Sample], res: int) -> tuple[np.ndarray, np.ndarray]:
     return load_pairs([(Path(s.image), Path(s.mask)) for s in samples], res)
 
 
-def _crop(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Square crop around the defect (25 % margin, >= 8 px), resized to DIVERSITY_CROP, float in [0, 1]."""
-    x0, y0, x1, y1 = bbox(mask)
-    side = max(8, int(1.25 * max(x1 - x0, y1 - y0)))
-    cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
-    h, w = mask.shape
-    xa, ya = min(max(0, cx - side // 2), max(0, w - side)), min(max(0, cy - side // 2), max(0, h - side))
-    crop = img[ya:ya + side, xa:xa + side]
-    return cv2.resize(crop, (DIVERSITY_CROP, DIVERSITY_CROP), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
-
-
-def diversity_by_type(pairs: Sequence[tuple[np.ndarray, np.ndarray, str]], per_type: int = 64) -> dict[str, float]:
-    """Mean pairwise RMS distance of defect crops within each type (first `per_type` of each)."""
-    crops: dict[str, list[np.ndarray]] = defaultdict(list)
-    for img, mask, t in pairs:
-        if len(crops[t]) < per_type and mask.any():
-            crops[t].append(_crop(img, mask))
-    return {t: diversity(c) for t, c in sorted(crops.items())}
-
-
-def generation_quality(samples: Sequence[Sample], per_type: int = 64) -> dict[str, object]:
-    """Change IoU, background PSNR (outside the mask, full resolution) and diversity of a source."""
-    change, bg, pairs = [], [], []
+def generation_quality(samples: Sequence[Sample]) -> dict[str, object]:
+    """Change IoU and background PSNR (outside the mask, full resolution) of a source made on good images."""
+    change, bg = [], []
     for s in samples:
+        if s.good is None:
+            continue
         img = read_image(s.image)
         mask = read_mask(s.mask, img.shape[:2])
         good = read_image(s.good)
@@ -93,21 +81,5 @@ def generation_quality(samples: Sequence[Sample], per_type: int = 64) -> dict[st
         changed = np.abs(img.astype(np.int16) - good.astype(np.int16)).max(-1) > CHANGE_THRESHOLD
         change.append(iou(changed, mask))
         bg.append(psnr(img, good, mask == 0))
-        pairs.append((img, mask, s.type))
-    div = diversity_by_type(pairs, per_type)
-    vals = [v for v in div.values() if np.isfinite(v)]
     return {"change_iou": float(np.mean(change)) if change else None,
-            "bg_psnr_db": float(np.mean(bg)) if bg else None,
-            "diversity": float(np.mean(vals)) if vals else None, "diversity_by_type": div}
-
-
-def real_diversity(split: Split, per_type: int = 64) -> dict[str, object]:
-    """The same diversity on the held-out real defects: what a realistic source should come close to."""
-    pairs = []
-    for t in split.types:
-        for item in split.held_out[t][:per_type]:
-            img, mask = item.load()
-            pairs.append((img, mask, t))
-    div = diversity_by_type(pairs, per_type)
-    vals = [v for v in div.values() if np.isfinite(v)]
-    return {"diversity": float(np.mean(vals)) if vals else None, "diversity_by_type": div}
+            "bg_psnr_db": float(np.mean(bg)) if bg else None}

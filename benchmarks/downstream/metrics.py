@@ -1,4 +1,5 @@
-"""Ranking and image metrics in plain numpy (no sklearn): AUROC, AP, F1-max, IoU, PSNR, diversity.
+"""Ranking and image metrics in plain numpy (no sklearn): AUROC, AP, F1-max, IoU, PSNR, and the distances
+behind diversity and memorisation.
 
 Conventions follow scikit-learn so numbers compare with published tables: AUROC is the Mann-Whitney
 statistic with ties counted half; AP is the step-wise sum `Σ (R_k − R_{k−1}) P_k` over distinct score
@@ -110,12 +111,36 @@ def psnr(a: np.ndarray, b: np.ndarray, where: np.ndarray | None = None) -> float
     return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10.0 * np.log10(255.0**2 / mse))
 
 
-def diversity(crops: list[np.ndarray]) -> float:
-    """Mean pairwise RMS distance (0..1) of equally sized float crops in [0, 1]; NaN for fewer than two."""
-    if len(crops) < 2:
+def f1_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The score threshold of the best F1 (predict positive where score >= it); NaN without positives."""
+    _, y = _check(scores, labels)
+    if not y.any():
         return float("nan")
-    x = np.stack([np.asarray(c, np.float64).ravel() for c in crops])
-    sq = (x * x).sum(1)
-    d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * x @ x.T, 0.0) / x.shape[1]
-    iu = np.triu_indices(len(crops), 1)
-    return float(np.sqrt(d2[iu]).mean())
+    precision, recall, thresholds = pr_curve(scores, labels)
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    return float(thresholds[int(np.argmax(f1))])
+
+
+def mean_iou(predictions: np.ndarray, masks: np.ndarray) -> float:
+    """Mean over images of the IoU of a binary prediction (N,H,W) with its label mask (N,H,W)."""
+    return float(np.mean([iou(p, m) for p, m in zip(predictions, masks, strict=True)])) if len(masks) else float("nan")
+
+
+def sq_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances between the rows of `a` (N,D) and `b` (M,D), clipped at 0 (round-off)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    d = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T
+    return np.maximum(d, 0.0)
+
+
+def mean_pairwise_distance(emb: np.ndarray) -> float:
+    """Mean distance over all pairs of rows (the diversity of a set); NaN for fewer than two rows."""
+    if len(emb) < 2:
+        return float("nan")
+    iu = np.triu_indices(len(emb), 1)
+    return float(sq_distances(emb, emb)[iu].mean())
+
+
+def nearest_distance(emb: np.ndarray, bank: np.ndarray) -> np.ndarray:
+    """Per row of `emb`, the distance to its nearest row of `bank` (memorisation: 0 = an exact copy)."""
+    return sq_distances(emb, bank).min(1)

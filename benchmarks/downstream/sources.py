@@ -2,7 +2,8 @@
 `<out>/samples.jsonl` (one line per sample: image, mask, type, the good image it was made from).
 
 Every source draws on the same good images in the same order (`plan_jobs`), so the only difference between
-sources is how the defect is made.
+sources is how the defect is made. `mix` is made from two other sources' samples (job by job) and `real` is the
+held-in real defects themselves, listed in place.
 """
 
 from __future__ import annotations
@@ -25,8 +26,13 @@ from defectgen.data.mvtec import MVTecWriter, list_images
 from . import baselines
 from .split import Split
 
-SOURCES = ("defectgen", "cutpaste", "draem", "copypaste")
-BASELINES = SOURCES[1:]
+# defectgen with the bundle's recommended settings, then with a fixed guide weight: 1 = the stitched real defect
+# through our pipeline (copy-paste), 0 = G's own image
+DEFECTGEN_VARIANTS = {"defectgen": (), "defectgen_g1": ("--guide-weight", "1"),
+                      "defectgen_g0": ("--guide-weight", "0")}
+BASELINES = ("copypaste", "draem", "cutpaste")
+SOURCES = (*DEFECTGEN_VARIANTS, *BASELINES, "mix", "real")
+MIX_OF = ("defectgen", "copypaste")  # mix: even jobs from the first, odd jobs from the second
 SAMPLES_FILE = "samples.jsonl"
 
 
@@ -37,7 +43,8 @@ class Sample:
     image: str
     mask: str
     type: str
-    good: str  # the good image it was made from (for background PSNR and change masks)
+    good: str | None  # the good image it was made from (background PSNR, change masks); None for real defects
+    index: int = -1  # the job it was made for (`plan_jobs`), -1 for real defects
 
 
 @dataclass(frozen=True)
@@ -138,7 +145,27 @@ def generate_baseline(name: str, jobs: list[Job], split: Split, out: Path, *, se
         good, part = cache.get(job.good)
         image, mask, kind = make(job, good, part, rng)
         img_p, mask_p = writer.write_defect(kind, f"{job.index:0{width}d}", image, mask)
-        samples.append(Sample(str(img_p), str(mask_p), kind, str(job.good)))
+        samples.append(Sample(str(img_p), str(mask_p), kind, str(job.good), job.index))
     write_samples(out, samples)
     return {"seconds": time.perf_counter() - t0, "count": len(samples), "failed": 0,
             "textures": os.fspath(textures) if textures else ("good images" if name == "draem" else None)}
+
+
+def mix_samples(a: list[Sample], b: list[Sample], n: int) -> list[Sample]:
+    """Job i from `a` when i is even, from `b` when odd (falling back to the other where one failed).
+
+    Both lists come from `plan_jobs` on the same goods, so the mix keeps the common canvas order.
+    """
+    by_a, by_b = {s.index: s for s in a}, {s.index: s for s in b}
+    out = []
+    for i in range(n):
+        first, second = (by_a, by_b) if i % 2 == 0 else (by_b, by_a)
+        pick = first.get(i) or second.get(i)
+        if pick is not None:
+            out.append(pick)
+    return out
+
+
+def real_samples(split: Split) -> list[Sample]:
+    """The held-in real defects as samples (no good image: they are not made from one)."""
+    return [Sample(str(i.image_path), str(i.mask_path), t, None) for t in split.types for i in split.held_in[t]]

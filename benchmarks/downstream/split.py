@@ -1,11 +1,12 @@
-"""The DFMGAN / AnomalyDiffusion split: per defect type, one third of the real defects for the generator side
-(training data and defect bank), two thirds held out for evaluation only.
+"""The few-shot split of AnomalyDiffusion's protocol: per defect type, the first third of the real defects by
+sorted file name is held in (generator side: training data, references, copy-paste bank), the rest held out
+(evaluation only). A fixed rule rather than a random draw, so that a generator trained elsewhere on "the
+held-in third" can be checked against the exact same files.
 """
 
 from __future__ import annotations
 
 import shutil
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,23 +36,20 @@ class Split:
                 "held_out": {t: len(v) for t, v in self.held_out.items()}}
 
 
-def split_category(cat: MVTecCategory, *, seed: int = 0, fraction: float = 1 / 3) -> Split:
-    """Split each type's defective images: `ceil(fraction * n)` held in, the rest held out.
+def split_category(cat: MVTecCategory, *, fraction: float = 1 / 3) -> Split:
+    """Split each type's defective images: the first `ceil(fraction * n)` by sorted file name held in.
 
-    The order is a seeded permutation of the sorted file names, keyed by the type name, so the split
-    depends only on (seed, type, file names), not on listing order or other types. A type with at least
-    two images keeps at least one on each side.
+    Sorting by name makes the split a function of the file names alone (not of listing order or of other
+    types). A type with at least two images keeps at least one on each side.
     """
     held_in: dict[str, list[Item]] = {}
     held_out: dict[str, list[Item]] = {}
     for t in cat.defect_types:
         items = sorted(cat.defective_items([t]), key=lambda i: i.image_path.name)
-        rng = np.random.default_rng([seed, zlib.crc32(t.encode())])
-        perm = [items[i] for i in rng.permutation(len(items))]
-        k = int(np.ceil(fraction * len(perm)))
-        if len(perm) >= 2:
-            k = min(max(k, 1), len(perm) - 1)
-        held_in[t], held_out[t] = perm[:k], perm[k:]
+        k = int(np.ceil(fraction * len(items) - 1e-9))
+        if len(items) >= 2:
+            k = min(max(k, 1), len(items) - 1)
+        held_in[t], held_out[t] = items[:k], items[k:]
     return Split(held_in=held_in, held_out=held_out, train_good=cat.train_good(), test_good=cat.test_items([GOOD]))
 
 
@@ -71,7 +69,7 @@ def validation_split(split: Split) -> Split:
 
 
 def write_held_in(split: Split, out: Path) -> Path:
-    """Copy train/good and the held-in defects into an MVTec-layout folder (what option (a) trains on)."""
+    """Copy train/good and the held-in defects into an MVTec-layout folder: all a fair bundle may be trained on."""
     for item in split.train_good:
         dst = out / "train" / GOOD / item.image_path.name
         dst.parent.mkdir(parents=True, exist_ok=True)

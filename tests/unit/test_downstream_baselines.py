@@ -1,4 +1,4 @@
-"""Issue 8 benchmark: the baselines' masks and pixels, and the held-in/held-out split."""
+"""Downstream benchmark: the baselines paint only inside their masks, on the part, and stay finite."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from defectgen.data.procedural import make_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from downstream import baselines  # noqa: E402
-from downstream.split import split_category, validation_split  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -71,35 +70,6 @@ def test_perlin_mask_is_seeded_and_binary() -> None:
     assert a.shape == (64, 48) and np.array_equal(a, b) and set(np.unique(a).tolist()) <= {0, 1}
     n = baselines.perlin_noise((32, 32), (4, 4), np.random.default_rng(0))
     assert np.abs(n).max() <= 1.5 and n.std() > 0.1
-
-
-def test_split_is_deterministic_disjoint_and_one_third(data: Path) -> None:
-    cat = MVTecCategory(data)
-    s1, s2 = split_category(cat, seed=0), split_category(cat, seed=0)
-    assert s1.types == ["crack", "cut", "hole", "print"]
-    for t in s1.types:
-        held_in = {i.image_path for i in s1.held_in[t]}
-        held_out = {i.image_path for i in s1.held_out[t]}
-        assert held_in == {i.image_path for i in s2.held_in[t]}
-        assert not held_in & held_out
-        assert held_in | held_out == {i.image_path for i in cat.defective_items([t])}
-        assert len(held_in) == 3 and len(held_out) == 4  # ceil(7 / 3)
-    other = split_category(cat, seed=1)
-    assert any({i.image_path for i in other.held_in[t]} != {i.image_path for i in s1.held_in[t]} for t in s1.types)
-    assert len(s1.test_good) == 2 and len(s1.train_good) == 3
-
-
-def test_validation_split_never_touches_held_out_or_test_images(data: Path) -> None:
-    full = split_category(MVTecCategory(data), seed=0)
-    val = validation_split(full)
-    forbidden = {i.image_path for v in full.held_out.values() for i in v} | {i.image_path for i in full.test_good}
-    used = {i.image_path for s in (val.held_in, val.held_out) for v in s.values() for i in v}
-    used |= {i.image_path for i in val.train_good + val.test_good}
-    assert not used & forbidden
-    for t in full.types:
-        assert val.held_in[t] and val.held_out[t]
-        assert not {i.image_path for i in val.held_in[t]} & {i.image_path for i in val.held_out[t]}
-    assert not {i.image_path for i in val.train_good} & {i.image_path for i in val.test_good}
 
 
 def test_texture_augmentation_stays_finite(data: Path) -> None:

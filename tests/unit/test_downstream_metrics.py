@@ -1,4 +1,4 @@
-"""Issue 8 benchmark metrics against hand-computed cases and brute force (no sklearn needed)."""
+"""Downstream benchmark metrics against hand-computed cases and brute force (no sklearn needed)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from downstream.metrics import (  # noqa: E402
     PSNR_CAP,
     average_precision,
-    diversity,
     f1_max,
+    f1_threshold,
     image_score,
     iou,
+    mean_iou,
+    mean_pairwise_distance,
+    nearest_distance,
     psnr,
     roc_auc,
     segmentation_metrics,
@@ -79,7 +82,7 @@ def test_segmentation_metrics_on_maps() -> None:
     assert image_score(np.arange(100.0), 0.05) == pytest.approx(97.0)
 
 
-def test_iou_psnr_diversity() -> None:
+def test_iou_psnr() -> None:
     a, b = np.zeros((4, 4)), np.zeros((4, 4))
     a[:2], b[1:3] = 1, 1
     assert iou(a, b) == pytest.approx(4 / 12) and iou(np.zeros(3), np.zeros(3)) == 1.0
@@ -89,5 +92,33 @@ def test_iou_psnr_diversity() -> None:
     assert psnr(img, img) == PSNR_CAP
     assert psnr(img, other) == pytest.approx(10 * np.log10(255**2 / (100 * 3 / 48)))
     assert psnr(img, other, where=np.arange(16).reshape(4, 4) > 0) == PSNR_CAP  # the changed pixel excluded
-    assert diversity([np.zeros((2, 2)), np.ones((2, 2))]) == pytest.approx(1.0)
-    assert diversity([np.zeros((2, 2))] * 3) == pytest.approx(0.0) and np.isnan(diversity([np.zeros(2)]))
+
+
+def test_f1_threshold_separates_a_perfect_ranking() -> None:
+    y = np.array([0, 0, 1, 1, 0])
+    s = np.array([0.1, 0.3, 0.7, 0.9, 0.2])
+    t = f1_threshold(s, y)
+    assert t == pytest.approx(0.7) and np.array_equal(s >= t, y.astype(bool))
+    assert np.isnan(f1_threshold(s, np.zeros(5)))
+
+
+def test_mean_iou_of_a_perfect_and_an_empty_prediction() -> None:
+    masks = np.zeros((2, 6, 6), np.uint8)
+    masks[0, 1:3, 1:4], masks[1, 4:, 4:] = 1, 1
+    assert mean_iou(masks.astype(bool), masks) == 1.0
+    assert mean_iou(np.zeros_like(masks), masks) == 0.0
+    half = masks.copy()
+    half[0] = 0
+    assert mean_iou(half, masks) == pytest.approx(0.5)
+
+
+def test_pairwise_and_nearest_distances() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5, 7))
+    brute = [np.sum((x[i] - x[j]) ** 2) for i in range(5) for j in range(i + 1, 5)]
+    assert mean_pairwise_distance(x) == pytest.approx(np.mean(brute))
+    assert mean_pairwise_distance(np.repeat(x[:1], 4, 0)) == pytest.approx(0.0, abs=1e-12)  # identical: 0
+    assert np.isnan(mean_pairwise_distance(x[:1]))
+    assert nearest_distance(x[:3], x) == pytest.approx(np.zeros(3), abs=1e-12)  # each row is in the bank
+    far = nearest_distance(x[:2] + 10.0, x)
+    assert (far > 0).all()

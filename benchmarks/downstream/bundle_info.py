@@ -1,0 +1,127 @@
+"""Which bundle scores the defectgen rows, and whether that row is fair.
+
+A fair row needs a bundle trained only on `train/good` + the held-in defects of this protocol's split. The
+benchmark cannot check that from the ONNX files, so the bundle carries a small **provenance file** written by
+whoever trained it:
+
+- folder bundle `B/`: `B/provenance.json`; zip bundle `B.zip`: `B.provenance.json` next to it;
+- keys: `trained_on` (what the GAN and encoder saw, e.g. "train/good + held-in third of make-data --res 128
+  --n-defect 18 --seed 1"), `train_command` (the commands, one string), `train_seconds` (wall time, number).
+
+With a provenance file whose `trained_on` is set, the row is recorded as fair; without one the three fields are
+null and the row is labelled "not fair". The shipped default bundle was trained on a whole set with all of its
+defects: it is refused (also as a copy: it is recognised by its manifest's hash) unless `--allow-default-bundle`
+is given, for smoke runs, and then the row is "not fair" whatever the provenance says.
+
+The manifest is read as JSON (its format is `docs/bundle.md`), so nothing here depends on the runtime's modules.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any, NoReturn
+
+import defectgen
+
+MANIFEST = "manifest.json"
+PROVENANCE = "provenance.json"
+PROVENANCE_KEYS = ("trained_on", "train_command", "train_seconds")
+
+
+def fail(msg: str) -> NoReturn:
+    """One line on stderr and exit code 2 (the project's convention for errors the user can fix)."""
+    print(f"downstream.py: error: {msg}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+def default_bundle_path() -> Path:
+    return Path(defectgen.__file__).resolve().parent / "assets" / "default_bundle"
+
+
+def manifest_bytes(path: Path) -> bytes:
+    """The raw manifest of a folder or zip bundle."""
+    if path.is_dir():
+        return (path / MANIFEST).read_bytes()
+    with zipfile.ZipFile(path) as zf:
+        return zf.read(MANIFEST)
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    return json.loads(manifest_bytes(path).decode("utf-8"))
+
+
+def manifest_sha(path: Path) -> str:
+    return hashlib.sha256(manifest_bytes(path)).hexdigest()[:16]
+
+
+def is_default(path: Path) -> bool:
+    """True for the shipped default bundle or a byte-identical copy of its manifest."""
+    default = default_bundle_path()
+    if path.resolve() == default:
+        return True
+    return (default / MANIFEST).is_file() and manifest_sha(path) == manifest_sha(default)
+
+
+def provenance_path(path: Path) -> Path:
+    return path / PROVENANCE if path.is_dir() else path.with_suffix(".provenance.json")
+
+
+def read_provenance(path: Path) -> dict[str, Any] | None:
+    """The provenance file's three keys (missing keys -> None), or None without a file."""
+    p = provenance_path(path)
+    if not p.is_file():
+        return None
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        fail(f"{p}: not a readable JSON file ({e})")
+    if not isinstance(data, dict):
+        fail(f"{p}: expected a JSON object with {', '.join(PROVENANCE_KEYS)}")
+    return {k: data.get(k) for k in PROVENANCE_KEYS}
+
+
+def check_bundle(path: Path | None, *, allow_default: bool, train_budget: float) -> Path | None:
+    """The bundle to use (None: train one with `--train-budget`); refuses the default bundle without the flag."""
+    if path is None and train_budget > 0:
+        return None
+    if path is None:
+        if not allow_default:
+            fail("the defectgen rows need a bundle trained on train/good + the held-in defects: pass --bundle PATH "
+                 "(or --train-budget MINUTES); the shipped default bundle needs --allow-default-bundle (not fair)")
+        path = default_bundle_path()
+    if not (path.is_dir() and (path / MANIFEST).is_file()) and not zipfile.is_zipfile(path):
+        fail(f"--bundle {path}: not a bundle folder with {MANIFEST} nor a bundle zip")
+    if is_default(path) and not allow_default:
+        fail(f"--bundle {path} is the shipped default bundle (trained with all defects): not a fair defectgen row; "
+             f"pass --allow-default-bundle for a smoke run")
+    return path
+
+
+def describe(path: Path, *, how: str) -> dict[str, Any]:
+    """The `protocol.defectgen_bundle` record: path, provenance, fairness and the bundle's run settings."""
+    man = read_manifest(path)
+    default = is_default(path)
+    prov = read_provenance(path) or dict.fromkeys(PROVENANCE_KEYS)
+    fair = bool(prov["trained_on"]) and not default
+    why = ("the shipped default bundle (trained on a whole set with all its defects)" if default else
+           "" if fair else f"no {PROVENANCE} with `trained_on` beside the bundle")
+    return {"path": str(path), **prov, "fair": fair, "not_fair_because": why or None, "how": how,
+            "default_bundle": default, "manifest_sha256": manifest_sha(path), "resolution": man.get("resolution"),
+            "defect_types": man.get("defect_types"), "run_defaults": man.get("defaults", {})}
+
+
+def write_provenance(bundle: Path, *, trained_on: str, train_command: str, train_seconds: float) -> Path:
+    """Write the provenance file of a bundle trained here (the `--train-budget` path)."""
+    p = provenance_path(bundle)
+    p.write_text(json.dumps({"trained_on": trained_on, "train_command": train_command,
+                             "train_seconds": round(train_seconds, 1)}, indent=2) + "\n", encoding="utf-8")
+    return p
+
+
+def unused() -> dict[str, Any]:
+    """The record when no defectgen row is run."""
+    return {"path": None, **dict.fromkeys(PROVENANCE_KEYS), "fair": None, "how": "not used"}

@@ -1,0 +1,103 @@
+"""Make every source's synthetic set once (seeded), before any segmenter is trained on it.
+
+The defectgen rows run `defectgen run` in subprocesses, side by side when `--jobs` > 1 (one ONNX Runtime thread
+each); the baselines run in-process. A defectgen variant whose `--guide-weight` equals the one the main row
+runs with (the bundle's recommended settings) would be the same set: it is not made twice but recorded as an
+alias (`same_as`) of the main row.
+"""
+
+from __future__ import annotations
+
+import shlex
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .defectgen_source import generate_defectgen
+from .sources import (
+    BASELINES,
+    DEFECTGEN_VARIANTS,
+    MIX_OF,
+    Job,
+    Sample,
+    generate_baseline,
+    mix_samples,
+    read_samples,
+    real_samples,
+    write_samples,
+)
+from .split import Split
+
+
+@dataclass(frozen=True)
+class GenContext:
+    split: Split
+    jobs: list[Job]
+    work: Path
+    bundle: Path | None
+    seed: int
+    iou_jobs: int
+    run_args: str
+    textures: Path | None
+    parallel: int
+
+    def out(self, name: str) -> Path:
+        return self.work / "sources" / name
+
+
+def _guide_weight(run_args: list[str], run_defaults: dict[str, Any]) -> float:
+    """The guide weight `defectgen run` ends up with: the last --guide-weight given, else the bundle's, else 0."""
+    given = [run_args[i + 1] for i, a in enumerate(run_args[:-1]) if a == "--guide-weight"]
+    given += [a.split("=", 1)[1] for a in run_args if a.startswith("--guide-weight=")]
+    return float(given[-1]) if given else float(run_defaults.get("guide_weight", 0.0))
+
+
+def aliases(names: list[str], run_defaults: dict[str, Any], run_args: str) -> dict[str, str]:
+    """Variant -> "defectgen" for the `_g1`/`_g0` rows that would repeat the main row exactly."""
+    if "defectgen" not in names:
+        return {}
+    main = _guide_weight(shlex.split(run_args), run_defaults)
+    return {v: "defectgen" for v, extra in DEFECTGEN_VARIANTS.items()
+            if v != "defectgen" and v in names and float(extra[1]) == main}
+
+
+def needed(names: list[str], alias: dict[str, str]) -> list[str]:
+    """Sources to make: the requested ones that are not aliases, plus what `mix` is made of."""
+    out = [n for n in names if n not in alias]
+    if "mix" in names:
+        out += [m for m in MIX_OF if m not in out]
+    return out
+
+
+def _make(name: str, ctx: GenContext) -> dict[str, Any]:
+    if name in DEFECTGEN_VARIANTS:
+        extra = [*shlex.split(ctx.run_args), *DEFECTGEN_VARIANTS[name]]
+        return generate_defectgen(ctx.jobs, ctx.split, ctx.out(name), bundle=ctx.bundle, seed=ctx.seed,
+                                  work=ctx.work / "defectgen" / name, extra=extra,
+                                  iou_jobs=ctx.iou_jobs if name == "defectgen" else 0,
+                                  threads=1 if ctx.parallel > 1 else None)
+    if name in BASELINES:
+        return generate_baseline(name, ctx.jobs, ctx.split, ctx.out(name), seed=ctx.seed, textures=ctx.textures)
+    raise ValueError(f"{name} is made from other sources")
+
+
+def _listed(name: str, samples: list[Sample], ctx: GenContext, info: dict[str, Any]) -> dict[str, Any]:
+    ctx.out(name).mkdir(parents=True, exist_ok=True)
+    write_samples(ctx.out(name), samples)
+    return {"seconds": 0.0, "count": len(samples), "failed": 0, **info}
+
+
+def generate_all(names: list[str], ctx: GenContext) -> dict[str, dict[str, Any]]:
+    """Make the sources in `names` (in parallel where allowed); returns each one's generation info."""
+    direct = [n for n in names if n not in ("mix", "real")]
+    with ThreadPoolExecutor(max_workers=max(1, ctx.parallel)) as pool:
+        futures = {n: pool.submit(_make, n, ctx) for n in direct}
+        info = {n: f.result() for n, f in futures.items()}
+    if "mix" in names:
+        a, b = (read_samples(ctx.out(m)) for m in MIX_OF)
+        info["mix"] = _listed("mix", mix_samples(a, b, len(ctx.jobs)), ctx,
+                              {"made_of": list(MIX_OF), "rule": "even jobs from the first, odd from the second"})
+    if "real" in names:
+        info["real"] = _listed("real", real_samples(ctx.split), ctx, {"made_of": "the held-in real defects"})
+    return info

@@ -1,0 +1,99 @@
+"""Downstream benchmark: the defectgen row's bundle must be fair. The shipped default bundle is refused (also a
+copy of it) unless --allow-default-bundle; fairness is read from the bundle's provenance.json."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from downstream import bundle_info  # noqa: E402
+
+
+def _fake_bundle(folder: Path, defaults: dict | None = None) -> Path:
+    folder.mkdir(parents=True)
+    manifest = {"resolution": 16, "defect_types": ["good", "hole"], "defaults": defaults or {"steps": 3}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def _refused(capsys: pytest.CaptureFixture[str], fn: object, *args: object, **kw: object) -> str:
+    with pytest.raises(SystemExit) as e:
+        fn(*args, **kw)  # type: ignore[operator]
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err  # one line
+    return err
+
+
+def test_default_bundle_is_refused_without_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    default = bundle_info.default_bundle_path()
+    err = _refused(capsys, bundle_info.check_bundle, default, allow_default=False, train_budget=0)
+    assert "default bundle" in err and "--allow-default-bundle" in err
+    err = _refused(capsys, bundle_info.check_bundle, None, allow_default=False, train_budget=0)
+    assert "--bundle PATH" in err
+    assert bundle_info.check_bundle(None, allow_default=True, train_budget=0) == default
+    assert bundle_info.check_bundle(None, allow_default=False, train_budget=5) is None  # trained here instead
+
+
+def test_a_copy_of_the_default_bundle_is_refused_too(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    copy = tmp_path / "renamed"
+    copy.mkdir()
+    shutil.copyfile(bundle_info.default_bundle_path() / "manifest.json", copy / "manifest.json")
+    _refused(capsys, bundle_info.check_bundle, copy, allow_default=False, train_budget=0)
+    rec = bundle_info.describe(copy, how="test")
+    assert rec["default_bundle"] and rec["fair"] is False
+
+
+def test_not_a_bundle_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = _refused(capsys, bundle_info.check_bundle, tmp_path, allow_default=False, train_budget=0)
+    assert str(tmp_path) in err
+
+
+def test_provenance_makes_a_bundle_fair(tmp_path: Path) -> None:
+    b = _fake_bundle(tmp_path / "b", {"guide_weight": 0.5})
+    assert bundle_info.check_bundle(b, allow_default=False, train_budget=0) == b
+    rec = bundle_info.describe(b, how="given")
+    assert rec["fair"] is False and rec["trained_on"] is None and rec["train_seconds"] is None
+    assert "provenance.json" in rec["not_fair_because"] and rec["run_defaults"] == {"guide_weight": 0.5}
+    bundle_info.write_provenance(b, trained_on="train/good + held-in third", train_command="defectgen train gan",
+                                 train_seconds=123.4)
+    rec = bundle_info.describe(b, how="given")
+    assert rec["fair"] is True and rec["not_fair_because"] is None
+    assert (rec["trained_on"], rec["train_command"], rec["train_seconds"]) == (
+        "train/good + held-in third", "defectgen train gan", 123.4)
+
+
+def test_zip_bundle_reads_the_provenance_beside_it(tmp_path: Path) -> None:
+    folder = _fake_bundle(tmp_path / "b")
+    zpath = tmp_path / "b.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        zf.write(folder / "manifest.json", "manifest.json")
+    assert bundle_info.check_bundle(zpath, allow_default=False, train_budget=0) == zpath
+    assert bundle_info.provenance_path(zpath) == tmp_path / "b.provenance.json"
+    (tmp_path / "b.provenance.json").write_text(json.dumps({"trained_on": "held-in", "train_seconds": 5}))
+    rec = bundle_info.describe(zpath, how="given")
+    assert rec["fair"] and rec["train_command"] is None and rec["resolution"] == 16
+
+
+def test_the_script_refuses_the_default_bundle_in_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "downstream.py"), "--quick", "--out",
+                           str(tmp_path / "out"), "--work", str(tmp_path / "work")],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "--allow-default-bundle" in proc.stderr
+    assert not (tmp_path / "work" / "data").exists()  # refused before any work
+
+
+def test_quick_and_unfair_runs_may_not_overwrite_the_committed_results(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "downstream.py"), "--quick",
+                           "--allow-default-bundle", "--out", str(ROOT / "benchmarks" / "results"), "--work",
+                           str(tmp_path / "work")], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2 and "may not overwrite" in proc.stderr, proc.stderr
