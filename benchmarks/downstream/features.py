@@ -5,8 +5,9 @@ protocol's own U-Net trained once per run (segmenter seed 0) on good images + th
 features are the ones that tell a defect from intact surface on this data.
 
 - **crop**: a `CROP` px window of the image at the segmenter's resolution, centred on the defect mask's
-  bounding box (clipped inside the image). A fixed window, not a resize, so a defect is seen at the scale the
-  trunk was trained on.
+  bounding box (clipped inside the image), holding the defect's pixels relative to the surface just around it
+  (`defect_crop`) on flat grey. A fixed window, not a resize, so a defect is seen at the scale the trunk was
+  trained on; the surface is left out so that the figures compare defects, not the parts they sit on.
 - **distance** between two crops: the trunk's activations at each level, unit-normalised over channels at each
   pixel, then `(1/L) Σ_l mean_pixels ||f_l(a) − f_l(b)||²` (LPIPS with uniform weights; 0 for identical crops,
   at most 4). `embed` turns a crop into a vector whose squared Euclidean distances are exactly this.
@@ -25,6 +26,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 import torch
 
@@ -33,18 +35,30 @@ from .segmenter import UNet, _to_tensor, predict
 
 CROP = 40  # px at the segmenter's resolution (the procedural defects at 128 px: median 11-27 px, max 48)
 PER_TYPE = 64  # crops per type for diversity and memorisation
+RING = 2  # px of surface around a defect that set its reference colour
 
 
 def defect_crop(image: np.ndarray, mask: np.ndarray, side: int = CROP) -> np.ndarray:
-    """The `side` x `side` window centred on the mask's bounding box, shifted to stay inside the image
-    (the whole image's side where that is smaller, so all crops of one resolution stack)."""
+    """The defect alone, relative to its surface, in a `side` px window centred on the mask's bounding box.
+
+    The window is shifted to stay inside the image (the whole image where that is smaller, so all crops of one
+    resolution stack). Inside the mask: pixel − the median colour of a `RING` px ring around the mask + 128;
+    outside: 128. Without this, the surface around a defect dominates the distance (a pasted copy on another
+    part is as far from its source as a new real defect), and the RGB offset of copy-paste's colour match
+    would make a copy look new.
+    """
     ys, xs = np.nonzero(mask)
     h, w = mask.shape
     side = min(side, h, w)
     cy, cx = (ys.min() + ys.max() + 1) // 2, (xs.min() + xs.max() + 1) // 2
     y0 = int(np.clip(cy - side // 2, 0, max(0, h - side)))
     x0 = int(np.clip(cx - side // 2, 0, max(0, w - side)))
-    return image[y0:y0 + side, x0:x0 + side]
+    crop = image[y0:y0 + side, x0:x0 + side].astype(np.float32)
+    m = (mask[y0:y0 + side, x0:x0 + side] > 0).astype(np.uint8)
+    ring = (cv2.dilate(m, np.ones((3, 3), np.uint8), iterations=RING) > 0) & (m == 0)
+    surface = np.median(crop[ring], 0) if ring.any() else crop.mean((0, 1))
+    out = np.where(m[..., None] > 0, crop - surface + 128.0, 128.0)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def dihedral(crop: np.ndarray) -> list[np.ndarray]:

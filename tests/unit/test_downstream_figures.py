@@ -28,18 +28,21 @@ def _crops(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, features.CROP, features.CROP, 3), dtype=np.uint8)
 
 
-def test_defect_crop_is_centred_on_the_defect_and_stays_inside() -> None:
-    img = np.arange(128 * 128 * 3, dtype=np.uint32).reshape(128, 128, 3).astype(np.uint8)
+def test_defect_crop_keeps_the_defect_relative_to_its_surface() -> None:
+    img = np.full((128, 128, 3), (90, 100, 110), np.uint8)
     mask = np.zeros((128, 128), np.uint8)
     mask[60:64, 70:80] = 1
+    img[mask > 0] = (40, 50, 60)  # a dark defect: 50 below its surface in every channel
     crop = features.defect_crop(img, mask)
     assert crop.shape == (features.CROP, features.CROP, 3)
-    assert np.array_equal(crop, img[62 - 20:62 + 20, 75 - 20:75 + 20])
-    mask[:] = 0
-    mask[0:2, 126:] = 1  # in a corner: the window shifts inside, it does not shrink
-    assert np.array_equal(features.defect_crop(img, mask), img[:40, 88:])
-    small = features.defect_crop(img[:32, :32], mask[:32, :32] | 1)
-    assert small.shape == (32, 32, 3)  # images smaller than the window: the whole image
+    inside = mask[62 - 20:62 + 20, 75 - 20:75 + 20] > 0  # the window is centred on the bounding box
+    assert (crop[inside] == 78).all() and (crop[~inside] == 128).all()
+    brighter = np.clip(img.astype(int) + 60, 0, 255).astype(np.uint8)  # the same defect on a lighter part
+    assert np.array_equal(features.defect_crop(brighter, mask), crop)
+    corner = np.zeros_like(mask)
+    corner[0:2, 126:] = 1  # in a corner: the window shifts inside, it does not shrink
+    assert features.defect_crop(img, corner).shape == (features.CROP, features.CROP, 3)
+    assert features.defect_crop(img[:32, :32], mask[:32, :32] | 1).shape == (32, 32, 3)  # small image: all of it
 
 
 def test_dihedral_gives_eight_distinct_variants() -> None:
