@@ -41,6 +41,7 @@ class GenContext:
     run_args: str
     textures: Path | None
     parallel: int
+    threads: int  # ONNX Runtime threads of each `defectgen run` (1 when runs go side by side)
 
     def out(self, name: str) -> Path:
         return self.work / "sources" / name
@@ -76,7 +77,7 @@ def _make(name: str, ctx: GenContext) -> dict[str, Any]:
         return generate_defectgen(ctx.jobs, ctx.split, ctx.out(name), bundle=ctx.bundle, seed=ctx.seed,
                                   work=ctx.work / "defectgen" / name, extra=extra,
                                   iou_jobs=ctx.iou_jobs if name == "defectgen" else 0,
-                                  threads=1 if ctx.parallel > 1 else None)
+                                  threads=ctx.threads)
     if name in BASELINES:
         return generate_baseline(name, ctx.jobs, ctx.split, ctx.out(name), seed=ctx.seed, textures=ctx.textures)
     raise ValueError(f"{name} is made from other sources")

@@ -36,8 +36,9 @@ def parse_args(argv: list[str] | None = None, doc: str = "") -> argparse.Namespa
     p = argparse.ArgumentParser(prog="downstream.py", description=doc.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, help="MVTec-layout category (default: a fresh procedural make-data set)")
-    p.add_argument("--out", type=Path, help="results folder (default benchmarks/results; quick, validation and "
-                                            "not-fair runs: a subfolder of it)")
+    p.add_argument("--out", type=Path, help="results folder (default benchmarks/results for a full, fair run "
+                                            "of all sources; otherwise results/quick, results/validation or "
+                                            "results/quick/scratch)")
     p.add_argument("--work", type=Path, help="scratch folder (default: $TMPDIR/defectgen_downstream_<mode>)")
     p.add_argument("--quick", action="store_true", help="tiny sizes for CI (about a minute on one core)")
     p.add_argument("--bundle", type=Path, help="bundle of the defectgen rows, trained on train/good + the held-in "
@@ -60,7 +61,8 @@ def parse_args(argv: list[str] | None = None, doc: str = "") -> argparse.Namespa
     p.add_argument("--seg-steps", type=int, help="segmenter optimiser steps (default 500, quick 20)")
     p.add_argument("--seg-width", type=int, help="segmenter channels at the top level (default 8)")
     p.add_argument("--seg-batch", type=int, help="segmenter batch size (default 16, quick 8)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads of a segmenter when --jobs is 1")
+    p.add_argument("--threads", type=int, default=1,
+                   help="threads of a segmenter and of a `defectgen run` when --jobs is 1 (else 1 each)")
     p.add_argument("--iou-jobs", type=int, help="jobs rerun with --mask-mode generated for the mask IoU")
     p.add_argument("--run-args", default="", help="extra `defectgen run` options of every defectgen row, e.g. "
                                                   "\"--steps 20\" (the _g1/_g0 rows add their --guide-weight)")

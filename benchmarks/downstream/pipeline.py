@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +54,9 @@ def _uses_bundle(names: list[str]) -> bool:
 
 
 def _out_dir(args: argparse.Namespace, mode: str, committable: bool) -> Path:
-    """Smoke, tuning, partial and not-fair runs never land on the committed results."""
-    sub = "quick" if args.quick else "validation" if args.validate else "" if committable else "not_fair"
+    """Smoke, tuning, partial and not-fair runs never land on the committed results (by default they go to
+    the git-ignored `results/quick/`)."""
+    sub = "quick" if args.quick else "validation" if args.validate else "" if committable else "quick/scratch"
     out = args.out or RESULTS / sub
     if out.resolve() == RESULTS.resolve() and not committable:
         fail(f"a {mode} run (quick, validation, not fair or not all sources) may not overwrite "
@@ -126,78 +127,117 @@ def _summary(names: list[str], alias: dict[str, str], runs: dict[str, list[dict[
     return out
 
 
+@dataclass
+class Run:
+    """The state one run of the protocol builds up, phase by phase (`run` calls them in order)."""
+
+    args: argparse.Namespace
+    mode: str
+    pre: Preset
+    names: list[str]
+    work: Path
+    out: Path
+    bundle: Path | None  # None: trained in `data` (--train-budget) or no defectgen row
+    timing: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+
+    def timed(self, key: str, t0: float) -> None:
+        self.timing[key] = time.perf_counter() - t0
+
+
+def _start(args: argparse.Namespace) -> Run:
+    """Options, the bundle check (before any work: a refused bundle costs nothing) and the folders."""
+    mode = ("quick" if args.quick else "full") + ("-validation" if args.validate else "")
+    names = _names(args)
+    names = names if "real" in names else [*names, "real"]  # the figures' feature space is trained on it
+    path = bundle_info.check_bundle(args.bundle, allow_default=args.allow_default_bundle,
+                                    train_budget=args.train_budget) if _uses_bundle(names) else None
+    fair = path is None or bundle_info.describe(path, how="")["fair"]
+    work = args.work or Path(tempfile.gettempdir()) / f"defectgen_downstream_{mode}"
+    work.mkdir(parents=True, exist_ok=True)
+    out = _out_dir(args, mode, fair and mode == "full" and set(names) == set(SOURCES))
+    return Run(args, mode, preset(args), names, work, out, path)
+
+
+def _data(r: Run) -> tuple[Split, dict[str, Any], dict[str, Any]]:
+    """The data set, its split, the segmenter's resolution and the bundle record."""
+    t0 = time.perf_counter()
+    root, data = _dataset(r.args, r.pre, r.work)
+    cat = MVTecCategory(root)
+    split = split_category(cat)
+    if r.args.validate:
+        split = validation_split(split)
+        r.notes.append("VALIDATION run (--validate): evaluated on half of the held-in defects and a tenth of "
+                       "train/good, for tuning; these are not the benchmark's held-out numbers.")
+    res = min(r.pre.seg.res, max(read_res(cat), 16))
+    r.pre = replace(r.pre, seg=replace(r.pre.seg, res=res))
+    data.update({"resolution": read_res(cat), "types": split.types, "train_good": len(split.train_good),
+                 "test_good": len(split.test_good), "held_out_defects": sum(map(len, split.held_out.values())),
+                 "split": split.describe()})
+    r.timed("data_s", t0)
+    t0 = time.perf_counter()
+    brec = bundle_info.unused()
+    if _uses_bundle(r.names):
+        r.bundle, brec = _bundle(r.args, r.bundle, split, r.work, res, data["name"], r.notes)
+    r.timed("bundle_s", t0)
+    return split, data, brec
+
+
+def _sources(r: Run, split: Split, alias: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Every needed source made once, loaded at the segmenter's resolution, with its contact sheets."""
+    t0 = time.perf_counter()
+    a = r.args
+    ctx = GenContext(split, plan_jobs([i.image_path for i in split.train_good], split.types, r.pre.n_synthetic),
+                     r.work, r.bundle, a.seed, r.pre.iou_jobs, a.run_args, a.textures, r.pre.jobs,
+                     1 if r.pre.jobs > 1 else r.pre.seg.threads)
+    made = needed(r.names, alias)
+    gen = generate_all(made, ctx)
+    r.timed("generation_s", t0)
+    arrays = r.work / "arrays"
+    _save_eval(split, r.pre.seg.res, arrays)
+    return {n: {"generation": gen[n], **_load_source(n, r.work, r.out, r.pre.seg.res, arrays)} for n in made}
+
+
+def _measure(r: Run, trained: list[str], sources: dict[str, dict[str, Any]]) -> tuple[
+        dict[str, list[dict[str, Any]]], dict[str, dict[str, Any]], dict[str, Any]]:
+    """Segmenters over seeds, then the feature-space figures; adds both to `sources`."""
+    t0 = time.perf_counter()
+    arrays = r.work / "arrays"
+    runs = _train_all(trained, r.pre.seeds, r.pre, arrays, r.pre.jobs)
+    r.timed("segmenters_s", t0)
+    t0 = time.perf_counter()
+    figs, reference = source_figures(trained, arrays, r.pre.seg)
+    r.timed("figures_s", t0)
+    for n in trained:
+        sources[n].update({"runs": runs[n], "figures": figs[n]})
+    return runs, figs, reference
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the protocol and write the results; returns the results dict."""
     if args.render_only:
         return render_only(args)
-    t_start, timing, notes = time.perf_counter(), {}, []
-    mode = ("quick" if args.quick else "full") + ("-validation" if args.validate else "")
-    pre, names = preset(args), _names(args)
-    names = names if "real" in names else [*names, "real"]  # the figures' feature space is trained on it
-    path = bundle_info.check_bundle(args.bundle, allow_default=args.allow_default_bundle,
-                                    train_budget=args.train_budget) if _uses_bundle(names) else None
-    fair = path is None or (bundle_info.describe(path, how="")["fair"])
-    work = args.work or Path(tempfile.gettempdir()) / f"defectgen_downstream_{mode}"
-    work.mkdir(parents=True, exist_ok=True)
-    out = _out_dir(args, mode, fair and mode == "full" and set(names) == set(SOURCES))
-
-    t0 = time.perf_counter()
-    root, data = _dataset(args, pre, work)
-    cat = MVTecCategory(root)
-    split = split_category(cat)
-    if args.validate:
-        split = validation_split(split)
-        notes.append("VALIDATION run (--validate): evaluated on half of the held-in defects and a tenth of "
-                     "train/good, for tuning; these are not the benchmark's held-out numbers.")
-    res = min(pre.seg.res, max(read_res(cat), 16))
-    pre = replace(pre, seg=replace(pre.seg, res=res))
-    timing["data_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    bundle, brec = _bundle(args, path, split, work, res, data["name"], notes) if _uses_bundle(names) else (
-        None, bundle_info.unused())
-    timing["bundle_s"] = time.perf_counter() - t0
-    data.update({"resolution": read_res(cat), "types": split.types, "train_good": len(split.train_good),
-                 "test_good": len(split.test_good), "held_out_defects": sum(map(len, split.held_out.values())),
-                 "split": split.describe()})
-
-    alias = aliases(names, brec.get("run_defaults") or {}, args.run_args)
-    made = needed(names, alias)
-    ctx = GenContext(split, plan_jobs([i.image_path for i in split.train_good], split.types, pre.n_synthetic),
-                     work, bundle, args.seed, pre.iou_jobs, args.run_args, args.textures, pre.jobs)
-    t0 = time.perf_counter()
-    gen = generate_all(made, ctx)
-    timing["generation_s"] = time.perf_counter() - t0
-    arrays = work / "arrays"
-    _save_eval(split, res, arrays)
-    sources = {n: {"generation": gen[n], **_load_source(n, work, out, res, arrays)} for n in made}
-
-    t0 = time.perf_counter()
-    trained = [n for n in names if n not in alias]
-    runs = _train_all(trained, pre.seeds, pre, arrays, pre.jobs)
-    timing["segmenters_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    figs, reference = source_figures(trained, arrays, pre.seg)
-    timing["figures_s"] = time.perf_counter() - t0
-    for n in trained:
-        sources[n].update({"runs": runs[n], "figures": figs[n]})
-    for a, target in alias.items():
-        sources[a] = {"same_as": target}
-    timing["total_s"] = time.perf_counter() - t_start
-
-    results = {
-        "benchmark": "downstream", "mode": mode, "quick": args.quick, "command": _command(), "machine_line": "",
-        "summary": _summary(names, alias, runs, figs), "reference": reference,
-        "protocol": {"version": PROTOCOL_VERSION, "held_in_per_type": {t: len(v) for t, v in split.held_in.items()},
-                     "held_in_rule": "first third per type by sorted file name", "seeds": list(pre.seeds),
-                     "data": data, "defectgen_bundle": brec, "sources": names, "same_as": alias,
-                     "n_synthetic": pre.n_synthetic, "generation_seed": args.seed, "run_args": args.run_args,
-                     "textures": str(args.textures) if args.textures else "good images", "jobs": pre.jobs,
-                     "segmenter": asdict(pre.seg)},
-        "sources": sources, "timing": timing, "notes": notes + _notes(mode, brec) + list(args.note),
-    }
+    r = _start(args)
+    split, data, brec = _data(r)
+    alias = aliases(r.names, brec.get("run_defaults") or {}, args.run_args)
+    sources = _sources(r, split, alias)
+    trained = [n for n in r.names if n not in alias]
+    runs, figs, reference = _measure(r, trained, sources)
+    sources.update({a: {"same_as": target} for a, target in alias.items()})
+    r.timed("total_s", r.started)
+    protocol = {"version": PROTOCOL_VERSION, "held_in_per_type": {t: len(v) for t, v in split.held_in.items()},
+                "held_in_rule": "first third per type by sorted file name", "seeds": list(r.pre.seeds),
+                "data": data, "defectgen_bundle": brec, "sources": r.names, "same_as": alias,
+                "n_synthetic": r.pre.n_synthetic, "generation_seed": args.seed, "run_args": args.run_args,
+                "textures": str(args.textures) if args.textures else "good images", "jobs": r.pre.jobs,
+                "segmenter": asdict(r.pre.seg)}
+    results = {"benchmark": "downstream", "mode": r.mode, "quick": args.quick, "command": _command(),
+               "summary": _summary(r.names, alias, runs, figs), "reference": reference, "protocol": protocol,
+               "sources": sources, "timing": r.timing, "notes": r.notes + _notes(r.mode, brec) + list(args.note)}
     report.stamp(results)
-    report.write_all(results, out)
-    print(f"downstream: wrote {out / 'downstream.json'} ({mode}, {timing['total_s']:.0f} s)", flush=True)
+    report.write_all(results, r.out)
+    print(f"downstream: wrote {r.out / 'downstream.json'} ({r.mode}, {r.timing['total_s']:.0f} s)", flush=True)
     return results
 
 
