@@ -1,7 +1,7 @@
 """Shared helpers of the benchmark scripts (issue 7): result writers, interleaved timing, the benchmark models.
 
 The measuring pieces themselves (machine stamp, matmul ceiling, FLOP count, ONNX Runtime profile, realistic jobs,
-step and end-to-end timing) live in `defectgen.runtime.bench`, so `defectgen bench` on an edge box and these
+step and end-to-end timing) live in `defectgen.measure.bench`, so `defectgen bench` on an edge box and these
 scripts on the workstation measure the same way. This module adds what needs torch or matplotlib:
 
 - `write_results(name, ...)`: `<name>.json` (top-level `summary`, `machine`, `command`, `quick`), `<name>.md`
@@ -33,12 +33,24 @@ from typing import Any
 
 import numpy as np
 
-from defectgen.runtime.bench import machine_stamp, stamp_line, summarize
+from defectgen.measure.stamp import machine_stamp, stamp_line
+from defectgen.measure.timing import summarize
+from defectgen.runtime.jobs.invert import InversionConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DEFAULT_BUNDLE = ROOT / "defectgen" / "assets" / "default_bundle"
 DEFAULT_MODELS = ROOT / "models" / "default"
+
+
+# the headline figures of the throughput benchmark (README table keys)
+SUMMARY_KEYS = ("ort_vs_torch_step_speedup", "end_to_end_speedup_vs_idinvert", "step_flops_share_of_ceiling")
+
+
+def idinvert_config(space: str = "wplus") -> InversionConfig:
+    """The idinvert reference setting: Adam, lr 0.01 constant, 100 steps, from `w_avg`, no early stop."""
+    return InversionConfig(space=space, steps=100, lr=0.01, init="wavg", lr_schedule="constant",
+                           early_stop_patience=0)
 
 
 # ---- command line ----------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ Results: `benchmarks/results/convergence.{json,md,png}`.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -29,14 +30,15 @@ from typing import Any
 import common
 import numpy as np
 
-from defectgen.data.imageio import read_image
+from defectgen.data.imageio import write_image
 from defectgen.data.mvtec import list_images
 from defectgen.data.procedural import render_part
-from defectgen.runtime import bench
-from defectgen.runtime.backend import load_backend
+from defectgen.measure import bench
+from defectgen.measure.stamp import machine_stamp
+from defectgen.runtime.backends import load_backend
 from defectgen.runtime.bundle import Bundle
-from defectgen.runtime.invert import InversionBatch, InversionConfig, invert
-from defectgen.runtime.manifest import LOSS_TERMS
+from defectgen.runtime.bundle.manifest import LOSS_TERMS
+from defectgen.runtime.jobs.invert import InversionBatch, InversionConfig, invert
 
 INITS = ("encoder", "wavg", "random")
 EVAL_STEPS = (0, 1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60, 70, 80, 100, 120, 150, 200)
@@ -58,15 +60,18 @@ class Recorder:
         return self.backend.step(space, latent, *args, **kwargs)
 
 
-def held_out_parts(n: int, res: int, images: Path | None) -> list[np.ndarray]:
-    """`n` good parts the model never saw: `--images` files (cycled), else freshly rendered procedural parts."""
+def held_out_parts(n: int, res: int, images: Path | None, folder: Path) -> list[Path]:
+    """Image files of `n` good parts the model never saw: `--images` files (cycled), else freshly rendered
+    procedural parts written into `folder` (the runtime's job path reads files, as `defectgen run` does)."""
     if images is not None:
         paths = list_images(images)
         if not paths:
             raise SystemExit(f"no images in {images}")
-        return [read_image(paths[i % len(paths)]) for i in range(n)]
+        return [paths[i % len(paths)] for i in range(n)]
     side = max(64, 2 * res)  # parts are bigger than the model, as in the field: the runtime resizes them
-    return [render_part(np.random.default_rng([7, 2026, i]), side)[0] for i in range(n)]
+    folder.mkdir(parents=True, exist_ok=True)
+    return [write_image(folder / f"part_{i:03d}.png", render_part(np.random.default_rng([7, 2026, i]), side)[0])
+            for i in range(n)]
 
 
 def trajectory(backend: Any, bundle: Bundle, batch: InversionBatch, cfg: InversionConfig,
@@ -192,7 +197,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="ONNX Runtime intra-op threads (default 1: fastest on a shared machine)")
     a = ap.parse_args()
-    started, stamp = time.time(), bench.machine_stamp()
+    started, stamp = time.time(), machine_stamp()
     path = a.bundle or (common.default_model_all_spaces() if a.all_spaces else None) or common.DEFAULT_BUNDLE
     bundle = Bundle.load(path)
     spaces = a.spaces.split(",") if a.spaces else list(bundle.spaces)
@@ -201,10 +206,13 @@ def main() -> None:
         n_jobs, steps, spaces = 8, 20, spaces[:1]
     ref_spaces = [x for x in a.reference_spaces.split(",") if x] if not a.quick else spaces
     batch = min(a.batch, max(bundle.step_batches(spaces[0])))
-    lr = a.lr or float(bundle.defaults.get("lr", 0.05))
+    lr = a.lr or bundle.defaults.lr
     top = max(steps, a.other_steps or 0)
     eval_steps = [s for s in EVAL_STEPS if s <= top] + ([top] if top not in EVAL_STEPS else [])
-    jobs = bench.make_jobs(bundle, n_jobs, seed=2026, parts=held_out_parts(n_jobs, bundle.resolution, a.images))
+    n_parts = -(-n_jobs // max(1, len(bundle.defect_types) - 1))  # each part gets every defect type, as in the demo
+    with tempfile.TemporaryDirectory() as tmp:
+        parts = held_out_parts(n_parts, bundle.resolution, a.images, Path(tmp))
+        jobs = bench.make_jobs(bundle, n_jobs, seed=2026, parts=parts)
     ref_at = min(100, steps)
     runs = []
     with load_backend(bundle, "ort-cpu", threads=a.threads) as be:
@@ -213,7 +221,7 @@ def main() -> None:
             cfgs = [(InversionConfig(space=space, steps=n, lr=lr, init=i, lr_schedule="constant",
                                      early_stop_patience=0), False) for i in a.inits.split(",")]
             if space in ref_spaces:
-                ref = bench.idinvert_config(space)
+                ref = common.idinvert_config(space)
                 ref.steps = ref_at
                 cfgs.append((ref, True))
             for cfg, is_ref in cfgs:

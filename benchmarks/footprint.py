@@ -32,7 +32,9 @@ from typing import Any
 import common
 import numpy as np
 
-from defectgen.runtime import bench
+from defectgen import EXAMPLES_DIR
+from defectgen.measure import timing
+from defectgen.measure.stamp import machine_stamp
 from defectgen.runtime.bundle import Bundle
 
 MIB = 2**20
@@ -118,7 +120,7 @@ def cold_starts(defectgen: Path, bundle_src: Path, repeats: int) -> dict[str, An
         shutil.copytree(b.root, bundle, ignore=shutil.ignore_patterns(".*cache*"))
         part = tmp_path / "part"
         part.mkdir()
-        shutil.copy(sorted(bench.EXAMPLES.glob("*.png"))[0], part / "part.png")
+        shutil.copy(sorted(EXAMPLES_DIR.glob("*.png"))[0], part / "part.png")
         runs: dict[str, list[dict[str, Any]]] = {"no_cache": [], "cache": []}
         for i in range(repeats):
             shutil.rmtree(bundle / ".ort_cache", ignore_errors=True)
@@ -126,7 +128,7 @@ def cold_starts(defectgen: Path, bundle_src: Path, repeats: int) -> dict[str, An
             runs["cache"].append(run_once(defectgen, bundle, part, tmp_path / f"o{i}b", defect_type))
     out: dict[str, Any] = {"defect_type": defect_type, "runs": runs}
     for k, rs in runs.items():
-        out[k] = {"wall": bench.summarize([r["wall_s"] for r in rs]),
+        out[k] = {"wall": timing.summarize([r["wall_s"] for r in rs]),
                   "peak_rss_mib": float(np.max([r["peak_rss_mib"] for r in rs]))}
     return out
 
@@ -138,7 +140,7 @@ def main() -> None:
     ap.add_argument("--no-build", action="store_true", help="do not build the runtime venv (size reported as null)")
     ap.add_argument("--repeats", type=int, default=5)
     a = ap.parse_args()
-    started, stamp = time.time(), bench.machine_stamp()
+    started, stamp = time.time(), machine_stamp()
     bundle = a.bundle or common.DEFAULT_BUNDLE
     # a smoke run never builds nor uses the cached runtime venv (it may hold older code): this venv, unless given
     rt = a.runtime_venv if a.quick else runtime_venv(a.runtime_venv, build=not a.no_build)

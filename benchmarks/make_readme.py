@@ -41,9 +41,9 @@ Scripts (run from the repository root with the training venv, e.g. `python bench
   written in cheaper, equivalent forms).
 - `make_readme.py`: rebuilds this file from `results/`.
 
-`defectgen bench` is the torch-free counterpart for an edge box (`defectgen/runtime/bench.py`, which these
-scripts share their measuring code with): step and end-to-end timing, FLOP share and `--profile` on any bundle
-and backend.
+`defectgen bench` is the torch-free counterpart for an edge box (`defectgen/measure/`, which these scripts
+share their measuring code with): step and end-to-end timing of `defectgen run`'s own job path, FLOP share and
+`--profile` on any bundle and backend.
 
 How things are measured (details in each script's docstring):
 - warm-up calls excluded; contenders timed in alternating rounds so that load changes hit all alike; median with
@@ -57,6 +57,69 @@ How things are measured (details in each script's docstring):
 - this workplace has no GPU: the CUDA / TensorRT rows are listed as not available, with the reason.
 """
 
+
+DOWNSTREAM = """\
+## downstream (defect quality, few-shot protocol v2)
+
+`downstream.py` asks whether a segmenter trained on a source's synthetic defects finds **real** ones, with few
+real defects (as in practice: MVTec hazelnut has ~17-18 per type) and a comparison that can tell a generator
+from copy-paste. Each step is in `downstream/pipeline.py`; the figures in `downstream/features.py`.
+
+- **Data**: `defectgen make-data --res 128 --n-good 200 --n-defect 18 --n-test-good 20 --seed 1`, or
+  `--data` an MVTec category.
+- **Split**: per type, the first third by sorted file name (6 of 18) is held in: the only real defects a
+  generator, the copy-paste bank and the `real` row may see. The other 12 + `test/good` are evaluation only.
+  `--validate` (tuning) halves the held-in third again and evaluates on its second half + a tenth of
+  `train/good`; it never reads the held-out defects.
+- **Sources**, 500 images each, made once (seed 0) on the same good images in the same order: `defectgen` (the
+  bundle's recommended run settings), `defectgen_g1` (`--guide-weight 1`: copy-paste through defectgen's
+  pipeline), `defectgen_g0` (`--guide-weight 0`: the generator alone), `copypaste`, `draem`, `cutpaste`, `mix`
+  (even jobs from defectgen, odd from copy-paste), `real` (the held-in defects themselves, a reference). A
+  defectgen variant with the same guide weight as the main row is the same set and is reported as `= defectgen`.
+- **Segmenter**: one U-Net (8 channels, 4 levels, 128 px, 500 Adam steps of 16 images, half good half
+  synthetic) per source and seed; seeds 0, 1, 2; mean ± sample std (n = 3) of pixel AP, pixel AUROC, F1-max,
+  image AUROC on the held-out set; per-type pixel AP (that type's images + all good ones, mean over seeds).
+- **Feature space** of the figures: the down path of the `real` row's seed-0 segmenter (no pretrained LPIPS
+  exists here). A defect crop is a 40 px window at 128 px, centred on the defect, holding the defect's pixels
+  relative to the median colour of the 2 px of surface around it, on flat grey (the surface itself would
+  dominate; copy-paste's colour shift would hide copies). Distance = LPIPS with uniform weights: per level,
+  channel-unit-normalised activations, mean squared difference over pixels, mean over levels.
+  - *diversity*: mean distance over pairs of crops within a type, averaged over types;
+  - *memorisation*: mean distance of each crop to its nearest held-in real crop (any type, any of the 8
+    mirror/transpose variants); 0 = a copy. The held-out real defects are the reference (a new real defect);
+  - *alignment*: mean IoU between each sample's label and that segmenter's prediction on it, thresholded at the
+    F1-max threshold over its own training data (held-in defects + 20 good images).
+- **Fair defectgen row**: `--bundle B`, trained on `train/good` + the held-in defects only. Next to the bundle,
+  `B/provenance.json` (zip bundles: `B.provenance.json` beside `B.zip`) says so:
+  `{"trained_on": "...", "train_command": "...", "train_seconds": 1234}`. Without it the JSON records null and the
+  rows are labelled "not fair". The shipped default bundle (trained on a whole set with all its defects) is
+  refused, also as a copy, unless `--allow-default-bundle` (smoke runs; "not fair"). `--train-budget MINUTES`
+  trains a whole-part bundle on the held-in split inside the run and writes its provenance.
+- **Results**: `results/downstream.{json,md,png}` (JSON `summary`: per source `pixel_ap`/`pixel_auroc`/`f1_max`/
+  `image_auroc` as `{mean, std, n}`, `per_type_ap`, `diversity`, `memorisation`, `alignment`; `protocol`:
+  `held_in_per_type`, `seeds`, `data`, `defectgen_bundle` with `path`, `trained_on`, `train_command`,
+  `train_seconds`), plus a contact sheet per source. Only a full, fair run of all sources writes there; quick,
+  validation, partial and not-fair runs go to `results/quick/`, `results/validation/`, `results/quick/scratch/`.
+- **Time**: TIME_TEXT
+
+```bash
+OMP_NUM_THREADS=1 python benchmarks/downstream.py --bundle B --jobs 2    # the full protocol
+python benchmarks/downstream.py --quick --allow-default-bundle           # CI smoke test (not fair)
+```
+"""
+
+
+def downstream_section() -> list[str]:
+    """The protocol text, then the committed result if it was made by this protocol (v2)."""
+    parts = [DOWNSTREAM]
+    res = load("downstream")
+    if res is not None and res.get("protocol", {}).get("version") == 2:
+        md = (common.RESULTS / "downstream.md").read_text()
+        parts.append(md.replace("](", "](results/").replace("\n## ", "\n### ").replace("# ", "### ", 1))
+    else:
+        parts.append("No result of this protocol is committed yet (`results/downstream.md` is from the earlier "
+                     "single-seed protocol with 13 held-in defects per type and the default bundle).\n")
+    return parts
 
 def load(name: str) -> dict[str, Any] | None:
     p = common.RESULTS / f"{name}.json"
@@ -114,6 +177,7 @@ def main() -> None:
             continue
         text = md.read_text().replace("](", "](results/").replace("\n## ", "\n### ").replace("# ", "## ", 1)
         parts += [text, ""]
+    parts += downstream_section()
     (common.ROOT / "benchmarks" / "README.md").write_text("\n".join(parts))
     print("wrote benchmarks/README.md")
 

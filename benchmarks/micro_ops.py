@@ -27,7 +27,7 @@ import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from defectgen.runtime import bench
+from defectgen.measure.stamp import machine_stamp
 
 OPSET = 18
 F1 = np.array([1.0, 3.0, 3.0, 1.0], np.float32) / 8.0 * 2.0  # per-axis FIR with gain 2 (gain 4 in 2D)
@@ -190,7 +190,7 @@ def main() -> None:
     ap = common.parser(__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
-    started, stamp = time.time(), bench.machine_stamp()
+    started, stamp = time.time(), machine_stamp()
     # (batch, channels, side) of the 2x resamplers in the 128 px model's step graph at batch 8 (from the profile)
     shapes = [[2, 8, 16, 16]] if a.quick else [[8, 8, 64, 64], [8, 16, 64, 64], [8, 16, 32, 32], [8, 32, 32, 32],
                                                [8, 32, 16, 16], [8, 64, 8, 8]]

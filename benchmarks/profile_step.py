@@ -23,9 +23,10 @@ import common
 import numpy as np
 import onnxruntime as ort
 
-from defectgen.runtime import bench
+from defectgen.measure import bench, graph_stats, timing
+from defectgen.measure.stamp import machine_stamp
+from defectgen.runtime.backends.ort import physical_cores
 from defectgen.runtime.bundle import Bundle
-from defectgen.runtime.ort import physical_cores
 
 Variant = tuple[Callable[[ort.SessionOptions], None], dict[str, Any]]
 
@@ -135,7 +136,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None,
                     help="intra-op threads of the per-op profile (default: the runtime's, one per physical core)")
     a = ap.parse_args()
-    started, stamp = time.time(), bench.machine_stamp()
+    started, stamp = time.time(), machine_stamp()
     res, batch = (32, 4) if a.quick else (None, a.batch)
     if a.model == "default" and not a.quick:
         found = common.default_model()
@@ -147,12 +148,12 @@ def main() -> None:
     bundle = Bundle.load(bundle_path)
     path = bundle.path_of(bundle.step_file(a.space, batch))
     feeds = step_feeds(bundle, batch, a.space)
-    flops = bench.count_flops(path)
+    flops = graph_stats.count_flops(path)
     print(f"{path}: {flops['flops'] / 1e9:.2f} GFLOP per step", flush=True)
     prof_threads = a.threads or physical_cores()
-    ceiling = bench.matmul_ceiling(threads=prof_threads, sizes=(512,) if a.quick else (1024, 2048),
+    ceiling = timing.matmul_ceiling(threads=prof_threads, sizes=(512,) if a.quick else (1024, 2048),
                                    repeats=3 if a.quick else 5)
-    prof = bench.profile_ops(path, feeds, runs=2 if a.quick else 5, threads=prof_threads)
+    prof = graph_stats.profile_ops(path, feeds, runs=2 if a.quick else 5, threads=prof_threads)
     rows = sweep(path, feeds, quick=a.quick)
     default_s = float(np.median([r["default_median_s"] for r in rows]))
     share = flops["flops"] / (prof["wall_ms_per_run"] / 1e3) / (ceiling["ceiling_gflops"] * 1e9)

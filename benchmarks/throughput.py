@@ -12,7 +12,7 @@ Per model and batch size (latent space wplus):
   where they can run (listed with the reason where not). Contenders are timed in alternating rounds (warm-up
   excluded; median, p25-p75). FLOPs per step are counted on the exported graph (2 x MACs of Conv,
   ConvTranspose, MatMul, Gemm) and shown as a share of the matmul ceiling measured in the same run.
-- **end to end** (`defectgen.runtime.bench.end_to_end`: encoder init + K Adam steps + synthesis + feathered
+- **end to end** (`defectgen.measure.bench.end_to_end`: encoder init + K Adam steps + synthesis + feathered
   composite at the part's full resolution, early stop off) for K = 5, 10, 20 on each runtime backend, and the
   idinvert reference: torch eager, Adam lr 0.01 constant, 100 steps, from `w_avg`, through the same `invert`.
 
@@ -30,10 +30,11 @@ from typing import Any
 
 import common
 
-from defectgen.runtime import bench
-from defectgen.runtime.backend import BackendUnavailable, backend_status, load_backend
+from defectgen.measure import bench, timing
+from defectgen.measure.stamp import machine_stamp
+from defectgen.runtime.backends import BackendUnavailable, backend_status, load_backend
+from defectgen.runtime.backends.ort import physical_cores
 from defectgen.runtime.bundle import Bundle
-from defectgen.runtime.ort import physical_cores
 
 SPACE = "wplus"
 GPU_BACKENDS = (("ort-cuda", "ort-cuda", {}), ("ort-trt", "ort-trt", {}),
@@ -87,7 +88,7 @@ def e2e_rows(label: str, bundle: Bundle, backends: dict[str, Any], torch_be: Any
     rows = []
     runs = [(name, be, bench.product_config(bundle, k, space=SPACE)) for k in steps for name, be in backends.items()]
     if with_reference:
-        runs.append(("torch eager (idinvert reference)", torch_be, bench.idinvert_config(SPACE)))
+        runs.append(("torch eager (idinvert reference)", torch_be, common.idinvert_config(SPACE)))
     for name, be, cfg in runs:
         ref = name.endswith("reference)")
         r = bench.time_end_to_end(be, bundle, jobs, cfg, repeats=1 if ref or quick else 3, warmup=0 if ref else 1,
@@ -117,7 +118,7 @@ def measure_model(label: str, model: tuple[Any, Any, Any, Any], *, batches: list
         main = threads == headline_threads
         torch_be = common.torch_backend(G, E, D, threads)
         cpu = load_backend(bundle, "ort-cpu", threads=threads)
-        ceiling = bench.matmul_ceiling(threads=threads, sizes=(512,) if quick else (1024, 2048),
+        ceiling = timing.matmul_ceiling(threads=threads, sizes=(512,) if quick else (1024, 2048),
                                        repeats=3 if quick else 5)
         out["ceilings"][threads] = ceiling
         print(f"  matmul ceiling {ceiling['ceiling_gflops']:.1f} GFLOP/s at {threads} thread(s)", flush=True)
@@ -136,7 +137,7 @@ def measure_model(label: str, model: tuple[Any, Any, Any, Any], *, batches: list
 def headline(models: list[dict[str, Any]], threads: int) -> dict[str, Any]:
     """Issue 7's throughput keys: the 128 px model (else the largest), its largest batch, `threads` CPU threads,
     end to end at the smallest K."""
-    summary = dict.fromkeys(bench.SUMMARY_KEYS)
+    summary = dict.fromkeys(common.SUMMARY_KEYS)
     if not models:
         return summary
     m = max(models, key=lambda m: (m["resolution"] == 128, m["resolution"]))
@@ -222,7 +223,7 @@ def main() -> None:
     ap.add_argument("--headline-threads", type=int, default=1,
                     help="thread count of the summary figures, GPU backends and the idinvert reference (default 1)")
     a = ap.parse_args()
-    started, stamp = time.time(), bench.machine_stamp()
+    started, stamp = time.time(), machine_stamp()
     batches, steps = [int(x) for x in a.batches.split(",")], [int(x) for x in a.steps.split(",")]
     names = (a.models or ("32" if a.quick else "default,128")).split(",")
     threads_list = [int(x) for x in a.threads.split(",")] if a.threads else sorted({1, physical_cores()})
@@ -248,7 +249,7 @@ def main() -> None:
         model_batches = ref if name == "default" and not a.ref_batches else batches
         models.append(measure_model(label, model, batches=model_batches, steps=steps, ref_batches=ref, quick=a.quick,
                                     threads_list=threads_list, headline_threads=a.headline_threads))
-        models[-1].update({"machine": bench.machine_stamp(), "command": common.command_line()})
+        models[-1].update({"machine": machine_stamp(), "command": common.command_line()})
     old = common.results_dir(a.quick, a.out_dir) / "throughput.json"
     if a.merge and old.is_file():
         done = {m["label"] for m in models}

@@ -219,7 +219,7 @@ def run(
 
     Exit codes: 0 all jobs ok; 1 some jobs failed (see OUT/jobs.jsonl); 2 bad options or input, nothing run.
     """
-    from defectgen.runtime.cli_run import run_cli
+    from defectgen.runtime.commands.run import run_cli
 
     code = run_cli(out=out, bundle=bundle, images=images, mvtec=mvtec, jobs=jobs, masks=masks,
                    random_masks=random_masks, types=_csv(types), space=space, steps=steps, lr=lr,
@@ -238,7 +238,7 @@ def demo(
     backend: str = typer.Option("auto", help="auto, ort-cpu, ort-cuda, ort-trt or tensorrt."),
 ) -> None:
     """Generate a grid of every defect type on the shipped example parts with the embedded default bundle."""
-    from defectgen.runtime.cli_run import demo_cli
+    from defectgen.runtime.commands.run import demo_cli
 
     demo_cli(out=out, seed=seed, bundle=bundle, backend=backend)
 
@@ -255,7 +255,7 @@ def bench(
     threads: Optional[int] = typer.Option(None, help="ONNX Runtime intra-op threads (default: physical cores)."),
 ) -> None:
     """Time the step graph and end-to-end defects/s with the runtime only (no torch needed)."""
-    from defectgen.runtime.bench import bench_cli
+    from defectgen.measure.bench import bench_cli
 
     bench_cli(bundle=bundle, batch=[int(b) for b in _csv(batch) or []], backend=backend, quick=quick, out=out,
               profile=profile, threads=threads)
@@ -265,7 +265,7 @@ def bench(
 @user_errors
 def info(bundle: Optional[Path] = typer.Argument(None, help="Bundle folder or .zip (default: embedded).")) -> None:
     """Print a bundle's manifest summary, op histogram per graph and verify result."""
-    from defectgen.runtime.info import info_text
+    from defectgen.runtime.commands.info import info_text
 
     typer.echo(info_text(bundle))
 

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from defectgen.runtime.manifest import LOSS_TERMS, FileEntry, Manifest, TensorSpec, finalize_manifest
+from defectgen.runtime.bundle.manifest import LOSS_TERMS, FileEntry, Manifest, TensorSpec, finalize_manifest
 
 TYPES = ["good", "crack", "hole"]
 K = len(LOSS_TERMS)

@@ -1,7 +1,7 @@
 """Mask utilities: where the part is, random defect-shaped target masks, feathering, and reference stitching.
 
 The runtime needs target masks when the user gives none (`--random-masks N`), and a stitched guide image `S`
-(a real defect warped into the target mask, DESIGN.md "The method"). All functions take uint8 HxWx3 images
+(a real defect warped into the target mask, docs/design.md "The method"). All functions take uint8 HxWx3 images
 and uint8 HxW {0,1} masks of any size and return the same conventions.
 """
 

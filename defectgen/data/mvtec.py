@@ -132,6 +132,11 @@ class MVTecCategory:
                 f"test={len(self._test)}, defect_types={self.defect_types})")
 
 
+def defect_relpaths(defect_type: str, name: str) -> tuple[str, str]:
+    """`(test/<type>/<name>.png, ground_truth/<type>/<name>_mask.png)`: the one place MVTec output names are made."""
+    return f"test/{defect_type}/{name}.png", f"ground_truth/{defect_type}/{name}_mask.png"
+
+
 class MVTecWriter:
     """Writes images and masks into an MVTec AD layout under `root`, each file atomically."""
 
@@ -165,7 +170,8 @@ class MVTecWriter:
         if defect_type == GOOD:
             msg = "write_defect got defect type 'good'; use write_good"
             raise DataError(msg)
-        img_path = self.root / "test" / defect_type / f"{name}.png"
+        rel_img, rel_mask = defect_relpaths(defect_type, name)
+        img_path = self.root / rel_img
         if mask.shape != image.shape[:2]:
             msg = (f"mask size {mask.shape[1]}x{mask.shape[0]} != image size "
                    f"{image.shape[1]}x{image.shape[0]}: {img_path}")
@@ -173,5 +179,5 @@ class MVTecWriter:
         if not mask.any():
             msg = f"defect mask is empty: {img_path}"
             raise DataError(msg)
-        mask_path = write_mask(self.root / "ground_truth" / defect_type / f"{name}_mask.png", mask)
+        mask_path = write_mask(self.root / rel_mask, mask)
         return write_image(img_path, image), mask_path

@@ -32,15 +32,21 @@ from defectgen.errors import BundleError, DataError, DefectgenError, choice_erro
 from defectgen.export import onnx_tools
 from defectgen.export.bank import RealInputs, build_defect_bank, real_inputs
 from defectgen.export.graphs import GraphResult, ModelDims, export_graph, model_dims, plan
-from defectgen.export.objective import DEFAULT_LAMBDAS, DEFAULT_LR, DEFAULT_STEPS
+from defectgen.export.objective import DEFAULT_LAMBDAS
 from defectgen.export.verify import VERIFY_NAME, Bounds, verify_graphs
-from defectgen.runtime.bundle import Bundle, _read_manifest
-from defectgen.runtime.manifest import MANIFEST_NAME, SPACES, FileEntry, Manifest, finalize_manifest
+from defectgen.runtime.bundle.loader import Bundle, _read_manifest
+from defectgen.runtime.bundle.manifest import (
+    MANIFEST_NAME,
+    SPACES,
+    FileEntry,
+    Manifest,
+    RunDefaults,
+    finalize_manifest,
+)
 
 log = logging.getLogger("defectgen.export")
 
 MIN_OPSET = 18  # the dynamo exporter's lowest well-supported opset; Reduce* axes as inputs from 18 on
-DEFAULT_FEATHER_PX = 3
 
 
 def _check_request(spaces: Sequence[str], batches: Sequence[int], opset: int) -> None:
@@ -218,7 +224,7 @@ def export_bundle(
             log.info("verify: passed (worst: %s)", ", ".join(f"{k} {v:.1e}" for k, v in report.worst.items()))
         manifest = _manifest(G, E, D, dims, types, spaces, batches, opset, files, bank, configs, results,
                              time.perf_counter() - t_start)
-        manifest.defaults.update(run_defaults or {})
+        manifest.defaults = dataclasses.replace(manifest.defaults, **(run_defaults or {}))
         finalize_manifest(tmp, manifest)
         _make_readable(tmp)
         Bundle.load(tmp)  # the runtime's own validation: shapes, checksums, I/O names
@@ -284,8 +290,7 @@ def _manifest(G: nn.Module, E: nn.Module, D: nn.Module, dims: ModelDims, types: 
         default_lambdas=dict(DEFAULT_LAMBDAS),
         w_avg={t: table[i].tolist() for i, t in enumerate(types)},
         files=files,
-        defaults={"steps": DEFAULT_STEPS, "lr": DEFAULT_LR, "space": "wplus" if "wplus" in spaces else spaces[0],
-                  "init": "encoder", "feather_px": DEFAULT_FEATHER_PX},
+        defaults=RunDefaults(space="wplus" if "wplus" in spaces else spaces[0]),
         defect_bank=bank,
         configs=configs if configs is not None else _net_configs(G, E, D),
         defectgen_version=__version__,

@@ -1,4 +1,4 @@
-"""One pure function per graph kind, driven by the `GRAPHS` table (STYLE lesson 7).
+"""One pure function per graph kind, driven by the `GRAPHS` table (the table drives export and verification).
 
 | kind | file | batch | how |
 |---|---|---|---|
@@ -35,7 +35,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from defectgen import __version__
 from defectgen.export import onnx_tools
 from defectgen.export.objective import check_space, freeze, make_step, to_wplus, w_avg_table
-from defectgen.runtime.manifest import FORMAT, FORMAT_VERSION, LOSS_TERMS
+from defectgen.runtime.bundle.manifest import FORMAT, FORMAT_VERSION, LOSS_TERMS
 
 log = logging.getLogger("defectgen.export")
 
@@ -230,7 +230,7 @@ def _name_batch_dim(model: onnx.ModelProto, names: list[str]) -> None:
 
 def _metadata(kind: str, dims: ModelDims, *, space: str | None = None, batch: int | None = None,
               opset: int, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The manifest subset every graph carries in `metadata_props` (STYLE lesson 8)."""
+    """The manifest subset every graph carries in `metadata_props` (a lone graph file still says what it is)."""
     meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "defectgen_version": __version__,
             "role": kind, "resolution": str(dims.resolution), "z_dim": str(dims.z_dim), "w_dim": str(dims.w_dim),
             "num_ws": str(dims.num_ws), "num_types": str(dims.num_types), "opset": str(opset),

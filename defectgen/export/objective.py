@@ -1,4 +1,4 @@
-"""THE inversion objective (DESIGN.md "The method"), defined once.
+"""THE inversion objective (docs/design.md "The method"), defined once.
 
 Used by the exported step graphs (`make_step` is what `make_fx` traces), by the torch reference backend and by
 the benchmarks, so all three optimise exactly the same function. For a batch of jobs — latent `c`, good image
@@ -33,12 +33,10 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from defectgen.runtime.manifest import LOSS_TERMS, SPACES
+from defectgen.runtime.bundle.manifest import LOSS_TERMS, SPACES
 
 # Weights of LOSS_TERMS used when a job sets none (docs/bundle.md defaults; stored in the manifest).
 DEFAULT_LAMBDAS: dict[str, float] = {"mask": 1.0, "bg": 1.0, "def": 0.1, "pix": 0.1, "dom": 0.1, "prior": 0.001}
-DEFAULT_STEPS = 10
-DEFAULT_LR = 0.05
 
 StepFn = Callable[..., tuple[Tensor, Tensor]]
 

@@ -18,8 +18,7 @@ Every graph goes through `finish_graph` after `torch.onnx.export`, in this order
 4. **Op policy**: no ScatterND/ScatterElements/Scatter (the backward of in-graph slice assignment; slow and
    badly supported on TensorRT), no training ops, no non-standard domains; the axes inputs listed in
    `_STATIC_INPUTS` must be initializers (all shape-like inputs when the graph has fixed shapes).
-5. **Metadata**: a subset of the manifest in `metadata_props` (STYLE lesson 8), so a lone `.onnx` file still
-   says what it is.
+5. **Metadata**: a subset of the manifest in `metadata_props`, so a lone `.onnx` file still says what it is.
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-# Ops whose presence means the export went wrong (see DESIGN.md "How a backward graph becomes ONNX").
+# Ops whose presence means the export went wrong (see docs/design.md "How a backward graph becomes ONNX").
 FORBIDDEN_OPS = frozenset({"ScatterND", "ScatterElements", "Scatter", "Gradient", "Momentum", "Adagrad", "Adam"})
 ALLOWED_DOMAINS = frozenset({"", "ai.onnx"})
 

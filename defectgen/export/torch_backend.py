@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from defectgen.export.objective import check_space, freeze, make_step, to_wplus
-from defectgen.runtime.manifest import LOSS_TERMS
+from defectgen.runtime.bundle.manifest import LOSS_TERMS
 
 
 class TorchBackend:

@@ -34,7 +34,7 @@ from defectgen.errors import DefectgenError
 from defectgen.export.bank import RealInputs
 from defectgen.export.graphs import GraphResult, ModelDims, example_inputs
 from defectgen.export.torch_backend import TorchBackend
-from defectgen.runtime.manifest import LOSS_TERMS
+from defectgen.runtime.bundle.manifest import LOSS_TERMS
 
 log = logging.getLogger("defectgen.export")
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from defectgen.nets.layers import EqualLinear
 from defectgen.nets.ops import assert_shape
 from defectgen.nets.stylegan import (
-    EqualLinear,
     FromImageMask,
     GeneratorConfig,
     ResDownBlock,

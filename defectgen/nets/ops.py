@@ -1,6 +1,6 @@
 """Export-ready primitives: convolutions whose backward, for frozen weights, is written as the adjoint op.
 
-Why (DESIGN.md "How a backward graph becomes ONNX"): the runtime runs `loss + d loss / d latent` as one ONNX
+Why (docs/design.md "How a backward graph becomes ONNX"): the runtime runs `loss + d loss / d latent` as one ONNX
 graph. Autograd's own conv backward is `aten.convolution_backward`, which the ONNX exporter cannot translate;
 the adjoint of a conv is another conv (or a transposed conv), which it can. So when the weight is frozen
 (inversion, export, the frozen D/G inside another model's training step) every conv in `nets/` goes through

@@ -1,6 +1,6 @@
 """Layered patch generator and its discriminator: a defect *layer* drawn over a real good window, P x P px.
 
-Patch mode (DESIGN.md "Resolution and patch mode"): G works on P x P windows at the data's native pixel scale
+Patch mode (docs/design.md "Resolution and patch mode"): G works on P x P windows at the data's native pixel scale
 and draws only the defect: a colour layer and an alpha/mask logit, composited over the *real* good window,
 which G also sees at every scale (FIR-downsampled, added as features) so the defect's colours follow the
 surface under it. D judges (composite, mask) against real defective windows, so training needs no paired
@@ -20,16 +20,13 @@ import torch
 from torch import Tensor, nn
 
 from defectgen.nets import ops
+from defectgen.nets.layers import EqualConv2d, StyledConv, ToMask, ToRGB
 from defectgen.nets.ops import assert_shape
 from defectgen.nets.stylegan import (
     NOISE_MODES,
     Discriminator,
     DiscriminatorConfig,
-    EqualConv2d,
     MappingNetwork,
-    StyledConv,
-    ToMask,
-    ToRGB,
     channels_at,
     num_ws_for,
 )

@@ -1,6 +1,6 @@
 """Patch-mode training data: windows of P model px around held-in defects, and good windows on the part.
 
-Few-shot protocol (DESIGN.md "Measuring defect quality"): per defect type, only the *held-in* images (the
+Few-shot protocol (docs/design.md "Measuring defect quality"): per defect type, only the *held-in* images (the
 first third by sorted file name, or `held_in` per type) may be seen; the rest is the test. Windows keep the
 data's native pixel scale (`scale` data px per model px), so a 10 px crack stays 10 px; the window is centred
 on a random pixel of the defect's mask, jittered, and augmented once here (flips, rot90, +-10 % scale,

@@ -1,4 +1,4 @@
-"""`defectgen train patch`: the layered patch GAN trainer (patch mode, DESIGN.md "Resolution and patch mode").
+"""`defectgen train patch`: the layered patch GAN trainer (patch mode, docs/design.md "Resolution and patch mode").
 
 G draws a defect layer (colour + alpha) over a random *real* good window; D sees (composite, mask) against real
 defective windows of the held-in images, unpaired, with the same DiffAugment on both. Non-saturating loss +

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
+from cli_helpers import invoke
 
 from defectgen.data.imageio import mask_to_model, read_image, read_mask, to_model
 from defectgen.data.masks import part_mask, random_mask, stitch
 from defectgen.data.mvtec import MVTecCategory, list_images
-from defectgen.runtime.backend import load_backend
+from defectgen.runtime.backends import load_backend
 from defectgen.runtime.bundle import Bundle, default_bundle_path
-from defectgen.runtime.invert import InversionBatch, InversionConfig, invert
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_helpers import invoke  # noqa: E402
+from defectgen.runtime.jobs.invert import InversionBatch, InversionConfig, invert
 
 EXAMPLES = default_bundle_path().parent / "examples"
 

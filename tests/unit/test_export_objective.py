@@ -10,7 +10,7 @@ from defectgen.export.graphs import example_inputs, model_dims
 from defectgen.export.objective import DEFAULT_LAMBDAS, make_step, objective_terms, to_wplus
 from defectgen.export.testing import tiny_nets
 from defectgen.export.torch_backend import TorchBackend
-from defectgen.runtime.manifest import LOSS_TERMS
+from defectgen.runtime.bundle.manifest import LOSS_TERMS
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 
 from defectgen.errors import BundleError, DefectgenError
-from defectgen.runtime import bundle as bundle_mod
 from defectgen.runtime.bundle import Bundle, default_bundle_path
-from defectgen.runtime.manifest import (
+from defectgen.runtime.bundle import loader as bundle_mod
+from defectgen.runtime.bundle.manifest import (
     FORMAT,
     FORMAT_VERSION,
     LOSS_TERMS,
@@ -26,13 +27,14 @@ from defectgen.runtime.manifest import (
     sha256_file,
 )
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from toy_bundle import ToyModel, make_toy_bundle  # noqa: E402
+if TYPE_CHECKING:
+    from toy_bundle import ToyModel
+
 
 
 @pytest.fixture(scope="module")
-def toy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_toy_bundle(tmp_path_factory.mktemp("toy") / "bundle")
+def toy_dir(tmp_path_factory: pytest.TempPathFactory, toy_bundle_factory: Callable[..., Path]) -> Path:
+    return toy_bundle_factory(tmp_path_factory.mktemp("toy") / "bundle")
 
 
 @pytest.fixture
@@ -134,9 +136,9 @@ def test_finalize_manifest_hashes_and_adds_bank(tmp_path: Path) -> None:
         finalize_manifest(tmp_path, m)
 
 
-def test_bundle_load_ok(toy_dir: Path) -> None:
+def test_bundle_load_ok(toy_dir: Path, toy_model: type[ToyModel]) -> None:
     b = Bundle.load(toy_dir)
-    m = ToyModel()
+    m = toy_model()
     assert (b.resolution, b.z_dim, b.w_dim, b.num_ws) == (8, 4, 4, 3)
     assert b.step_batches("wplus") == [1, 4]
     assert b.step_file("z", 4) == "step_z_b4.onnx"

@@ -1,0 +1,157 @@
+"""Crop -> model -> paste: the resolution bridge between full-resolution parts and the model's R x R.
+
+A job's target region is a `Crop` of the full-resolution good image. Today the crop covers the whole image
+(`Crop.full`); patch mode (docs/design.md "Resolution and patch mode") will crop around the target mask at
+native scale, and nothing here changes: the crop is resized to the model, the generated crop is resized back to the
+crop's own size, and composited over the *original* image with a feathered alpha, so every pixel outside the
+feathered band is bit-exact the input.
+
+Detail above the model's resolution: a R x R model cannot carry the finer detail of a larger crop, so its
+upsampled output is smooth (no surface grain, soft defect edges), a give-away a downstream detector learns.
+`detail_layer` is the part of the full-resolution guide (the good crop with the real defect stitched in) that
+the model's resolution drops: the guide minus its own round trip through the model's resize. Added to the
+upsampled model image, it restores the grain and the defect's fine structure while the model keeps everything
+coarser (shape, shading, colour). Where the crop is no larger than the model, the layer is zero.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from defectgen.data.imageio import mask_to_model, to_model
+from defectgen.data.masks import dilate, feather
+from defectgen.errors import JobError
+
+
+@dataclass(frozen=True)
+class Crop:
+    """An axis-aligned box `[y0, y1) x [x0, x1)` of a full-resolution image."""
+
+    y0: int
+    x0: int
+    y1: int
+    x1: int
+
+    @classmethod
+    def full(cls, shape: tuple[int, ...]) -> Crop:
+        """The crop covering a whole image of `shape` (H, W, ...)."""
+        return cls(0, 0, int(shape[0]), int(shape[1]))
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width)."""
+        return self.y1 - self.y0, self.x1 - self.x0
+
+    def of(self, array: np.ndarray) -> np.ndarray:
+        """The view of `array` (HxW or HxWxC) inside the crop."""
+        return array[self.y0:self.y1, self.x0:self.x1]
+
+    def scale(self, res: int) -> float:
+        """Full-resolution pixels per model pixel (the larger side decides)."""
+        return max(self.size) / float(res)
+
+
+def model_inputs(image: np.ndarray, mask: np.ndarray, crop: Crop, res: int) -> tuple[np.ndarray, np.ndarray]:
+    """The crop of `image` and `mask` at model resolution: float32 (3,R,R) in [-1,1] and (1,R,R) in {0,1}.
+
+    The model mask must *cover* the target: wherever the model is told "background" it reproduces the good
+    image, and the composite would paste that over a defect pixel. A nearest-neighbour shrink samples one pixel
+    per model cell (OpenCV: the cell's top-left one) and can drop thin cracks, so the mask is first grown by
+    `ceil(sqrt 2 * scale)` pixels: every target pixel is then within reach of its cell's sample point (at most
+    `scale` apart along each axis). The cost is up to about one model pixel of extra margin.
+
+    Raises:
+        JobError: the target mask vanishes when shrunk to the model (cannot happen for a non-empty mask).
+    """
+    good_m = to_model(crop.of(image), res)
+    scale = crop.scale(res)
+    grow = math.ceil(math.sqrt(2.0) * scale) if scale > 1.0 else 0
+    mask_m = mask_to_model(dilate(crop.of(mask), grow), res)
+    if not mask_m.any():
+        msg = f"target mask ({int(crop.of(mask).sum())} px) is empty at the model's {res}x{res} resolution"
+        raise JobError(msg)
+    return good_m, mask_m
+
+
+def upsample(chw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Model output, float (C,R,R) -> float32 HxWxC at `size` (H, W), bicubic when enlarging, area when shrinking."""
+    hwc = np.ascontiguousarray(np.asarray(chw, np.float32).transpose(1, 2, 0))
+    h, w = size
+    if hwc.shape[:2] == (h, w):
+        return hwc
+    interp = cv2.INTER_CUBIC if h >= hwc.shape[0] and w >= hwc.shape[1] else cv2.INTER_AREA
+    out = cv2.resize(hwc, (w, h), interpolation=interp)
+    return out[:, :, None] if out.ndim == 2 else out
+
+
+def detail_layer(guide: np.ndarray, guide_m: np.ndarray) -> np.ndarray:
+    """`guide − up(guide_m)`: what the model's resolution cannot hold, float32 HxWx3 in pixel units (0..255).
+
+    `guide` is a uint8 HxWx3 crop and `guide_m = to_model(guide, R)` its model-resolution copy (the job's `S`,
+    already made for the inversion); `up` is the resize the model's output takes (`upsample`), so a model that
+    reproduced `guide_m` exactly would, plus this layer, give the guide back.
+    """
+    low = (upsample(guide_m, guide.shape[:2]) + 1.0) * 127.5
+    return guide.astype(np.float32) - low
+
+
+def feather_px(crop: Crop, res: int, model_px: float) -> int:
+    """A feather width given in model pixels, in full-resolution pixels of `crop` (at least 1)."""
+    return max(1, round(model_px * crop.scale(res)))
+
+
+def composite(good: np.ndarray, generated: np.ndarray, alpha: np.ndarray, crop: Crop,
+              detail: np.ndarray | None = None) -> np.ndarray:
+    """`alpha ⊙ (G + D) + (1 − alpha) ⊙ I` inside the crop; every pixel with alpha 0 is copied from `good` unchanged.
+
+    Args:
+        good: uint8 HxWx3 full-resolution good image `I`.
+        generated: float (3,R,R) model image in [-1,1] for the crop.
+        alpha: float32 HxW feathered target mask at full resolution (`feather(mask, px)`).
+        crop: where the model image goes.
+        detail: optional float32 HxWx3 `detail_layer` of the crop (pixel units), added to the upsampled `G`.
+
+    Returns:
+        uint8 HxWx3, a new array.
+    """
+    out = good.copy()
+    a = crop.of(alpha)
+    band = a > 0
+    if not band.any():
+        return out
+    gen = (upsample(generated, crop.size) + 1.0) * 127.5  # [-1,1] -> [0,255], float
+    if detail is not None:
+        gen += detail
+    region = crop.of(out)
+    src = region[band].astype(np.float32)
+    blended = a[band][:, None] * gen[band] + (1.0 - a[band][:, None]) * src
+    region[band] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    return out
+
+
+def alpha_for(mask: np.ndarray, crop: Crop, res: int, model_px: float) -> np.ndarray:
+    """Feathered compositing alpha at full resolution for a target mask (zero outside the crop)."""
+    alpha = np.zeros(mask.shape, np.float32)
+    region = crop.of(alpha)
+    region[...] = feather(crop.of(mask), feather_px(crop, res, model_px))
+    return alpha
+
+
+def generated_mask(mask_logit: np.ndarray, target: np.ndarray, crop: Crop, res: int, model_px: float) -> np.ndarray:
+    """`--mask-mode generated`: σ(G_mask) > 0.5 at full resolution, kept only within the dilated target mask.
+
+    Raises:
+        JobError: nothing of the generated mask lies within the dilated target (the model drew no defect).
+    """
+    logit = upsample(np.asarray(mask_logit, np.float32).reshape(1, res, res), crop.size)[:, :, 0]
+    out = np.zeros(target.shape, np.uint8)
+    region = crop.of(out)
+    region[...] = (logit > 0).astype(np.uint8) & dilate(crop.of(target), feather_px(crop, res, model_px))
+    if not out.any():
+        msg = "generated mask is empty within the target region (try --mask-mode target or more --steps)"
+        raise JobError(msg)
+    return out

@@ -1,0 +1,272 @@
+"""The one inversion loop: latent init, numpy Adam through the exported step graph, final synthesis.
+
+Every backend (ONNX Runtime, TensorRT, the torch parity backend in `export/`) runs through this function, so
+results differ between backends only by the engines' arithmetic.
+
+    result = invert(backend, bundle, InversionBatch(good, mask, stitched, ["crack"] * 4),
+                    config=InversionConfig(space="wplus", steps=10, lr=0.05))
+    result.image, result.mask_logit, result.final_terms, result.failed
+
+Rules (see `InversionConfig` for the knobs):
+
+- **Init.** `encoder`: `E(S, M)` -> w+; for `w` its mean over layers; for `z` the encoder's w cannot be pulled back
+  through the mapping network without gradients of the mapping, so we *search*: draw `z_candidates` z ~ N(0, I)
+  per sample, map them with the sample's type, and start from the z whose w is nearest (L2) to the encoder's
+  layer-mean w. `wavg`: the type's `w_avg` (w, w+ broadcast to all layers; for z the origin, whose mapping is the
+  closest thing to w_avg). `random`: z ~ N(0, I), mapped (and broadcast) for w / w+.
+- **Adam** on the latent, per-sample bias-corrected, with `lr_schedule="cosine"`: the StyleGAN2 projector's ramp,
+  lr · ½(1 − cos(π · min(1, (1 − t) / rampdown))) · min(1, t / rampup), t = step / steps; rampup defaults to 0
+  because with 5-20 steps a ramp-up would waste the first step.
+- **Result = best finite latent** seen (lowest objective among evaluated latents, the init included), so a late
+  Adam overshoot never makes the output worse; with a decreasing loss this is the last one.
+- **Early stop (per sample).** After each evaluation a sample whose objective improved on its best by less than
+  `plateau_rtol` (relative) counts a stall, otherwise its count resets; at `early_stop_patience` consecutive stalls
+  it stops (0 disables). Stopped samples are no longer sent to the step graph.
+- **NaN guard (per sample).** A sample whose terms or gradient are not finite is frozen at its last finite latent,
+  marked `failed`, and dropped from later steps; the others go on.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from defectgen.errors import JobError, choice_error
+from defectgen.runtime.backends import Backend
+from defectgen.runtime.bundle import Bundle
+from defectgen.runtime.bundle.manifest import LOSS_TERMS, RunDefaults
+
+INITS = ("encoder", "wavg", "random")
+LR_SCHEDULES = ("cosine", "constant")
+
+
+@dataclass
+class InversionConfig:
+    """Hyper-parameters of one inversion (space, steps, lr and init default to `RunDefaults`)."""
+
+    space: str = RunDefaults.space  # latent optimised: wplus (B,L,W), w (B,W) or z (B,Z)
+    steps: int = RunDefaults.steps  # Adam steps (the step graph runs steps + 1 times: the last evaluates the result)
+    lr: float = RunDefaults.lr  # peak Adam learning rate
+    init: str = RunDefaults.init  # encoder | wavg | random (module docstring)
+    lambdas: dict[str, float] = field(default_factory=dict)  # overrides of the bundle's default λ, by term name
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam moment decays
+    eps: float = 1e-8  # Adam denominator guard
+    lr_schedule: str = "cosine"  # cosine (StyleGAN projector ramp) | constant
+    lr_rampdown: float = 0.25  # fraction of the run over which the cosine schedule decays to ~0
+    lr_rampup: float = 0.0  # fraction of the run over which lr ramps up from 0 (projector: 0.05)
+    early_stop_patience: int = 3  # consecutive stalled evaluations before a sample stops; 0 = never
+    plateau_rtol: float = 1e-3  # an evaluation "stalls" when it improves the best objective by less than this
+    z_candidates: int = 16  # z draws per sample for the encoder init in z space
+    seed: int = 0  # random init, z candidates
+
+    def validate(self, bundle: Bundle) -> None:
+        """Check every field against its choices and the bundle.
+
+        Raises:
+            JobError: a bad value (with valid choices and the closest match where there are names).
+            BundleError: a space the bundle has no graphs for, or an unknown λ name.
+        """
+        bundle.check_space(self.space)
+        if self.init not in INITS:
+            raise JobError(choice_error("init", self.init, INITS))
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise JobError(choice_error("lr_schedule", self.lr_schedule, LR_SCHEDULES))
+        checks = [
+            (self.steps >= 0, f"steps must be >= 0, got {self.steps}"),
+            (self.lr > 0 and math.isfinite(self.lr), f"lr must be a finite number > 0, got {self.lr}"),
+            (0 <= self.betas[0] < 1 and 0 <= self.betas[1] < 1, f"betas must be in [0, 1), got {self.betas}"),
+            (0 < self.lr_rampdown <= 1, f"lr_rampdown must be in (0, 1], got {self.lr_rampdown}"),
+            (0 <= self.lr_rampup <= 1, f"lr_rampup must be in [0, 1], got {self.lr_rampup}"),
+            (self.early_stop_patience >= 0, f"early_stop_patience must be >= 0, got {self.early_stop_patience}"),
+            (self.z_candidates >= 1, f"z_candidates must be >= 1, got {self.z_candidates}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise JobError(msg)
+        bundle.lambda_vector(self.lambdas)
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of Adam step `step` (0-based) out of `steps`."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        t = step / max(1, self.steps)
+        ramp = 0.5 - 0.5 * math.cos(math.pi * min(1.0, (1.0 - t) / self.lr_rampdown))
+        if self.lr_rampup > 0:
+            ramp *= min(1.0, t / self.lr_rampup)
+        return self.lr * ramp
+
+
+@dataclass
+class InversionBatch:
+    """One batch of jobs at model resolution, all float32 (see docs/bundle.md "Tensors and conventions")."""
+
+    good: np.ndarray  # (B,3,R,R) the good image I, in [-1, 1]
+    mask: np.ndarray  # (B,1,R,R) target mask M, {0, 1}
+    stitched: np.ndarray  # (B,3,R,R) I with a real defect pasted into M (S); = good when there is no reference
+    types: list[str]  # B defect type names
+
+    def __post_init__(self) -> None:
+        n = len(self.good)
+        if not n or len(self.mask) != n or len(self.stitched) != n or len(self.types) != n:
+            msg = (f"inversion batch sizes disagree or are empty: good {len(self.good)}, mask {len(self.mask)}, "
+                   f"stitched {len(self.stitched)}, types {len(self.types)}")
+            raise JobError(msg)
+
+    def __len__(self) -> int:
+        return len(self.good)
+
+
+@dataclass
+class InversionResult:
+    """What `invert` returns; arrays are per sample, batch first."""
+
+    latent: np.ndarray  # best finite latent (B, *latent shape)
+    image: np.ndarray  # G_img(latent) (B,3,R,R) in [-1, 1]
+    mask_logit: np.ndarray  # G_mask(latent) (B,1,R,R)
+    terms_history: np.ndarray  # (steps+1, B, K) terms (× λ) at each evaluation; NaN where a sample was not run
+    final_terms: np.ndarray  # (B, K) terms at `latent`
+    steps_run: np.ndarray  # (B,) Adam updates applied to each sample
+    failed: np.ndarray  # (B,) bool: loss or gradient became non-finite (latent frozen at its last finite value)
+    init_latent: np.ndarray  # (B, *latent shape) the starting point
+    timings: dict[str, float]  # init_s, steps_s, synthesize_s, total_s (seconds), step_calls
+
+    @property
+    def objective(self) -> np.ndarray:
+        """(steps+1, B) summed objective per evaluation (NaN where not run)."""
+        return self.terms_history.sum(-1)
+
+    @property
+    def final_objective(self) -> np.ndarray:
+        """(B,) objective at the returned latent."""
+        return self.final_terms.sum(-1)
+
+
+def init_latent(backend: Backend, bundle: Bundle, batch: InversionBatch, config: InversionConfig,
+                rng: np.random.Generator) -> np.ndarray:
+    """The starting latent for `config.init` in `config.space` (rules in the module docstring)."""
+    space, n = config.space, len(batch)
+    onehot = bundle.type_onehot(batch.types)
+    if config.init == "encoder":
+        wp = backend.encode(batch.stitched, batch.mask)
+        if space == "wplus":
+            return wp
+        w_enc = wp.mean(1)
+        if space == "w":
+            return w_enc
+        z = rng.standard_normal((n, config.z_candidates, bundle.z_dim)).astype(np.float32)
+        w = backend.map(z.reshape(-1, bundle.z_dim), np.repeat(onehot, config.z_candidates, 0))
+        dist = ((w.reshape(n, config.z_candidates, -1) - w_enc[:, None]) ** 2).sum(-1)
+        return z[np.arange(n), dist.argmin(1)]
+    if config.init == "wavg":
+        if space == "z":
+            return np.zeros((n, bundle.z_dim), np.float32)
+        w = np.stack([bundle.w_avg(t) for t in batch.types])
+    else:
+        z = rng.standard_normal((n, bundle.z_dim)).astype(np.float32)
+        if space == "z":
+            return z
+        w = backend.map(z, onehot)
+    return w if space == "w" else np.repeat(w[:, None], bundle.num_ws, 1)
+
+
+def invert(backend: Backend, bundle: Bundle, batch: InversionBatch, *, config: InversionConfig | None = None,
+           callback: Callable[[int, np.ndarray], None] | None = None) -> InversionResult:
+    """Invert a batch of jobs: init, Adam through the step graph, synthesize the best latent.
+
+    Args:
+        backend: any `Backend` (ort-cpu, ort-cuda, ort-trt, tensorrt, ...).
+        bundle: the bundle the backend runs (sizes, λ defaults, w_avg, type names).
+        batch: good images, target masks, stitched references and defect types.
+        config: hyper-parameters; default `InversionConfig()`.
+        callback: called after each evaluation as `callback(i, terms_history[i])`, e.g. for a progress bar.
+
+    Returns:
+        The result; samples that hit NaN/inf are flagged in `failed`, not raised.
+
+    Raises:
+        JobError: bad config values or inconsistent batch.
+        BundleError: a space or λ name the bundle does not have, an unknown defect type.
+    """
+    cfg = config or InversionConfig()
+    cfg.validate(bundle)
+    t_start = time.perf_counter()
+    rng = np.random.default_rng(cfg.seed)
+    lam = bundle.lambda_vector(cfg.lambdas)
+    onehot = bundle.type_onehot(batch.types) if cfg.space == "z" else None
+    c = np.ascontiguousarray(init_latent(backend, bundle, batch, cfg, rng), dtype=np.float32)
+    c0 = c.copy()
+    t_init = time.perf_counter()
+
+    n, k = len(batch), len(LOSS_TERMS)
+    history = np.full((cfg.steps + 1, n, k), np.nan, np.float32)
+    best_c, best_f = c.copy(), np.full(n, np.inf)
+    best_terms = np.full((n, k), np.nan, np.float32)
+    m, v = np.zeros_like(c), np.zeros_like(c)
+    stalls, steps_run = np.zeros(n, int), np.zeros(n, int)
+    failed = ~np.isfinite(c).reshape(n, -1).all(1)  # a NaN init (e.g. a broken encoder) fails at once
+    active = ~failed
+    calls = 0
+    for i in range(cfg.steps + 1):
+        idx = np.flatnonzero(active)
+        if not len(idx):
+            break
+        terms, grad = _step(backend, cfg.space, c, batch, lam, onehot, idx)
+        calls += 1
+        history[i, idx] = terms
+        f = terms.sum(1, dtype=np.float64)
+        ok = np.isfinite(terms).all(1) & np.isfinite(grad).reshape(len(idx), -1).all(1) & np.isfinite(f)
+        bad = idx[~ok]
+        failed[bad], active[bad] = True, False
+        c[bad] = best_c[bad]  # frozen at its best finite latent: the one returned
+        good_idx, f, terms, grad = idx[ok], f[ok], terms[ok], grad[ok]
+        prev = best_f[good_idx]
+        improved = f < prev
+        with np.errstate(invalid="ignore", divide="ignore"):  # the first evaluation improves on inf
+            gain = np.where(np.isinf(prev), np.inf, (prev - f) / np.maximum(np.abs(prev), 1e-12))
+        stalls[good_idx] = np.where(gain >= cfg.plateau_rtol, 0, stalls[good_idx] + 1)
+        upd = good_idx[improved]
+        best_c[upd], best_f[upd], best_terms[upd] = c[upd], f[improved], terms[improved]
+        if callback is not None:
+            callback(i, history[i])
+        if i == cfg.steps:
+            break
+        if cfg.early_stop_patience:
+            stop = stalls[good_idx] >= cfg.early_stop_patience
+            active[good_idx[stop]] = False
+            good_idx, grad = good_idx[~stop], grad[~stop]
+        _adam(c, m, v, grad, good_idx, t=i + 1, lr=cfg.lr_at(i), cfg=cfg)
+        steps_run[good_idx] += 1
+    t_steps = time.perf_counter()
+    image, mask_logit = backend.synthesize(cfg.space, best_c, onehot)
+    t_end = time.perf_counter()
+    timings = {"init_s": t_init - t_start, "steps_s": t_steps - t_init, "synthesize_s": t_end - t_steps,
+               "total_s": t_end - t_start, "step_calls": float(calls)}
+    return InversionResult(latent=best_c, image=image, mask_logit=mask_logit, terms_history=history,
+                           final_terms=best_terms, steps_run=steps_run, failed=failed, init_latent=c0,
+                           timings=timings)
+
+
+def _step(backend: Backend, space: str, c: np.ndarray, batch: InversionBatch, lam: np.ndarray,
+          onehot: np.ndarray | None, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Run the step graph on the active samples only (no copies while all are active)."""
+    if len(idx) == len(c):
+        return backend.step(space, c, batch.good, batch.mask, batch.stitched, lam, onehot)
+    return backend.step(space, c[idx], batch.good[idx], batch.mask[idx], batch.stitched[idx], lam,
+                        None if onehot is None else onehot[idx])
+
+
+def _adam(c: np.ndarray, m: np.ndarray, v: np.ndarray, grad: np.ndarray, idx: np.ndarray, *, t: int, lr: float,
+          cfg: InversionConfig) -> None:
+    """One bias-corrected Adam update of rows `idx` of `c`, in place (t = 1-based step count)."""
+    if not len(idx):
+        return
+    b1, b2 = cfg.betas
+    m[idx] = b1 * m[idx] + (1 - b1) * grad
+    v[idx] = b2 * v[idx] + (1 - b2) * grad * grad
+    m_hat = m[idx] / (1 - b1**t)
+    v_hat = v[idx] / (1 - b2**t)
+    c[idx] -= (lr * m_hat / (np.sqrt(v_hat) + cfg.eps)).astype(np.float32)

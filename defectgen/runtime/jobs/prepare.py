@@ -1,0 +1,198 @@
+"""One job's inputs: read -> target mask -> reference stitch -> model inputs (`prepare`), and a batch of prepared
+jobs through `invert` (`invert_batch`). `defectgen run` and `defectgen bench` both prepare jobs here.
+
+Per-job problems (unreadable image, mask size mismatch, empty mask, a NaN objective, ...) raise
+`DefectgenError` subclasses from here; the caller records them as failed jobs and goes on. Randomness is
+per job: child streams of the job's seed, so a job's result does not depend on its batch, shard or order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from defectgen.data.imageio import read_image, read_mask, to_model
+from defectgen.data.masks import part_mask, place_reference, random_mask, stitch
+from defectgen.errors import JobError
+from defectgen.runtime.backends import Backend
+from defectgen.runtime.bundle import Bundle
+from defectgen.runtime.jobs.compose import (
+    Crop,
+    model_inputs,
+)
+from defectgen.runtime.jobs.invert import InversionBatch, InversionResult, invert
+from defectgen.runtime.jobs.settings import RunSettings
+from defectgen.runtime.jobs.sources import JobSpec, relpath
+
+# part_mask + random_mask cost grows fast with size (measured: 1024 px 1.6 s, 512 px 0.14 s per job)
+RANDOM_MASK_MAX_SIDE = 512
+STITCH_FEATHER_PX = 0  # full-resolution pixels: see `prepare`
+
+# child stream ids of a job's seed: one per random decision, so adding one never shifts the others
+_RNG_MASK, _RNG_REFERENCE, _RNG_STITCH = 0, 1, 2
+
+
+@dataclass
+class Prepared:
+    """A job's inputs, read and brought to the model: full-resolution arrays plus (C,R,R) model arrays."""
+
+    spec: JobSpec
+    image: np.ndarray  # uint8 HxWx3, full resolution
+    mask: np.ndarray  # uint8 HxW {0,1}, full resolution
+    crop: Crop
+    good: np.ndarray  # float32 (3,R,R) in [-1,1]
+    mask_m: np.ndarray  # float32 (1,R,R) {0,1}
+    stitched: np.ndarray  # float32 (3,R,R) in [-1,1]
+    guide: np.ndarray  # uint8 crop-sized HxWx3: the crop with the reference stitched in at full resolution
+    reference: str | None  # which real defect was stitched in (None: the bundle has none of this type)
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def job_rng(spec: JobSpec, stream: int) -> np.random.Generator:
+    """The job's independent random stream number `stream`."""
+    return np.random.default_rng([spec.seed, stream])
+
+
+@functools.lru_cache(maxsize=64)
+def _read_reference(image: str, mask: str) -> tuple[np.ndarray, np.ndarray]:
+    # the bank holds a few small crops that every job reuses: read each once
+    ref_img, ref_mask = read_image(image), read_mask(mask)
+    if ref_img.shape[:2] != ref_mask.shape:
+        ref_mask = read_mask(mask, ref_img.shape[:2])  # raises the size-mismatch message
+    if not ref_mask.any():
+        msg = f"reference defect mask is empty: {mask}"
+        raise JobError(msg)
+    return ref_img, ref_mask
+
+
+def _reference(spec: JobSpec, bundle: Bundle) -> tuple[np.ndarray, np.ndarray, str] | None:
+    if spec.reference is not None:
+        img, msk = spec.reference
+        return (*_read_reference(str(img), str(msk)), str(img))
+    bank = bundle.bank(spec.defect_type)
+    if not bank:
+        return None
+    img, msk = bank[int(job_rng(spec, _RNG_REFERENCE).integers(len(bank)))]
+    return (*_read_reference(str(img), str(msk)), relpath(img, bundle.root))
+
+
+def _small(image: np.ndarray) -> np.ndarray:
+    """`image` shrunk to at most `RANDOM_MASK_MAX_SIDE` px (the part estimate and mask shapes need no more)."""
+    h, w = image.shape[:2]
+    f = min(1.0, RANDOM_MASK_MAX_SIDE / max(h, w))
+    if f == 1.0:
+        return image
+    return cv2.resize(image, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+
+
+def _to_full(m: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """A mask drawn small, at full size: linear + 0.5 threshold (smooth edges), nearest if that empties it."""
+    (h, w), (mh, mw) = hw, m.shape
+    if (mh, mw) == (h, w):
+        return m
+    up = cv2.resize(m.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR) >= 0.5
+    if not up.any():  # a 1-px draw can fall between sample points: keep it, nearest
+        up = cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST) > 0
+    return up.astype(np.uint8)
+
+
+def _random_target(spec: JobSpec, image: np.ndarray) -> np.ndarray:
+    """A random mask of the type's shape family, drawn at most `RANDOM_MASK_MAX_SIDE` px wide, scaled up.
+
+    Defect shapes scale with the part, so drawing small gives the same geometry; only the edge detail is
+    interpolated (linear, thresholded at 0.5, so edges stay smooth rather than blocky).
+    """
+    return _to_full(random_mask(spec.defect_type, part_mask(_small(image)), job_rng(spec, _RNG_MASK)), image.shape[:2])
+
+
+def _reference_target(spec: JobSpec, image: np.ndarray, ref_img: np.ndarray,
+                      ref_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A random target with the reference's own (real) mask shape: `place_reference` on the part.
+
+    Returns:
+        (the full-size image with the moved reference pasted in, unblended; its {0,1} mask = the target).
+    """
+    part = _to_full(part_mask(_small(image)), image.shape[:2])
+    return place_reference(image, part, ref_img, ref_mask, job_rng(spec, _RNG_MASK))
+
+
+def target_mask(spec: JobSpec, image: np.ndarray) -> np.ndarray:
+    """The job's target mask at full resolution: read (size-checked, non-empty) or drawn on the part.
+
+    Raises:
+        DataError: unreadable, non-binary or wrongly sized mask file.
+        JobError: the mask is empty.
+    """
+    if spec.mask is None:
+        return _random_target(spec, image)
+    mask = read_mask(spec.mask, image.shape[:2])
+    if not mask.any():
+        msg = f"target mask is empty (no defect pixels): {spec.mask}"
+        raise JobError(msg)
+    return mask
+
+
+def prepare(spec: JobSpec, bundle: Bundle, settings: RunSettings) -> Prepared:
+    """Read a job's files and build the model inputs `I`, `M`, `S` for its crop.
+
+    Raises:
+        DataError: missing/corrupt image or mask, mask size mismatch.
+        JobError: empty mask, a mask that vanishes at model resolution, a bad reference defect.
+    """
+    t0 = time.perf_counter()
+    image = read_image(spec.image)
+    ref = _reference(spec, bundle)
+    moved = None
+    if spec.mask is None and ref is not None and settings.mask_shape == "reference":
+        moved, mask = _reference_target(spec, image, ref[0], ref[1])
+    else:
+        mask = target_mask(spec, image)
+    crop = Crop.full(image.shape)  # patch mode will crop around the mask here
+    res = bundle.resolution
+    good, mask_m = model_inputs(image, mask, crop, res)
+    if ref is None:  # no real defect to imitate: S = I, the def/pix terms only smooth
+        guide, stitched, ref_name = crop.of(image), good.copy(), None
+    else:
+        # stitched at full resolution (the reference keeps its detail for `detail_layer`), then brought to the
+        # model like the good crop. It is pasted hard-edged (no feather): the stitch fills the whole target
+        # with the defect's look, and any band outside the label would paste the reference's *surface* there,
+        # changed pixels outside the mask that a detector learns as "not defect" (validation split: a 6 px
+        # band cost ~10 points of pixel AP, 1 px with a rescale jitter ~2; benchmarks/results/downstream_tuning.md)
+        ref_img, ref_mask, ref_name = ref
+        if moved is not None:  # already in place: the box warp is the identity
+            ref_img, ref_mask = crop.of(moved), crop.of(mask)
+        guide = stitch(crop.of(image), ref_img, ref_mask, crop.of(mask), feather_px=STITCH_FEATHER_PX,
+                       rng=None if moved is not None else job_rng(spec, _RNG_STITCH))
+        stitched = to_model(guide, res)
+    return Prepared(spec=spec, image=image, mask=mask, crop=crop, good=good, mask_m=mask_m, stitched=stitched,
+                    guide=guide, reference=ref_name, seconds=time.perf_counter() - t0)
+
+
+def batch_seed(jobs: list[Prepared]) -> int:
+    """Seed of one `invert` call (random init, z candidates), derived from its jobs' seeds.
+
+    `invert` draws for a whole batch from one generator, so with `--init random` or `--space z` a job's start
+    depends on its batch-mates; deriving the seed from them keeps runs with equal options reproducible.
+    """
+    h = hashlib.sha256(",".join(str(p.spec.seed) for p in jobs).encode()).digest()
+    return int.from_bytes(h[:8], "little") >> 1
+
+
+def inversion_batch(jobs: list[Prepared]) -> InversionBatch:
+    """The model inputs of prepared jobs, stacked for one `invert` call."""
+    return InversionBatch(good=np.stack([p.good for p in jobs]), mask=np.stack([p.mask_m for p in jobs]),
+                          stitched=np.stack([p.stitched for p in jobs]), types=[p.spec.defect_type for p in jobs])
+
+
+def invert_batch(backend: Backend, bundle: Bundle, jobs: list[Prepared], settings: RunSettings) -> InversionResult:
+    """Run `invert` on a batch of prepared jobs (the backend pads it to an exported step batch)."""
+    config = dataclasses.replace(settings.inversion, seed=batch_seed(jobs))
+    return invert(backend, bundle, inversion_batch(jobs), config=config)

@@ -1,0 +1,97 @@
+"""The resolved options of one run: the bundle's `RunDefaults`, overridden by the user, checked against the bundle.
+
+`defectgen run`, `defectgen demo` and `defectgen bench` all build their `RunSettings` with `resolve_settings`, so
+the job path they time or run is configured the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from defectgen.errors import JobError, choice_error
+from defectgen.runtime.bundle.loader import Bundle
+from defectgen.runtime.bundle.manifest import LOSS_TERMS
+from defectgen.runtime.jobs.invert import InversionConfig
+
+MASK_MODES = ("target", "generated")
+MASK_SHAPES = ("reference", "procedural")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Per-run options shared by every job.
+
+    Attributes:
+        inversion: the inversion's hyper-parameters (space, steps, lr, init, λ by term name, schedule).
+        mask_mode: "target" (output mask = the target mask) or "generated" (σ(G_mask) > 0.5 within it).
+        feather_px: compositing feather in model pixels (scaled to the crop's full resolution).
+        batch: step-graph batch size jobs are grouped into.
+        detail: add the full-resolution guide's detail above the model's resolution (`compose.detail_layer`).
+        guide_weight: share of the guide `S` in the model-resolution output, `(1 − g) G + g S` (0: the model's
+            image alone; 1: the stitched real defect, i.e. warped copy-paste with colour matching).
+        mask_shape: random targets (`mask: null` jobs) take the reference defect's own mask, moved and
+            mirrored ("reference": real label geometry), or a shape drawn from the type's procedural
+            family ("procedural"); jobs without a reference always draw procedurally.
+    """
+
+    inversion: InversionConfig
+    mask_mode: str = "target"
+    feather_px: float = 3.0
+    batch: int = 1
+    detail: bool = True
+    guide_weight: float = 0.0
+    mask_shape: str = "reference"
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that decide a job's result, flat, for `run.json` (batching pads: it is left out)."""
+        inv = self.inversion
+        return {"space": inv.space, "steps": inv.steps, "lr": inv.lr, "init": inv.init, "lambdas": inv.lambdas,
+                "mask_mode": self.mask_mode, "feather_px": self.feather_px, "detail": self.detail,
+                "guide_weight": self.guide_weight, "mask_shape": self.mask_shape}
+
+
+def resolve_settings(bundle: Bundle, *, space: str | None = None, steps: int | None = None, lr: float | None = None,
+                     init: str | None = None, lambdas: dict[str, float] | None = None, mask_mode: str = "target",
+                     batch: int | None = None, detail: bool | None = None, guide_weight: float | None = None,
+                     mask_shape: str | None = None, **inversion: Any) -> RunSettings:
+    """Merge options (None: the bundle's `RunDefaults`) and validate them against the bundle.
+
+    Args:
+        bundle: the loaded bundle.
+        space, steps, lr, init, lambdas, mask_mode, batch, detail, guide_weight, mask_shape: the run options
+            (`batch` None: the largest exported step batch).
+        **inversion: further `InversionConfig` fields (e.g. `early_stop_patience=0` for timing).
+
+    Returns:
+        The settings, with λ resolved to one weight per loss term.
+
+    Raises:
+        BundleError: unknown space, λ name or a batch size the bundle has no step graph for.
+        JobError: bad init, steps, lr, λ value, mask mode, mask shape or guide weight.
+    """
+    d = bundle.defaults
+    config = InversionConfig(space=space or d.space, steps=d.steps if steps is None else steps,
+                             lr=d.lr if lr is None else lr, init=init or d.init, lambdas=dict(lambdas or {}),
+                             **inversion)
+    config.validate(bundle)
+    if mask_mode not in MASK_MODES:
+        raise JobError(choice_error("mask mode", mask_mode, MASK_MODES))
+    batches = bundle.step_batches(config.space)
+    if batch is None:
+        batch = max(batches)
+    elif batch not in batches:
+        bundle.step_file(config.space, batch)  # raises the bundle's message naming the exported batches
+    mask_shape = mask_shape or d.mask_shape
+    if mask_shape not in MASK_SHAPES:
+        raise JobError(choice_error("mask shape", mask_shape, MASK_SHAPES))
+    guide_weight = d.guide_weight if guide_weight is None else float(guide_weight)
+    if not 0.0 <= guide_weight <= 1.0:  # also refuses NaN
+        msg = f"--guide-weight must be within [0, 1], got {guide_weight}"
+        raise JobError(msg)
+    lam = bundle.lambda_vector(config.lambdas)
+    config = dataclasses.replace(config, lambdas={t: float(f"{v:.7g}") for t, v in zip(LOSS_TERMS, lam, strict=True)})
+    return RunSettings(inversion=config, mask_mode=mask_mode, feather_px=float(d.feather_px), batch=batch,
+                       detail=d.detail if detail is None else detail, guide_weight=guide_weight,
+                       mask_shape=mask_shape)

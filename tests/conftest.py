@@ -1,0 +1,107 @@
+"""Fixtures shared by every test: the toy model and its bundle, an ONNX Runtime backend on it, and the import
+blocker that proves the runtime runs without torch (or onnx) in a subprocess.
+
+The toy bundle is built by `toy_bundle.py` beside this file (hand-written ONNX graphs with a known analytic
+objective); tests reach it only through these fixtures.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from toy_bundle import ToyModel, make_toy_bundle
+
+from defectgen.runtime.backends.ort import OrtBackend
+from defectgen.runtime.bundle import Bundle
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def blocker_code(blocked: Sequence[str] = ("torch",), *, report: bool = False) -> str:
+    """Python source that makes importing any of `blocked` (and their submodules) raise ImportError.
+
+    With `report`, the process also prints "torch-free" (or "TORCH LOADED") on stderr when it exits.
+    """
+    code = textwrap.dedent(f"""
+        import atexit, sys
+        class _Blocked:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {tuple(blocked)!r}:
+                    raise ImportError(f"{{name}} is blocked in this test: the runtime must not import it")
+        sys.meta_path.insert(0, _Blocked())
+    """)
+    if report:
+        code += ('atexit.register(lambda: print("TORCH LOADED" if "torch" in sys.modules else "torch-free", '
+                 'file=sys.stderr))\n')
+    return code
+
+
+@pytest.fixture(scope="session")
+def run_blocked() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """`run_blocked(code, blocked=("torch",), report=False, timeout=120)`: run `code` in a fresh interpreter (cwd:
+    the repository) with those packages blocked; returns the completed process (text output)."""
+
+    def run(code: str, *, blocked: Sequence[str] = ("torch",), report: bool = False,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        src = blocker_code(blocked, report=report) + textwrap.dedent(code)
+        return subprocess.run([sys.executable, "-c", src], capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                              check=False)
+
+    return run
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Runtime caches of the whole session (and its subprocesses) go to a temp folder, not the user's."""
+    old = os.environ.get("DEFECTGEN_CACHE")
+    os.environ["DEFECTGEN_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield Path(os.environ["DEFECTGEN_CACHE"])
+    if old is None:
+        os.environ.pop("DEFECTGEN_CACHE", None)
+    else:
+        os.environ["DEFECTGEN_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def toy_model() -> type[ToyModel]:
+    """The toy model class: `toy_model(res=8, types=[...])`."""
+    return ToyModel
+
+
+@pytest.fixture(scope="session")
+def toy_bundle_factory() -> Callable[..., Path]:
+    """`toy_bundle_factory(out, model=None, spaces=..., batches=..., nan_above=None)`: write a toy bundle."""
+    return make_toy_bundle
+
+
+@pytest.fixture(scope="session")
+def run_bundle() -> Callable[..., Path]:
+    """`run_bundle(folder, res=8, nan_above=None)`: a toy bundle for `defectgen run` (types good/crack/hole,
+    batches 1 and 4, wplus/w/z) at model resolution `res`."""
+
+    def make(folder: Path, *, res: int = 8, nan_above: float | None = None) -> Path:
+        return make_toy_bundle(folder, model=ToyModel(res=res), nan_above=nan_above)
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def toy() -> ToyModel:
+    return ToyModel()
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory, toy: ToyModel) -> Bundle:
+    return Bundle.load(make_toy_bundle(tmp_path_factory.mktemp("toy") / "bundle", model=toy))
+
+
+@pytest.fixture(scope="module")
+def backend(bundle: Bundle) -> Iterator[OrtBackend]:
+    with OrtBackend(bundle, threads=1) as b:
+        yield b

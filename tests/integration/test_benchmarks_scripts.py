@@ -1,0 +1,69 @@
+"""The benchmark scripts' `--quick` modes run and write well-formed, stamped results with issue 7's summary keys.
+
+convergence and footprint run on the toy bundle (ONNX Runtime only); throughput needs torch nets, so it exports a
+tiny random model (32 px, its quick default) into a temporary cache. No speed assertions: numbers only have to exist.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+KEYS = {
+    "throughput": {"ort_vs_torch_step_speedup", "end_to_end_speedup_vs_idinvert", "step_flops_share_of_ceiling"},
+    "convergence": {"encoder_init_steps_to_match_wavg_100"},
+    "footprint": {"cold_start_s", "peak_rss_mb", "runtime_venv_mb", "train_venv_mb"},
+}
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory, toy_bundle_factory: Callable[..., Path]) -> Path:
+    return toy_bundle_factory(tmp_path_factory.mktemp("scripts") / "toy")
+
+
+def _run(script: str, *args: str, out: Path, timeout: int = 300, env: dict[str, str] | None = None) -> dict:
+    r = subprocess.run([sys.executable, f"benchmarks/{script}.py", "--quick", "--out-dir", str(out), *args],
+                       capture_output=True, text=True, timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    data = json.loads((out / f"{script}.json").read_text())  # strict JSON (NaN would fail to parse back)
+    assert data["quick"] is True and data["benchmark"] == script
+    assert set(data["summary"]) == KEYS[script]
+    assert data["machine"]["cpu_model"] and data["machine"]["versions"]["onnxruntime"]
+    md = (out / f"{script}.md").read_text()
+    assert "QUICK" in md and "Command: `python benchmarks/" in md and "Machine:" in md
+    assert (out / f"{script}.png").stat().st_size > 1000
+    return data
+
+
+def test_convergence_quick(toy: Path, tmp_path: Path) -> None:
+    data = _run("convergence", "--bundle", str(toy), out=tmp_path)
+    runs = data["runs"]
+    assert {r["init"] for r in runs} == {"encoder", "wavg", "random"}
+    assert all(len(r["mean"]["objective"]) == r["steps"] + 1 for r in runs)
+    assert any(r["reference"] for r in runs)
+
+
+def test_footprint_quick(toy: Path, tmp_path: Path) -> None:
+    data = _run("footprint", "--bundle", str(toy), "--no-build", out=tmp_path)
+    s = data["summary"]
+    assert s["cold_start_s"] > 0 and s["peak_rss_mb"] > 0 and s["train_venv_mb"] > 0
+    assert s["runtime_venv_mb"] is None  # not built in a smoke run
+
+
+@pytest.mark.slow
+def test_throughput_quick(tmp_path: Path) -> None:
+    data = _run("throughput", out=tmp_path / "res", timeout=900,
+                env={"DEFECTGEN_BENCH_CACHE": str(tmp_path / "cache")})
+    s = data["summary"]
+    assert s["ort_vs_torch_step_speedup"] > 0 and s["end_to_end_speedup_vs_idinvert"] > 0
+    assert s["step_flops_share_of_ceiling"] > 0
+    (model,) = data["models"]
+    assert {r["backend"] for r in model["step"]} >= {"torch eager", "ort-cpu"}
+    assert any(r["reference"] for r in model["end_to_end"])

@@ -1,0 +1,110 @@
+"""Crop -> model -> paste: bit-exact background outside the feathered band, at full resolution."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from defectgen.data.masks import dilate
+from defectgen.errors import JobError
+from defectgen.runtime.jobs.compose import (
+    Crop,
+    alpha_for,
+    composite,
+    detail_layer,
+    feather_px,
+    generated_mask,
+    model_inputs,
+    to_model,
+)
+
+
+def _case(h: int = 100, w: int = 140) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    mask = np.zeros((h, w), np.uint8)
+    mask[40:55, 60:90] = 1
+    return image, mask
+
+
+def test_background_bit_exact_outside_feather_band() -> None:
+    image, mask = _case()
+    res, crop = 16, Crop.full(image.shape)
+    good_m, mask_m = model_inputs(image, mask, crop, res)
+    assert good_m.shape == (3, 16, 16) and mask_m.shape == (1, 16, 16) and mask_m.any()
+    generated = np.random.default_rng(1).uniform(-1, 1, (3, res, res)).astype(np.float32)
+    alpha = alpha_for(mask, crop, res, model_px=1)
+    out = composite(image, generated, alpha, crop)
+    assert out.shape == image.shape and out.dtype == np.uint8
+    band = dilate(mask, feather_px(crop, res, 1)).astype(bool)
+    assert np.array_equal(out[~band], image[~band])  # bit-exact outside the band
+    assert (alpha[mask > 0] == 1).all()
+    assert not np.array_equal(out[mask > 0], image[mask > 0])  # the defect region did change
+
+
+def test_composite_inside_the_mask_is_the_upsampled_generation() -> None:
+    image, mask = _case(32, 32)
+    generated = np.full((3, 8, 8), 0.5, np.float32)  # flat: upsampling is exact
+    out = composite(image, generated, alpha_for(mask, Crop.full(image.shape), 8, 1), Crop.full(image.shape))
+    assert (out[mask > 0] == 191).all()  # (0.5 + 1) * 127.5 = 191.25
+
+
+def test_crop_general_paste_stays_inside_crop() -> None:
+    image, mask = _case()
+    crop = Crop(30, 50, 70, 110)  # patch mode: only this box goes through the model
+    alpha = alpha_for(mask, crop, 16, 1)
+    out = composite(image, np.zeros((3, 16, 16), np.float32), alpha, crop)
+    outside = np.ones(mask.shape, bool)
+    outside[30:70, 50:110] = False
+    assert np.array_equal(out[outside], image[outside]) and crop.size == (40, 60)
+
+
+@pytest.mark.parametrize(("h", "w", "res"), [(100, 140, 16), (1024, 1024, 64), (300, 200, 8)])
+def test_model_mask_covers_every_target_pixel(h: int, w: int, res: int) -> None:
+    """A 1-px crack must not vanish or fragment: each target pixel's model cell is on."""
+    mask = np.zeros((h, w), np.uint8)
+    ys = np.linspace(5, h - 6, 4 * h).astype(int)
+    mask[ys, np.linspace(7, w - 9, ys.size).astype(int)] = 1  # thin diagonal line
+    mask[h // 2, w // 3] = 1  # an isolated pixel
+    image = np.zeros((h, w, 3), np.uint8)
+    _, mask_m = model_inputs(image, mask, Crop.full(image.shape), res)
+    yy, xx = np.nonzero(mask)
+    cells = mask_m[0][(yy * res) // h, (xx * res) // w]
+    assert cells.all()
+    assert mask_m.mean() < 0.6  # a margin of about one model pixel, not the whole image
+
+
+def test_empty_mask_is_a_job_error() -> None:
+    image, _ = _case()
+    with pytest.raises(JobError, match="empty"):
+        model_inputs(image, np.zeros(image.shape[:2], np.uint8), Crop.full(image.shape), 16)
+
+
+def test_generated_mask_within_dilated_target() -> None:
+    image, mask = _case()
+    crop = Crop.full(image.shape)
+    logit = np.ones((1, 16, 16), np.float32)  # "defect everywhere"
+    m = generated_mask(logit, mask, crop, 16, 1)
+    assert m.any() and not (m & (1 - dilate(mask, feather_px(crop, 16, 1)))).any()
+    with pytest.raises(JobError, match="generated mask is empty"):
+        generated_mask(-logit, mask, crop, 16, 1)
+
+
+def test_detail_layer_is_zero_when_the_crop_is_the_model_size() -> None:
+    guide = np.random.default_rng(2).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    assert np.abs(detail_layer(guide, to_model(guide, 16))).max() < 1e-3
+
+
+def test_model_image_plus_detail_gives_the_guide_back_inside_the_mask() -> None:
+    """A model that reproduced its downsized guide exactly, plus the detail layer, is the full-res guide."""
+    image, mask = _case()
+    guide = np.random.default_rng(3).integers(0, 256, image.shape, dtype=np.uint8)  # all fine detail
+    res, crop = 16, Crop.full(image.shape)
+    alpha = alpha_for(mask, crop, res, model_px=1)
+    with_detail = composite(image, to_model(guide, res), alpha, crop, detail_layer(guide, to_model(guide, res)))
+    smooth = composite(image, to_model(guide, res), alpha, crop)
+    inside = mask > 0
+    assert np.abs(with_detail[inside].astype(int) - guide[inside]).max() <= 1  # rounding only
+    assert np.abs(smooth[inside].astype(int) - guide[inside]).mean() > 20  # the model's resolution alone blurs
+    outside = ~dilate(mask, feather_px(crop, res, 1)).astype(bool)
+    assert np.array_equal(with_detail[outside], image[outside])  # still bit-exact outside the band
