@@ -45,9 +45,11 @@ class Backend(Protocol):
         """Mapping network: (z (B,Z), type_onehot (B,T)) -> w (B, W)."""
         ...
 
-    def synthesize(self, space: str, latent: np.ndarray,
-                   type_onehot: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Generator: latent -> (image (B,3,R,R) in [-1,1], mask_logit (B,1,R,R)); z needs `type_onehot`."""
+    def synthesize(self, space: str, latent: np.ndarray, type_onehot: np.ndarray | None = None,
+                   good: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Generator: latent -> (image (B,3,R,R) in [-1,1], mask_logit (B,1,R,R)); z needs `type_onehot`, a
+        patch-mode bundle the good windows `good` (B,3,R,R) it draws its defect layer over.
+        """
         ...
 
     def step(self, space: str, latent: np.ndarray, good: np.ndarray, mask: np.ndarray, stitched: np.ndarray,
@@ -133,9 +135,15 @@ class GraphBackend(ABC):
         feeds = self._batch({"z": (z, (self.bundle.z_dim,)), "type_onehot": (type_onehot, self._onehot_shape)})
         return self._run_symbolic(self.bundle.graph_file("mapping"), feeds)["w"]
 
-    def synthesize(self, space: str, latent: np.ndarray,
-                   type_onehot: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        feeds = self._batch(self._latent_specs(space, latent, type_onehot))
+    def synthesize(self, space: str, latent: np.ndarray, type_onehot: np.ndarray | None = None,
+                   good: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        specs = self._latent_specs(space, latent, type_onehot)
+        if self.bundle.patch is not None:
+            if good is None:
+                msg = "a patch-mode bundle draws over the good window: synthesize needs `good` (B, 3, R, R)"
+                raise JobError(msg)
+            specs["good"] = (good, self._image_shape)
+        feeds = self._batch(specs)
         out = self._run_symbolic(self.bundle.graph_file("synthesis", space), feeds)
         return out["image"], out["mask_logit"]
 

@@ -30,6 +30,7 @@ from defectgen.runtime.bundle.manifest import (
     MANIFEST_NAME,
     FileEntry,
     Manifest,
+    PatchInfo,
     RunDefaults,
     compare_io,
     sha256_file,
@@ -113,7 +114,8 @@ class Bundle:
 
     def _check_graph_io(self) -> None:
         m = self.manifest
-        for role in ("encoder", "mapping"):
+        # an encoder is optional where the bundle does not start from it (a patch G without a trained encoder)
+        for role in ("encoder", "mapping") if m.defaults.init == "encoder" else ("mapping",):
             if not m.graph_files(role):
                 msg = f"bundle {self.source}: manifest lists no {role} graph"
                 raise BundleError(msg)
@@ -132,6 +134,15 @@ class Bundle:
                 want_in, want_out = m.expected_io(entry.role, entry.space, batch if batch is not None else "B")
                 compare_io(rel, "inputs", entry.inputs, want_in)
                 compare_io(rel, "outputs", entry.outputs, want_out)
+
+    @property
+    def has_encoder(self) -> bool:
+        return bool(self.manifest.graph_files("encoder"))
+
+    @property
+    def patch(self) -> PatchInfo | None:
+        """Window and pixel scale of a patch-mode bundle (None: the model sees whole parts)."""
+        return self.manifest.patch
 
     # ---- sizes -------------------------------------------------------------------------------------------
     @property

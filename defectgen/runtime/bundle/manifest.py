@@ -162,6 +162,30 @@ class RunDefaults:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class PatchInfo:
+    """A patch-mode bundle's window: the model works on `window` x `window` model px, cut from the data at
+    `scale` data px per model px (1.0: native resolution), and its G draws a defect layer over the good window,
+    which is therefore an input of the synthesis graph too.
+    """
+
+    window: int  # P, equal to the manifest's `resolution`
+    scale: float = 1.0  # data px per model px
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "manifest.patch") -> PatchInfo:
+        require_type(d, dict, where)
+        info = cls(window=get_field(d, "window", int, where), scale=float(get_field(d, "scale", float, where,
+                                                                                     default=1.0)))
+        if info.window < 1 or not info.scale > 0:
+            msg = f"manifest field {where} needs window >= 1 and scale > 0, got {info}"
+            raise BundleError(msg)
+        return info
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 @dataclass
 class Manifest:
     """`manifest.json` of a bundle, field for field as in docs/bundle.md.
@@ -182,6 +206,7 @@ class Manifest:
     w_avg: dict[str, list[float]]  # per defect type, W floats
     files: dict[str, FileEntry]  # relative posix path -> entry
     defaults: RunDefaults = field(default_factory=RunDefaults)  # recommended `defectgen run` settings
+    patch: PatchInfo | None = None  # set for patch-mode bundles (window + pixel scale); None: whole-part
     defect_bank: dict[str, list[dict[str, str]]] = field(default_factory=dict)  # type -> [{"image", "mask"}]
     configs: dict[str, Any] = field(default_factory=dict)  # training/model configs, informational
     loss_terms: list[str] = field(default_factory=lambda: list(LOSS_TERMS))
@@ -193,6 +218,8 @@ class Manifest:
     def __post_init__(self) -> None:
         if isinstance(self.defaults, dict):  # the exporter and tests may pass the JSON form
             self.defaults = RunDefaults.from_dict(self.defaults)
+        if isinstance(self.patch, dict):
+            self.patch = PatchInfo.from_dict(self.patch)
 
     # ---- (de)serialisation -------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -212,6 +239,7 @@ class Manifest:
             "loss_terms": list(self.loss_terms),
             "default_lambdas": dict(self.default_lambdas),
             "defaults": self.defaults.to_dict(),
+            **({"patch": self.patch.to_dict()} if self.patch is not None else {}),
             "w_avg": {k: [float(x) for x in v] for k, v in self.w_avg.items()},
             "files": {k: v.to_dict() for k, v in sorted(self.files.items())},
             "defect_bank": self.defect_bank,
@@ -261,6 +289,7 @@ class Manifest:
             loss_terms=str_list(d, "loss_terms"),
             default_lambdas=float_dict(d, "default_lambdas"),
             defaults=RunDefaults.from_dict(get_field(d, "defaults", dict, "manifest", default={})),
+            patch=PatchInfo.from_dict(d["patch"]) if d.get("patch") is not None else None,
             w_avg=w_avg_field(d),
             files={check_relpath(k): FileEntry.from_dict(v, f"files[{k!r}]")
                    for k, v in get_field(d, "files", dict, "manifest").items()},
@@ -298,6 +327,9 @@ class Manifest:
             raise BundleError(msg)
         if not self.step_batches or any(b < 1 for b in self.step_batches):
             msg = f"manifest field step_batches must list positive batch sizes, got {self.step_batches}"
+            raise BundleError(msg)
+        if self.patch is not None and self.patch.window != self.resolution:
+            msg = f"manifest field patch.window is {self.patch.window}, but resolution is {self.resolution}"
             raise BundleError(msg)
         self._validate_values()
 
@@ -356,8 +388,9 @@ class Manifest:
             raise BundleError(msg)
         lat = TensorSpec("latent", latent[space])
         extra = [onehot] if space == "z" else []
-        if role == "synthesis":
-            return [lat, *extra], [img, TensorSpec("mask_logit", [b, 1, r, r])]
+        if role == "synthesis":  # a patch G draws over the good window: it is an input too
+            good = [TensorSpec("good", [b, 3, r, r])] if self.patch is not None else []
+            return [lat, *good, *extra], [img, TensorSpec("mask_logit", [b, 1, r, r])]
         if role == "step":
             ins = [lat, TensorSpec("good", [b, 3, r, r]), msk, TensorSpec("stitched", [b, 3, r, r]),
                    TensorSpec("lambdas", [len(LOSS_TERMS)]), *extra]

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from defectgen.errors import JobError, choice_error
+from defectgen.errors import BundleError, JobError, choice_error
 from defectgen.runtime.backends import Backend
 from defectgen.runtime.bundle import Bundle
 from defectgen.runtime.bundle.manifest import LOSS_TERMS, RunDefaults
@@ -73,6 +73,9 @@ class InversionConfig:
         bundle.check_space(self.space)
         if self.init not in INITS:
             raise JobError(choice_error("init", self.init, INITS))
+        if self.init == "encoder" and not bundle.has_encoder:
+            msg = f"bundle {bundle.source} ships no encoder: use --init wavg or --init random"
+            raise BundleError(msg)
         if self.lr_schedule not in LR_SCHEDULES:
             raise JobError(choice_error("lr_schedule", self.lr_schedule, LR_SCHEDULES))
         checks = [
@@ -241,7 +244,7 @@ def invert(backend: Backend, bundle: Bundle, batch: InversionBatch, *, config: I
         _adam(c, m, v, grad, good_idx, t=i + 1, lr=cfg.lr_at(i), cfg=cfg)
         steps_run[good_idx] += 1
     t_steps = time.perf_counter()
-    image, mask_logit = backend.synthesize(cfg.space, best_c, onehot)
+    image, mask_logit = backend.synthesize(cfg.space, best_c, onehot, good=batch.good)
     t_end = time.perf_counter()
     timings = {"init_s": t_init - t_start, "steps_s": t_steps - t_init, "synthesize_s": t_end - t_steps,
                "total_s": t_end - t_start, "step_calls": float(calls)}
