@@ -214,6 +214,9 @@ def run(
     mask_shape: Optional[str] = typer.Option(None, help="Random masks: reference (the reference defect's real "
                                                         "mask, moved/mirrored/rescaled) or procedural (the "
                                                         "type's shape family). Default: the bundle's, reference."),
+    scale: Optional[float] = typer.Option(None, help="Patch-mode bundles: data px per model px of the window, for "
+                                                     "images taken at another scale (default: the bundle's)."),
+    variants: int = typer.Option(1, help="Generate K different defects for each target (different latent inits)."),
 ) -> None:
     """Generate defective images with exact masks (torch-free edge runtime). Rerun to resume.
 
@@ -225,7 +228,7 @@ def run(
                    random_masks=random_masks, types=_csv(types), space=space, steps=steps, lr=lr,
                    lambdas=lambda_ or [], init=init, backend=backend, shard=shard, seed=seed, batch=batch,
                    mask_mode=mask_mode, retry_failed=retry_failed, detail=detail, guide_weight=guide_weight,
-                   threads=threads, mask_shape=mask_shape)
+                   threads=threads, mask_shape=mask_shape, scale=scale, variants=variants)
     raise typer.Exit(code)
 
 

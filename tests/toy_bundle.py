@@ -143,10 +143,12 @@ def _mapping_nodes(g: _Graph, m: ToyModel, z: str, onehot: str) -> str:
     return g.op("Tanh", g.op("Add", g.op("MatMul", z, g.const(m.A)), g.op("MatMul", onehot, g.const(m.C))))
 
 
-def _synthesis_nodes(g: _Graph, m: ToyModel, wflat: str) -> None:
+def _synthesis_nodes(g: _Graph, m: ToyModel, wflat: str, layered: bool = False) -> None:
     r = m.res
-    img = g.op("Tanh", g.op("MatMul", wflat, g.const(m.Gi)))
-    g.output(g.op("Reshape", img, g.ints([-1, 3, r, r])), "image")
+    img = g.op("Reshape", g.op("Tanh", g.op("MatMul", wflat, g.const(m.Gi))), g.ints([-1, 3, r, r]))
+    if layered:  # a patch G draws over the good window: here half of it, half the generated layer
+        img = g.op("Mul", g.op("Add", img, "good"), g.const(0.5))
+    g.output(img, "image")
     g.output(g.op("Reshape", g.op("MatMul", wflat, g.const(m.Gm)), g.ints([-1, 1, r, r])), "mask_logit")
 
 
@@ -169,7 +171,7 @@ def build_mapping(m: ToyModel, path: Path) -> None:
     g.save(path, [("z", ["B", m.z_dim]), ("type_onehot", ["B", len(m.types)])], [("w", ["B", m.w_dim])])
 
 
-def build_synthesis(m: ToyModel, space: str, path: Path) -> None:
+def build_synthesis(m: ToyModel, space: str, path: Path, layered: bool = False) -> None:
     g, r, t = _Graph(), m.res, len(m.types)
     if space == "wplus":
         wflat = _flat(g, "latent", m.num_ws * m.w_dim)
@@ -177,8 +179,9 @@ def build_synthesis(m: ToyModel, space: str, path: Path) -> None:
         wflat = _w_to_wplus_flat(g, m, "latent")
     else:
         wflat = _w_to_wplus_flat(g, m, _mapping_nodes(g, m, "latent", "type_onehot"))
-    _synthesis_nodes(g, m, wflat)
-    ins = [("latent", ["B", *m.latent_shape(space)])] + ([("type_onehot", ["B", t])] if space == "z" else [])
+    _synthesis_nodes(g, m, wflat, layered)
+    ins = [("latent", ["B", *m.latent_shape(space)])] + ([("good", ["B", 3, r, r])] if layered else []) + (
+        [("type_onehot", ["B", t])] if space == "z" else [])
     g.save(path, ins, [("image", ["B", 3, r, r]), ("mask_logit", ["B", 1, r, r])])
 
 
@@ -225,17 +228,21 @@ def _write_png(path: Path, arr: np.ndarray) -> None:
 
 def make_toy_bundle(out: Path, *, model: ToyModel | None = None, spaces: tuple[str, ...] = ("wplus", "w", "z"),
                     batches: tuple[int, ...] = (1, 4), nan_above: float | None = None,
-                    zip_path: Path | None = None) -> Path:
-    """Write a complete, valid bundle folder (and optionally a zip of it); returns the folder."""
+                    zip_path: Path | None = None, patch_scale: float | None = None) -> Path:
+    """Write a complete, valid bundle folder (and optionally a zip of it); returns the folder.
+
+    With `patch_scale`, a patch-mode bundle: window = the model's resolution at that pixel scale, a synthesis
+    that draws over the good window (an input), no encoder (init wavg).
+    """
     m = model or ToyModel()
     out.mkdir(parents=True, exist_ok=True)
-    builders: list[tuple[str, FileEntry, object]] = [
-        ("encoder.onnx", FileEntry(role="encoder"), lambda p: build_encoder(m, p)),
-        ("mapping.onnx", FileEntry(role="mapping"), lambda p: build_mapping(m, p)),
-    ]
+    layered = patch_scale is not None
+    builders: list[tuple[str, FileEntry, object]] = [] if layered else [
+        ("encoder.onnx", FileEntry(role="encoder"), lambda p: build_encoder(m, p))]
+    builders.append(("mapping.onnx", FileEntry(role="mapping"), lambda p: build_mapping(m, p)))
     for s in spaces:
         builders.append((f"synthesis_{s}.onnx", FileEntry(role="synthesis", space=s),
-                         lambda p, s=s: build_synthesis(m, s, p)))
+                         lambda p, s=s: build_synthesis(m, s, p, layered)))
         for b in batches:
             builders.append((f"step_{s}_b{b}.onnx", FileEntry(role="step", space=s, batch=b),
                              lambda p, s=s, b=b: build_step(m, s, b, p, nan_above)))
@@ -256,7 +263,9 @@ def make_toy_bundle(out: Path, *, model: ToyModel | None = None, spaces: tuple[s
         resolution=m.res, z_dim=m.z_dim, w_dim=m.w_dim, num_ws=m.num_ws, defect_types=list(m.types),
         spaces=list(spaces), step_batches=list(batches), opset=OPSET,
         default_lambdas={"mask": 1.0, "bg": 1.0, "def": 0.5, "pix": 0.25, "dom": 0.1, "prior": 0.01},
-        defaults={"steps": 10, "lr": 0.05, "space": "wplus", "init": "encoder", "feather_px": 1},
+        defaults={"steps": 10, "lr": 0.05, "space": "wplus", "init": "wavg" if layered else "encoder",
+                  "feather_px": 1},
+        patch={"window": m.res, "scale": patch_scale} if layered else None,
         w_avg={k: v.tolist() for k, v in m.w_avg.items()}, files=files, defect_bank=bank,
         configs={"toy": {"seed": m.seed}}, defectgen_version="0.1.0",
     )

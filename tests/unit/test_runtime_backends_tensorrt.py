@@ -32,7 +32,7 @@ def test_engine_cache_path_key(bundle: Bundle) -> None:
         return engine_cache_path(bundle, file, fp16, **args)  # type: ignore[arg-type]
 
     p = path()
-    assert p.parent == bundle.root / ".trt_cache" and p.name.startswith("step_w_b4-") and p.suffix == ".engine"
+    assert p.parent == bundle.cache_dir("trt") and p.name.startswith("step_w_b4-") and p.suffix == ".engine"
     assert path() == p  # stable
     assert path(fp16=False) != p
     assert path(trt_version="10.4.0") != p

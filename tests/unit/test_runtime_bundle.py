@@ -229,19 +229,20 @@ def test_not_a_bundle(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("nested", [False, True])
-def test_zip_bundle(toy_dir: Path, tmp_path: Path, nested: bool) -> None:
+def test_zip_bundle(toy_dir: Path, tmp_path: Path, nested: bool, _private_cache: Path) -> None:
     zpath = tmp_path / "toy.zip"
     with zipfile.ZipFile(zpath, "w") as zf:
         for p in sorted(toy_dir.rglob("*")):
             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(toy_dir).parts):
                 zf.write(p, ("bundle/" if nested else "") + p.relative_to(toy_dir).as_posix())
     b = Bundle.load(zpath)
-    assert b.source == zpath and b.root.is_relative_to(tmp_path / "toy.zip.extracted")
+    assert b.source == zpath and b.root.is_relative_to(_private_cache / "zips")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["toy.zip"]  # nothing written beside the zip
     assert b.step_batches("w") == [1, 4]
     mtime = (b.root / "manifest.json").stat().st_mtime_ns
     b2 = Bundle.load(zpath)  # extracted once, reused
     assert b2.root == b.root and (b2.root / "manifest.json").stat().st_mtime_ns == mtime
-    assert not list((tmp_path / "toy.zip.extracted").glob(".tmp-*"))
+    assert not list((_private_cache / "zips").glob(".tmp-*"))
 
 
 def test_zip_rejects_unsafe_paths(tmp_path: Path) -> None:
@@ -259,7 +260,10 @@ def test_default_bundle_missing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     assert default_bundle_path().parts[-2:] == ("assets", "default_bundle")
 
 
-def test_cache_dir(toy_copy: Path) -> None:
+def test_cache_dir(toy_copy: Path, _private_cache: Path) -> None:
     b = Bundle.load(toy_copy)
-    assert b.cache_dir("ort") == toy_copy / ".ort_cache"
-    assert (toy_copy / ".ort_cache").is_dir()
+    before = sorted(p.name for p in toy_copy.iterdir())
+    ort_cache = b.cache_dir("ort")
+    assert ort_cache.is_dir() and ort_cache.is_relative_to(_private_cache / "bundles") and ort_cache.name == "ort"
+    assert b.cache_dir("trt").parent == ort_cache.parent  # one folder per bundle, keyed by its manifest
+    assert sorted(p.name for p in toy_copy.iterdir()) == before  # nothing beside the bundle

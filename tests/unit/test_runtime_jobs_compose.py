@@ -108,3 +108,27 @@ def test_model_image_plus_detail_gives_the_guide_back_inside_the_mask() -> None:
     assert np.abs(smooth[inside].astype(int) - guide[inside]).mean() > 20  # the model's resolution alone blurs
     outside = ~dilate(mask, feather_px(crop, res, 1)).astype(bool)
     assert np.array_equal(with_detail[outside], image[outside])  # still bit-exact outside the band
+
+
+def test_patch_window_is_centred_on_the_target_and_inside_the_image() -> None:
+    mask = np.zeros((100, 140), np.uint8)
+    mask[40:50, 60:66] = 1
+    crop, enlarged = Crop.around(mask, 32)
+    assert not enlarged and crop.size == (32, 32)
+    assert crop.y0 <= 40 and crop.y1 >= 50 and crop.x0 <= 60 and crop.x1 >= 66
+    assert abs((crop.y0 + crop.y1) / 2 - 45) <= 1 and abs((crop.x0 + crop.x1) / 2 - 63) <= 1
+    corner = np.zeros((100, 140), np.uint8)
+    corner[0:4, 136:140] = 1  # at the image's corner: the window moves inside, it is not cut
+    crop, _ = Crop.around(corner, 32)
+    assert crop == Crop(0, 108, 32, 140)
+
+
+def test_patch_window_grows_for_a_large_target_and_is_cut_to_a_small_image() -> None:
+    mask = np.zeros((200, 200), np.uint8)
+    mask[20:110, 30:90] = 1  # 90 px tall: more than 75 % of a 32 px window
+    crop, enlarged = Crop.around(mask, 32)
+    assert enlarged and crop.size == (120, 120) and crop.of(mask).sum() == mask.sum()
+    small = np.zeros((20, 50), np.uint8)
+    small[5:10, 20:30] = 1
+    crop, _ = Crop.around(small, 32)
+    assert crop.size == (20, 32) and crop.of(small).sum() == small.sum()

@@ -162,3 +162,17 @@ def test_zero_steps_evaluates_init(backend: OrtBackend, bundle: Bundle, toy: Toy
     res = invert(backend, bundle, _batch(toy, 2), config=InversionConfig(steps=0))
     np.testing.assert_array_equal(res.latent, res.init_latent)
     assert res.terms_history.shape == (1, 2, 6) and (res.steps_run == 0).all()
+
+
+@pytest.mark.parametrize("space", ["wplus", "w", "z"])
+def test_variants_start_from_different_latents(backend: OrtBackend, bundle: Bundle, toy: ToyModel, space: str) -> None:
+    good, mask, stitched, types = toy.inputs(1)
+    rep = [np.repeat(a, 3, 0) for a in (good, mask, stitched)]
+    cfg = InversionConfig(space=space, init="wavg")
+    plain = init_latent(backend, bundle, InversionBatch(*rep, types * 3), cfg, np.random.default_rng(0))
+    batch = InversionBatch(*rep, types * 3, variants=[(7, 0), (7, 1), (7, 2)])
+    c0 = init_latent(backend, bundle, batch, cfg, np.random.default_rng(0))
+    assert np.array_equal(c0[0], plain[0])  # variant 0 is the configured init
+    assert not np.allclose(c0[1], c0[0]) and not np.allclose(c0[2], c0[1])
+    again = init_latent(backend, bundle, batch, cfg, np.random.default_rng(5))
+    assert np.array_equal(again[1:], c0[1:])  # a variant's start depends on (job seed, k) only

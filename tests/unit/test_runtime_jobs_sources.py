@@ -20,6 +20,7 @@ from defectgen.runtime.jobs.sources import (
     name_width,
     parse_shard,
     scan_jobs,
+    with_variants,
 )
 
 TYPES = ["crack", "hole"]
@@ -153,3 +154,16 @@ def test_check_types_and_scan(folder: Path) -> None:
     b = scan_jobs(folder_jobs(folder, masks=None, random_masks=3, types=TYPES, run_seed=0))
     assert a.count == 10 and a.fingerprint != b.fingerprint
     assert name_width(10) == 3 and name_width(1001) == 4
+
+
+def test_variants_repeat_each_job_with_its_target_and_new_ids(folder: Path) -> None:
+    base = list(folder_jobs(folder, masks=None, random_masks=2, types=TYPES, run_seed=0))
+    assert list(with_variants(iter(base), 1)) == base
+    out = list(with_variants(iter(base), 3))
+    assert [s.index for s in out] == list(range(3 * len(base)))
+    assert [s.variant for s in out[:3]] == [0, 1, 2]
+    for i, spec in enumerate(base):
+        group = out[3 * i:3 * i + 3]
+        assert {(s.image, s.mask, s.defect_type, s.seed, s.reference) for s in group} == {
+            (spec.image, spec.mask, spec.defect_type, spec.seed, spec.reference)}  # one target
+    assert len({s.id for s in out}) == len(out)  # every variant is its own job for resume

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from defectgen.runtime.bundle.fields import (
     str_list,
     w_avg_field,
 )
+from defectgen.runtime.bundle.sections import PatchInfo, RunDefaults
 
 FORMAT = "defectgen-bundle"
 FORMAT_VERSION = 1
@@ -116,74 +117,6 @@ class FileEntry:
         """JSON-ready dict; `None` fields and empty I/O lists are left out."""
         d = asdict(self)
         return {k: v for k, v in d.items() if v is not None and not (k in ("inputs", "outputs") and not v)}
-
-
-@dataclass(frozen=True)
-class RunDefaults:
-    """The bundle's recommended `defectgen run` settings: the one place run defaults live.
-
-    `defectgen export` writes them (its `--steps` / `--guide-weight` override fields), `defectgen run` and
-    `defectgen bench` start from them, and the runtime's `InversionConfig` takes its field defaults from here.
-    A manifest that names only some fields gets these defaults for the rest.
-    """
-
-    space: str = "wplus"  # latent space optimised: wplus, w or z
-    steps: int = 10  # Adam steps after the init
-    lr: float = 0.05  # peak Adam learning rate
-    init: str = "encoder"  # encoder | wavg | random
-    feather_px: float = 3.0  # compositing feather, in model pixels
-    detail: bool = True  # add the full-resolution guide's detail above the model's resolution
-    guide_weight: float = 0.0  # share of the stitched real defect S in the output: (1 - g) G + g S
-    mask_shape: str = "reference"  # random targets: the reference defect's own mask, or "procedural" shapes
-
-    @classmethod
-    def from_dict(cls, d: Any, where: str = "manifest.defaults") -> RunDefaults:
-        """Parse the manifest's `defaults`; unknown keys are ignored (a newer exporter), types are checked.
-
-        Raises:
-            BundleError: a known field of the wrong type (named).
-        """
-        require_type(d, dict, where)
-        kw: dict[str, Any] = {}
-        for f in fields(cls):
-            if f.name not in d:
-                continue
-            v, want = d[f.name], type(getattr(cls, f.name))
-            ok = isinstance(v, want) and not (want is not bool and isinstance(v, bool))
-            if want is float and isinstance(v, int) and not isinstance(v, bool):
-                v, ok = float(v), True
-            if not ok:
-                msg = f"manifest field {where}.{f.name} must be {want.__name__}, got {v!r}"
-                raise BundleError(msg)
-            kw[f.name] = v
-        return cls(**kw)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class PatchInfo:
-    """A patch-mode bundle's window: the model works on `window` x `window` model px, cut from the data at
-    `scale` data px per model px (1.0: native resolution), and its G draws a defect layer over the good window,
-    which is therefore an input of the synthesis graph too.
-    """
-
-    window: int  # P, equal to the manifest's `resolution`
-    scale: float = 1.0  # data px per model px
-
-    @classmethod
-    def from_dict(cls, d: Any, where: str = "manifest.patch") -> PatchInfo:
-        require_type(d, dict, where)
-        info = cls(window=get_field(d, "window", int, where), scale=float(get_field(d, "scale", float, where,
-                                                                                     default=1.0)))
-        if info.window < 1 or not info.scale > 0:
-            msg = f"manifest field {where} needs window >= 1 and scale > 0, got {info}"
-            raise BundleError(msg)
-        return info
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass

@@ -43,6 +43,7 @@ from defectgen.runtime.jobs.sources import (
     name_width,
     parse_shard,
     scan_jobs,
+    with_variants,
 )
 
 EXAMPLES = EXAMPLES_DIR
@@ -147,9 +148,10 @@ class RunRequest:
     source: Source
     seed: int
     jobset: JobSet
+    variants: int = 1
 
     def jobs(self) -> Iterator[JobSpec]:
-        return self.source.jobs(self.types, self.seed)
+        return with_variants(self.source.jobs(self.types, self.seed), self.variants)
 
     def identity(self) -> dict[str, Any]:
         """Options that decide the results: a resumed run must match them exactly (`run.json`)."""
@@ -158,18 +160,22 @@ class RunRequest:
                                                      "fingerprint": self.jobset.fingerprint},
                 "masks": self.source.mask_rule,
                 "bundle_sha256": hashlib.sha256(manifest).hexdigest(), "types": self.types, "seed": self.seed,
-                **self.settings.identity()}
+                **({"variants": self.variants} if self.variants > 1 else {}), **self.settings.identity()}
 
 
-def make_request(*, bundle: Bundle, source: Source, types: Sequence[str] | None, seed: int,
+def make_request(*, bundle: Bundle, source: Source, types: Sequence[str] | None, seed: int, variants: int = 1,
                  **options: Any) -> RunRequest:
     """Resolve options against the bundle (`resolve_settings`) and scan the job source once (paths only): every
     fatal check happens here, before anything is written.
     """
+    if variants < 1:
+        msg = f"--variants must be >= 1, got {variants}"
+        raise JobError(msg)
     settings = resolve_settings(bundle, **options)
     types_ = check_types(types, bundle.defect_types)
-    jobset = scan_jobs(source.jobs(types_, seed))
-    return RunRequest(bundle=bundle, settings=settings, types=types_, source=source, seed=seed, jobset=jobset)
+    jobset = scan_jobs(with_variants(source.jobs(types_, seed), variants))
+    return RunRequest(bundle=bundle, settings=settings, types=types_, source=source, seed=seed, jobset=jobset,
+                      variants=variants)
 
 
 def check_threads(threads: int | None, backend: str) -> dict[str, int]:
@@ -236,7 +242,8 @@ def run_cli(*, out: Path, bundle: Path | None, images: Path | None, mvtec: Path 
             steps: int | None, lr: float | None, lambdas: Sequence[str], init: str | None, backend: str,
             shard: str | None, seed: int, batch: int | None = None, mask_mode: str = "target",
             retry_failed: bool = False, progress: bool | None = None, detail: bool | None = None,
-            guide_weight: float | None = None, threads: int | None = None, mask_shape: str | None = None) -> int:
+            guide_weight: float | None = None, threads: int | None = None, mask_shape: str | None = None,
+            scale: float | None = None, variants: int = 1) -> int:
     """`defectgen run`: validate everything cheap, then generate; see the module docstring for the error rule.
 
     Returns:
@@ -249,9 +256,10 @@ def run_cli(*, out: Path, bundle: Path | None, images: Path | None, mvtec: Path 
     source = check_source(images=images, mvtec=mvtec, jobs=jobs, masks=masks, random_masks=random_masks)
     shard_kn = parse_shard(shard)
     check_threads(threads, resolve_backend_name(backend))  # bad backend/threads fail before any scanning
-    request = make_request(bundle=Bundle.load(bundle), source=source, types=types, seed=seed, space=space,
-                           steps=steps, lr=lr, lambdas=parse_lambdas(lambdas), init=init, mask_mode=mask_mode,
-                           batch=batch, detail=detail, guide_weight=guide_weight, mask_shape=mask_shape)
+    request = make_request(bundle=Bundle.load(bundle), source=source, types=types, seed=seed, variants=variants,
+                           space=space, steps=steps, lr=lr, lambdas=parse_lambdas(lambdas), init=init,
+                           mask_mode=mask_mode, batch=batch, detail=detail, guide_weight=guide_weight,
+                           mask_shape=mask_shape, scale=scale)
     info = {"input": str(source.path), "masks_dir": str(masks) if masks else None}
     summary = run_request(request, out=out, backend=backend, shard=shard_kn, retry_failed=retry_failed,
                           progress=progress, info=info, threads=threads)

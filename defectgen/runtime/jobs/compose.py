@@ -1,9 +1,10 @@
 """Crop -> model -> paste: the resolution bridge between full-resolution parts and the model's R x R.
 
-A job's target region is a `Crop` of the full-resolution good image. Today the crop covers the whole image
-(`Crop.full`); patch mode (docs/design.md "Resolution and patch mode") will crop around the target mask at
-native scale, and nothing here changes: the crop is resized to the model, the generated crop is resized back to the
-crop's own size, and composited over the *original* image with a feathered alpha, so every pixel outside the
+A job's target region is a `Crop` of the full-resolution good image: the whole image for a whole-part model
+(`Crop.full`), a square window around the target mask at the bundle's pixel scale for a patch-mode model
+(`Crop.around`, docs/design.md "Resolution and patch mode"). Either way the crop is resized to the model, the
+generated crop is resized back to the crop's own size, and composited over the *original* image with a
+feathered alpha, so every pixel outside the
 feathered band is bit-exact the input.
 
 Detail above the model's resolution: a R x R model cannot carry the finer detail of a larger crop, so its
@@ -26,6 +27,8 @@ from defectgen.data.imageio import mask_to_model, to_model
 from defectgen.data.masks import dilate, feather
 from defectgen.errors import JobError
 
+WINDOW_FILL = 0.75  # a target's box may fill this share of a patch window; the rest is surface context
+
 
 @dataclass(frozen=True)
 class Crop:
@@ -40,6 +43,25 @@ class Crop:
     def full(cls, shape: tuple[int, ...]) -> Crop:
         """The crop covering a whole image of `shape` (H, W, ...)."""
         return cls(0, 0, int(shape[0]), int(shape[1]))
+
+    @classmethod
+    def around(cls, mask: np.ndarray, side: int, *, fill: float = WINDOW_FILL) -> tuple[Crop, bool]:
+        """A square window of `side` px centred on the target mask's box, moved inside the image.
+
+        A target whose box exceeds `fill` of the window gets a larger window (the model then sees it at a coarser
+        scale); a window larger than the image is cut to the image (then it may not be square).
+
+        Returns:
+            (the crop, whether it had to be enlarged beyond `side`).
+        """
+        ys, xs = np.nonzero(mask)
+        h, w = mask.shape[:2]
+        by0, by1, bx0, bx1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+        need = math.ceil(max(by1 - by0, bx1 - bx0) / fill)
+        size = max(side, need)
+        y0 = min(max((by0 + by1 - size) // 2, 0), max(h - size, 0))
+        x0 = min(max((bx0 + bx1 - size) // 2, 0), max(w - size, 0))
+        return cls(y0, x0, min(y0 + size, h), min(x0 + size, w)), size > side
 
     @property
     def size(self) -> tuple[int, int]:

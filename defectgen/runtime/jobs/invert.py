@@ -13,7 +13,9 @@ Rules (see `InversionConfig` for the knobs):
   through the mapping network without gradients of the mapping, so we *search*: draw `z_candidates` z ~ N(0, I)
   per sample, map them with the sample's type, and start from the z whose w is nearest (L2) to the encoder's
   layer-mean w. `wavg`: the type's `w_avg` (w, w+ broadcast to all layers; for z the origin, whose mapping is the
-  closest thing to w_avg). `random`: z ~ N(0, I), mapped (and broadcast) for w / w+.
+  closest thing to w_avg). `random`: z ~ N(0, I), mapped (and broadcast) for w / w+. A sample that is variant
+  k > 0 of its job (`InversionBatch.variants`, `defectgen run --variants K`) starts from z ~ N(0, I) seeded by
+  (job seed, k) instead, whatever the init: K variants of one target become K different defects.
 - **Adam** on the latent, per-sample bias-corrected, with `lr_schedule="cosine"`: the StyleGAN2 projector's ramp,
   lr · ½(1 − cos(π · min(1, (1 − t) / rampdown))) · min(1, t / rampup), t = step / steps; rampup defaults to 0
   because with 5-20 steps a ramp-up would waste the first step.
@@ -111,10 +113,12 @@ class InversionBatch:
     mask: np.ndarray  # (B,1,R,R) target mask M, {0, 1}
     stitched: np.ndarray  # (B,3,R,R) I with a real defect pasted into M (S); = good when there is no reference
     types: list[str]  # B defect type names
+    variants: list[tuple[int, int]] | None = None  # per sample (job seed, variant k); k > 0 starts elsewhere
 
     def __post_init__(self) -> None:
         n = len(self.good)
-        if not n or len(self.mask) != n or len(self.stitched) != n or len(self.types) != n:
+        if not n or len(self.mask) != n or len(self.stitched) != n or len(self.types) != n or (
+                self.variants is not None and len(self.variants) != n):
             msg = (f"inversion batch sizes disagree or are empty: good {len(self.good)}, mask {len(self.mask)}, "
                    f"stitched {len(self.stitched)}, types {len(self.types)}")
             raise JobError(msg)
@@ -150,7 +154,24 @@ class InversionResult:
 
 def init_latent(backend: Backend, bundle: Bundle, batch: InversionBatch, config: InversionConfig,
                 rng: np.random.Generator) -> np.ndarray:
-    """The starting latent for `config.init` in `config.space` (rules in the module docstring)."""
+    """The starting latent for `config.init` in `config.space`; variants k > 0 start from a random latent drawn
+    from their (job seed, k), so K variants of one target are K different defects (module docstring).
+    """
+    c0 = _configured_init(backend, bundle, batch, config, rng)
+    picks = [i for i, (_, k) in enumerate(batch.variants or []) if k > 0]
+    if picks:
+        z = np.stack([np.random.default_rng([seed, k]).standard_normal(bundle.z_dim)
+                      for seed, k in (batch.variants[i] for i in picks)]).astype(np.float32)  # type: ignore[index]
+        if config.space == "z":
+            c0[picks] = z
+        else:
+            w = backend.map(z, bundle.type_onehot([batch.types[i] for i in picks]))
+            c0[picks] = w if config.space == "w" else np.repeat(w[:, None], bundle.num_ws, 1)
+    return c0
+
+
+def _configured_init(backend: Backend, bundle: Bundle, batch: InversionBatch, config: InversionConfig,
+                     rng: np.random.Generator) -> np.ndarray:
     space, n = config.space, len(batch)
     onehot = bundle.type_onehot(batch.types)
     if config.init == "encoder":

@@ -94,7 +94,7 @@ class _Loop:
         for i, p in enumerate(jobs):
             t0 = time.perf_counter()
             fields = {"reference": p.reference, "final_terms": result.final_terms[i], "history": objective[:, i],
-                      "steps_run": int(result.steps_run[i])}
+                      "steps_run": int(result.steps_run[i]), "window": p.window}
             if result.failed[i]:
                 ran = int(np.isfinite(objective[:, i]).sum())
                 self.fail(p.spec, f"objective became non-finite (NaN/inf) at evaluation {ran} of {p.spec.source} "

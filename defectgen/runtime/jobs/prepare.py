@@ -53,6 +53,7 @@ class Prepared:
     guide: np.ndarray  # uint8 crop-sized HxWx3: the crop with the reference stitched in at full resolution
     reference: str | None  # which real defect was stitched in (None: the bundle has none of this type)
     seconds: float = 0.0
+    window: dict[str, Any] | None = None  # patch mode: the window's box, scale and whether it was enlarged
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -140,6 +141,23 @@ def target_mask(spec: JobSpec, image: np.ndarray) -> np.ndarray:
     return mask
 
 
+def job_crop(bundle: Bundle, mask: np.ndarray, settings: RunSettings) -> tuple[Crop, dict[str, Any] | None]:
+    """The region the model sees: the whole image, or for a patch-mode bundle a window around the target.
+
+    The window is `P x scale` data px (the bundle's pixel scale, or `--scale` for images taken at another
+    one), enlarged when the target does not fit (`Crop.around`); the model then works at a coarser scale.
+
+    Returns:
+        (the crop, None or the window's record for `jobs.jsonl`: box [y0, x0, y1, x1], scale, enlarged).
+    """
+    if bundle.patch is None:
+        return Crop.full(mask.shape), None
+    scale = settings.scale or bundle.patch.scale
+    crop, enlarged = Crop.around(mask, max(1, round(bundle.patch.window * scale)))
+    return crop, {"box": [crop.y0, crop.x0, crop.y1, crop.x1], "scale": round(crop.scale(bundle.resolution), 4),
+                  "enlarged": enlarged}
+
+
 def prepare(spec: JobSpec, bundle: Bundle, settings: RunSettings) -> Prepared:
     """Read a job's files and build the model inputs `I`, `M`, `S` for its crop.
 
@@ -155,7 +173,7 @@ def prepare(spec: JobSpec, bundle: Bundle, settings: RunSettings) -> Prepared:
         moved, mask = _reference_target(spec, image, ref[0], ref[1])
     else:
         mask = target_mask(spec, image)
-    crop = Crop.full(image.shape)  # patch mode will crop around the mask here
+    crop, window = job_crop(bundle, mask, settings)
     res = bundle.resolution
     good, mask_m = model_inputs(image, mask, crop, res)
     if ref is None:  # no real defect to imitate: S = I, the def/pix terms only smooth
@@ -173,7 +191,7 @@ def prepare(spec: JobSpec, bundle: Bundle, settings: RunSettings) -> Prepared:
                        rng=None if moved is not None else job_rng(spec, _RNG_STITCH))
         stitched = to_model(guide, res)
     return Prepared(spec=spec, image=image, mask=mask, crop=crop, good=good, mask_m=mask_m, stitched=stitched,
-                    guide=guide, reference=ref_name, seconds=time.perf_counter() - t0)
+                    guide=guide, reference=ref_name, seconds=time.perf_counter() - t0, window=window)
 
 
 def batch_seed(jobs: list[Prepared]) -> int:
@@ -182,14 +200,17 @@ def batch_seed(jobs: list[Prepared]) -> int:
     `invert` draws for a whole batch from one generator, so with `--init random` or `--space z` a job's start
     depends on its batch-mates; deriving the seed from them keeps runs with equal options reproducible.
     """
-    h = hashlib.sha256(",".join(str(p.spec.seed) for p in jobs).encode()).digest()
+    h = hashlib.sha256(",".join(f"{p.spec.seed}:{p.spec.variant}" if p.spec.variant else str(p.spec.seed)
+                                for p in jobs).encode()).digest()
     return int.from_bytes(h[:8], "little") >> 1
 
 
 def inversion_batch(jobs: list[Prepared]) -> InversionBatch:
     """The model inputs of prepared jobs, stacked for one `invert` call."""
+    variants = [(p.spec.seed, p.spec.variant) for p in jobs]
     return InversionBatch(good=np.stack([p.good for p in jobs]), mask=np.stack([p.mask_m for p in jobs]),
-                          stitched=np.stack([p.stitched for p in jobs]), types=[p.spec.defect_type for p in jobs])
+                          stitched=np.stack([p.stitched for p in jobs]), types=[p.spec.defect_type for p in jobs],
+                          variants=variants if any(k for _, k in variants) else None)
 
 
 def invert_batch(backend: Backend, bundle: Bundle, jobs: list[Prepared], settings: RunSettings) -> InversionResult:

@@ -52,12 +52,15 @@ class JobRecord:
     steps_run: int | None = None
     time_s: float = 0.0
     backend: str = ""
+    window: dict[str, Any] | None = None  # patch mode: {"box": [y0, x0, y1, x1], "scale", "enlarged"}
+    variant: int = 0  # k of `--variants K`
 
     @classmethod
     def of(cls, spec: JobSpec, settings: RunSettings, *, status: str, error: str | None = None,
            outputs: tuple[str, str] | None = None, reference: str | None = None,
            final_terms: np.ndarray | None = None, history: np.ndarray | None = None, steps_run: int | None = None,
-           seconds: float = 0.0, backend: str = "", base: Path | None = None) -> JobRecord:
+           seconds: float = 0.0, backend: str = "", base: Path | None = None,
+           window: dict[str, Any] | None = None) -> JobRecord:
         """The record of a finished or failed job; mask paths are written relative to `base`."""
         inv = settings.inversion
         mask = "random" if spec.mask is None else relpath(spec.mask, base or spec.mask.parent)
@@ -70,7 +73,7 @@ class JobRecord:
             mask_shape=settings.mask_shape,
             final_terms=None if final_terms is None else dict(zip(LOSS_TERMS, map(_num, final_terms), strict=True)),
             objective=None if history is None else [_num(v) for v in history],
-            steps_run=steps_run, time_s=round(seconds, 4), backend=backend,
+            steps_run=steps_run, time_s=round(seconds, 4), backend=backend, window=window, variant=spec.variant,
         )
 
     def to_line(self) -> str:

@@ -34,6 +34,7 @@ class RunSettings:
         mask_shape: random targets (`mask: null` jobs) take the reference defect's own mask, moved and
             mirrored ("reference": real label geometry), or a shape drawn from the type's procedural
             family ("procedural"); jobs without a reference always draw procedurally.
+        scale: patch-mode bundles: data px per model px of the window (None: the bundle's own pixel scale).
     """
 
     inversion: InversionConfig
@@ -43,25 +44,27 @@ class RunSettings:
     detail: bool = True
     guide_weight: float = 0.0
     mask_shape: str = "reference"
+    scale: float | None = None
 
     def identity(self) -> dict[str, Any]:
         """The settings that decide a job's result, flat, for `run.json` (batching pads: it is left out)."""
         inv = self.inversion
         return {"space": inv.space, "steps": inv.steps, "lr": inv.lr, "init": inv.init, "lambdas": inv.lambdas,
                 "mask_mode": self.mask_mode, "feather_px": self.feather_px, "detail": self.detail,
-                "guide_weight": self.guide_weight, "mask_shape": self.mask_shape}
+                "guide_weight": self.guide_weight, "mask_shape": self.mask_shape,
+                **({"scale": self.scale} if self.scale is not None else {})}
 
 
 def resolve_settings(bundle: Bundle, *, space: str | None = None, steps: int | None = None, lr: float | None = None,
                      init: str | None = None, lambdas: dict[str, float] | None = None, mask_mode: str = "target",
                      batch: int | None = None, detail: bool | None = None, guide_weight: float | None = None,
-                     mask_shape: str | None = None, **inversion: Any) -> RunSettings:
+                     mask_shape: str | None = None, scale: float | None = None, **inversion: Any) -> RunSettings:
     """Merge options (None: the bundle's `RunDefaults`) and validate them against the bundle.
 
     Args:
         bundle: the loaded bundle.
-        space, steps, lr, init, lambdas, mask_mode, batch, detail, guide_weight, mask_shape: the run options
-            (`batch` None: the largest exported step batch).
+        space, steps, lr, init, lambdas, mask_mode, batch, detail, guide_weight, mask_shape, scale: the run
+            options (`batch` None: the largest exported step batch; `scale` only for patch-mode bundles).
         **inversion: further `InversionConfig` fields (e.g. `early_stop_patience=0` for timing).
 
     Returns:
@@ -69,9 +72,13 @@ def resolve_settings(bundle: Bundle, *, space: str | None = None, steps: int | N
 
     Raises:
         BundleError: unknown space, λ name or a batch size the bundle has no step graph for.
-        JobError: bad init, steps, lr, λ value, mask mode, mask shape or guide weight.
+        JobError: bad init, steps, lr, λ value, mask mode, mask shape, guide weight or scale.
     """
     d = bundle.defaults
+    if scale is not None and (bundle.patch is None or not scale > 0):
+        msg = (f"--scale {scale}: needs a number > 0" if bundle.patch is not None else
+               "--scale applies to patch-mode bundles only (this bundle's model sees whole parts)")
+        raise JobError(msg)
     config = InversionConfig(space=space or d.space, steps=d.steps if steps is None else steps,
                              lr=d.lr if lr is None else lr, init=init or d.init, lambdas=dict(lambdas or {}),
                              **inversion)
@@ -94,4 +101,4 @@ def resolve_settings(bundle: Bundle, *, space: str | None = None, steps: int | N
     config = dataclasses.replace(config, lambdas={t: float(f"{v:.7g}") for t, v in zip(LOSS_TERMS, lam, strict=True)})
     return RunSettings(inversion=config, mask_mode=mask_mode, feather_px=float(d.feather_px), batch=batch,
                        detail=d.detail if detail is None else detail, guide_weight=guide_weight,
-                       mask_shape=mask_shape)
+                       mask_shape=mask_shape, scale=scale)

@@ -44,6 +44,7 @@ class JobSpec:
         defect_type: a defect type of the bundle.
         reference: a real defect `(image, mask)` to imitate, or None to pick one from the bundle's bank.
         source: the image path as the user gave it (relative to the source root), for messages and logs.
+        variant: k of `--variants K` (0 for the first or only one).
     """
 
     index: int
@@ -55,10 +56,25 @@ class JobSpec:
     defect_type: str
     reference: tuple[Path, Path] | None = None
     source: str = ""
+    variant: int = 0  # k of `--variants K`: same target, mask and reference as variant 0, another latent init
 
     def name(self, width: int = 3) -> str:
         """Output file stem, the zero-padded index: `007` -> `test/<type>/007.png`."""
         return f"{self.index:0{width}d}"
+
+
+def with_variants(jobs: Iterator[JobSpec], k: int) -> Iterator[JobSpec]:
+    """Each job `k` times, as consecutive jobs: variant v keeps the job's target, mask and reference (its seed),
+    gets its own id and index `index * k + v`; variant 0 of K = 1 is the job unchanged.
+    """
+    for spec in jobs:
+        for v in range(k):
+            if k == 1:
+                yield spec
+                continue
+            key = f"{spec.key}|variant={v}"
+            yield dataclasses.replace(spec, index=spec.index * k + v, key=key, id=job_identity(spec.seed, key)[0],
+                                      variant=v)
 
 
 def job_identity(run_seed: int, key: str) -> tuple[str, int]:
