@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -18,6 +19,7 @@ import numpy as np
 from defectgen.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+_FORMAT_NAMES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".bmp": "bmp", ".tif": "tiff", ".tiff": "tiff"}
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -70,27 +72,82 @@ def _decode(path: Path, flags: int) -> np.ndarray:
     return img
 
 
+@dataclass(frozen=True)
+class PixelFormat:
+    """How an input image is stored, so an output can be written the same way (`read_native`, `write_image`).
+
+    The model always sees 8-bit RGB (`to_rgb8`); outputs keep the input's channels and bit depth: grayscale stays
+    grayscale, 16 bit stays 16 bit, an alpha channel is carried through unchanged. Only the file format changes:
+    every output is a PNG (lossless), whatever came in (a JPEG's `source` says so).
+    """
+
+    channels: str = "rgb"  # "gray", "rgb" or "rgba"
+    bits: int = 8  # 8 or 16
+    source: str = "png"  # the input file's format (suffix without the dot)
+
+    @property
+    def peak(self) -> int:
+        return 65535 if self.bits == 16 else 255
+
+    @property
+    def colour_channels(self) -> int:
+        return 1 if self.channels == "gray" else 3
+
+    def from_rgb(self, rgb: np.ndarray) -> np.ndarray:
+        """Float RGB in 0..255, (..., 3) -> float colour channels in this format's range, (..., C)."""
+        if self.channels == "gray":  # the model saw the gray channel replicated: back to one channel (luma)
+            rgb = (rgb @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+        return rgb * (self.peak / 255.0)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"channels": self.channels, "bits": self.bits, "source": self.source}
+
+
+RGB8 = PixelFormat()
+
+
+def read_native(path: str | os.PathLike[str]) -> tuple[np.ndarray, PixelFormat]:
+    """Read an image as stored: uint8 or uint16, HxW gray, HxWx3 RGB or HxWx4 RGBA (RGB order), and its format.
+
+    Other pixel types (float TIFFs) are converted to 8-bit RGB, and say so in their format.
+    """
+    path = Path(path)
+    img = _decode(path, cv2.IMREAD_UNCHANGED)
+    source = _FORMAT_NAMES.get(path.suffix.lower(), path.suffix.lower().lstrip("."))
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.dtype not in (np.uint8, np.uint16):
+        return _to_uint8(img if img.ndim == 2 else img[:, :, :3][:, :, ::-1], path), PixelFormat("rgb", 8, source)
+    bits = 16 if img.dtype == np.uint16 else 8
+    if img.ndim == 2:
+        return img, PixelFormat("gray", bits, source)
+    code = cv2.COLOR_BGRA2RGBA if img.shape[2] == 4 else cv2.COLOR_BGR2RGB
+    return cv2.cvtColor(img, code), PixelFormat("rgba" if img.shape[2] == 4 else "rgb", bits, source)
+
+
+def to_rgb8(img: np.ndarray, path: str | os.PathLike[str] = "image") -> np.ndarray:
+    """Any `read_native` array -> uint8 HxWx3 RGB, what the model and every 8-bit step see."""
+    img = _to_uint8(img, Path(path))
+    if img.ndim == 2:
+        return np.ascontiguousarray(np.repeat(img[:, :, None], 3, axis=2))
+    return np.ascontiguousarray(img[:, :, :3])
+
+
 def _to_uint8(img: np.ndarray, path: Path) -> np.ndarray:
     if img.dtype == np.uint8:
         return img
     if img.dtype == np.uint16:
         return (img.astype(np.uint32) * 255 // 65535).astype(np.uint8)  # 16-bit scanners: keep full range
     if img.dtype in (np.float32, np.float64):
-        return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        out = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(out[:, :, None], 3, axis=2) if out.ndim == 2 else out
     msg = f"unsupported pixel type {img.dtype}: {path}"
     raise DataError(msg)
 
 
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an image file as uint8 HxWx3 RGB; grayscale becomes 3 channels, alpha is dropped, 16 bit scaled."""
-    path = Path(path)
-    img = _to_uint8(_decode(path, cv2.IMREAD_UNCHANGED), path)
-    if img.ndim == 2:
-        return np.ascontiguousarray(np.repeat(img[:, :, None], 3, axis=2))
-    if img.shape[2] == 1:
-        return np.ascontiguousarray(np.repeat(img, 3, axis=2))
-    code = cv2.COLOR_BGRA2RGB if img.shape[2] == 4 else cv2.COLOR_BGR2RGB
-    return cv2.cvtColor(img, code)
+    return to_rgb8(read_native(path)[0], path)
 
 
 def read_mask(path: str | os.PathLike[str], shape: tuple[int, int] | None = None) -> np.ndarray:
@@ -131,13 +188,19 @@ def _encode(path: Path, arr: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def write_image(path: str | os.PathLike[str], rgb: np.ndarray) -> Path:
-    """Write a uint8 HxWx3 RGB (or HxW gray) image atomically; the format follows the suffix (PNG lossless)."""
+def write_image(path: str | os.PathLike[str], img: np.ndarray) -> Path:
+    """Write an image atomically; the format follows the suffix (PNG: lossless, 16 bit kept).
+
+    Args:
+        path: the file.
+        img: uint8 or uint16 (PNG/TIFF), HxW gray, HxWx3 RGB or HxWx4 RGBA.
+    """
     path = Path(path)
-    if rgb.dtype != np.uint8 or rgb.ndim not in (2, 3) or (rgb.ndim == 3 and rgb.shape[2] != 3):
-        msg = f"write_image wants uint8 HxWx3 RGB, got {rgb.dtype} {rgb.shape}: {path}"
+    ok_shape = img.ndim == 2 or (img.ndim == 3 and img.shape[2] in (3, 4))
+    if img.dtype not in (np.uint8, np.uint16) or not ok_shape:
+        msg = f"write_image wants uint8/uint16 HxW, HxWx3 RGB or HxWx4 RGBA, got {img.dtype} {img.shape}: {path}"
         raise DataError(msg)
-    arr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if rgb.ndim == 3 else rgb
+    arr = img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_RGB2BGR if img.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
     return atomic_write_bytes(path, _encode(path, arr))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -139,3 +140,23 @@ def test_atomic_write_respects_umask(tmp_path):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize(("shape", "dtype", "channels"), [((5, 7), np.uint8, "gray"), ((5, 7), np.uint16, "gray"),
+                                                          ((5, 7, 3), np.uint16, "rgb"), ((5, 7, 4), np.uint8, "rgba")])
+def test_native_round_trip_keeps_channels_and_depth(tmp_path: Path, shape: tuple[int, ...], dtype: type,
+                                                    channels: str) -> None:
+    from defectgen.data.imageio import read_native, to_rgb8
+
+    peak = np.iinfo(dtype).max
+    img = np.random.default_rng(1).integers(0, peak, shape, endpoint=True).astype(dtype)
+    write_image(tmp_path / "x.png", img)
+    back, fmt = read_native(tmp_path / "x.png")
+    assert back.dtype == dtype and np.array_equal(back, img)
+    assert (fmt.channels, fmt.bits, fmt.source) == (channels, 16 if dtype == np.uint16 else 8, "png")
+    rgb = to_rgb8(back)
+    assert rgb.shape == (5, 7, 3) and rgb.dtype == np.uint8
+    if channels == "gray":
+        assert np.array_equal(rgb[:, :, 0], rgb[:, :, 2])
+    gen = np.full((2, 3), 255.0, np.float32)
+    assert np.allclose(fmt.from_rgb(gen), peak)  # white is the format's peak in every format

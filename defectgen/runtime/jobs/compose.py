@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from defectgen.data.imageio import mask_to_model, to_model
+from defectgen.data.imageio import RGB8, PixelFormat, mask_to_model, to_model
 from defectgen.data.masks import dilate, feather
 from defectgen.errors import JobError
 
@@ -127,31 +127,43 @@ def feather_px(crop: Crop, res: int, model_px: float) -> int:
 
 
 def composite(good: np.ndarray, generated: np.ndarray, alpha: np.ndarray, crop: Crop,
-              detail: np.ndarray | None = None) -> np.ndarray:
+              detail: np.ndarray | None = None, fmt: PixelFormat = RGB8) -> np.ndarray:
     """`alpha ⊙ (G + D) + (1 − alpha) ⊙ I` inside the crop; every pixel with alpha 0 is copied from `good` unchanged.
 
+    The blend happens in float at the input's own format (`fmt`): a gray input gets the luma of G, a 16-bit one
+    G scaled to 16 bits, an alpha channel is left as it was; so outside the feathered band the output equals the
+    input bit for bit, at any depth.
+
     Args:
-        good: uint8 HxWx3 full-resolution good image `I`.
+        good: the full-resolution good image `I` as read (`read_native`): uint8/uint16, HxW, HxWx3 or HxWx4.
         generated: float (3,R,R) model image in [-1,1] for the crop.
         alpha: float32 HxW feathered target mask at full resolution (`feather(mask, px)`).
         crop: where the model image goes.
-        detail: optional float32 HxWx3 `detail_layer` of the crop (pixel units), added to the upsampled `G`.
+        detail: optional float32 HxWx3 `detail_layer` of the crop (8-bit pixel units), added to the upsampled `G`.
+        fmt: the format of `good` (default: 8-bit RGB).
 
     Returns:
-        uint8 HxWx3, a new array.
+        A new array of `good`'s dtype and layout.
     """
     out = good.copy()
     a = crop.of(alpha)
     band = a > 0
     if not band.any():
         return out
-    gen = (upsample(generated, crop.size) + 1.0) * 127.5  # [-1,1] -> [0,255], float
+    gen = (upsample(generated, crop.size) + 1.0) * 127.5  # [-1,1] -> [0,255], float RGB
     if detail is not None:
         gen += detail
     region = crop.of(out)
-    src = region[band].astype(np.float32)
-    blended = a[band][:, None] * gen[band] + (1.0 - a[band][:, None]) * src
-    region[band] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    pixels = region[band]  # (n,) gray or (n, C)
+    cc = fmt.colour_channels
+    src = pixels.reshape(len(pixels), -1)[:, :cc].astype(np.float32)
+    wa = a[band][:, None]
+    blended = np.clip(np.rint(wa * fmt.from_rgb(gen[band]) + (1.0 - wa) * src), 0, fmt.peak).astype(good.dtype)
+    if pixels.ndim == 1:
+        region[band] = blended[:, 0]
+    else:
+        pixels[:, :cc] = blended  # the alpha channel (RGBA) keeps the input's values
+        region[band] = pixels
     return out
 
 

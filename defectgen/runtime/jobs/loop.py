@@ -94,7 +94,7 @@ class _Loop:
         for i, p in enumerate(jobs):
             t0 = time.perf_counter()
             fields = {"reference": p.reference, "final_terms": result.final_terms[i], "history": objective[:, i],
-                      "steps_run": int(result.steps_run[i]), "window": p.window}
+                      "steps_run": int(result.steps_run[i]), "window": p.window, "pixels": p.fmt.to_dict()}
             if result.failed[i]:
                 ran = int(np.isfinite(objective[:, i]).sum())
                 self.fail(p.spec, f"objective became non-finite (NaN/inf) at evaluation {ran} of {p.spec.source} "
@@ -103,7 +103,7 @@ class _Loop:
             try:
                 image, mask = compose_output(p, result.image[i], result.mask_logit[i], self.settings,
                                              self.bundle.resolution)
-                outputs = self.folder.write_result(p.spec, image, mask, p.image)
+                outputs = self.folder.write_result(p.spec, image, mask, p.image if p.native is None else p.native)
             except OSError as e:
                 msg = (f"cannot write outputs into {self.folder.out}: {e.strerror or e}; "
                        f"finished jobs are kept, rerun to resume")

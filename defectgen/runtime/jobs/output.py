@@ -25,7 +25,7 @@ def compose_output(p: Prepared, image_m: np.ndarray, mask_logit: np.ndarray, set
         res: model resolution.
 
     Returns:
-        (uint8 HxWx3 image, uint8 HxW {0,1} mask), at the input image's resolution.
+        (the image in the input's own channels and bit depth, uint8 HxW {0,1} mask), at the input's resolution.
 
     Raises:
         JobError: non-finite generated pixels, or an empty generated mask in "generated" mode.
@@ -37,7 +37,8 @@ def compose_output(p: Prepared, image_m: np.ndarray, mask_logit: np.ndarray, set
     if settings.guide_weight > 0:
         image_m = (1.0 - settings.guide_weight) * np.asarray(image_m, np.float32) + settings.guide_weight * p.stitched
     detail = detail_layer(p.guide, p.stitched) if settings.detail else None
-    final = composite(p.image, image_m, alpha, p.crop, detail)
+    native = p.image if p.native is None else p.native
+    final = composite(native, image_m, alpha, p.crop, detail, p.fmt)
     if settings.mask_mode == "target":
         return final, p.mask
     return final, generated_mask(mask_logit, p.mask, p.crop, res, settings.feather_px)

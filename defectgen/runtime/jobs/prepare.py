@@ -18,7 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from defectgen.data.imageio import read_image, read_mask, to_model
+from defectgen.data.imageio import RGB8, PixelFormat, read_image, read_mask, read_native, to_model, to_rgb8
 from defectgen.data.masks import part_mask, place_reference, random_mask, stitch
 from defectgen.errors import JobError
 from defectgen.runtime.backends import Backend
@@ -44,7 +44,7 @@ class Prepared:
     """A job's inputs, read and brought to the model: full-resolution arrays plus (C,R,R) model arrays."""
 
     spec: JobSpec
-    image: np.ndarray  # uint8 HxWx3, full resolution
+    image: np.ndarray  # uint8 HxWx3 RGB, full resolution: what every 8-bit step and the model see
     mask: np.ndarray  # uint8 HxW {0,1}, full resolution
     crop: Crop
     good: np.ndarray  # float32 (3,R,R) in [-1,1]
@@ -54,6 +54,8 @@ class Prepared:
     reference: str | None  # which real defect was stitched in (None: the bundle has none of this type)
     seconds: float = 0.0
     window: dict[str, Any] | None = None  # patch mode: the window's box, scale and whether it was enlarged
+    native: np.ndarray | None = None  # the image as stored (gray / RGBA / 16 bit), what the output is made of
+    fmt: PixelFormat = RGB8
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -166,7 +168,8 @@ def prepare(spec: JobSpec, bundle: Bundle, settings: RunSettings) -> Prepared:
         JobError: empty mask, a mask that vanishes at model resolution, a bad reference defect.
     """
     t0 = time.perf_counter()
-    image = read_image(spec.image)
+    native, fmt = read_native(spec.image)
+    image = to_rgb8(native, spec.image)
     ref = _reference(spec, bundle)
     moved = None
     if spec.mask is None and ref is not None and settings.mask_shape == "reference":
@@ -191,7 +194,8 @@ def prepare(spec: JobSpec, bundle: Bundle, settings: RunSettings) -> Prepared:
                        rng=None if moved is not None else job_rng(spec, _RNG_STITCH))
         stitched = to_model(guide, res)
     return Prepared(spec=spec, image=image, mask=mask, crop=crop, good=good, mask_m=mask_m, stitched=stitched,
-                    guide=guide, reference=ref_name, seconds=time.perf_counter() - t0, window=window)
+                    guide=guide, reference=ref_name, seconds=time.perf_counter() - t0, window=window,
+                    native=native, fmt=fmt)
 
 
 def batch_seed(jobs: list[Prepared]) -> int:

@@ -258,6 +258,8 @@ class RunFolder:
     def write_result(self, spec: JobSpec, image: np.ndarray, mask: np.ndarray, source: np.ndarray) -> tuple[str, str]:
         """Write a job's image and mask atomically (mask first), and its source part once under `train/good/`.
 
+        Images keep their channels and bit depth (`read_native` arrays); masks are 8-bit 0/255.
+
         Returns:
             The written (image, mask) paths relative to the folder.
         """
