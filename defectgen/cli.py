@@ -160,10 +160,13 @@ def train_patch(
 @app.command("export")
 @user_errors
 def export(
-    gan: Path = typer.Option(..., help="GAN checkpoint (run folder or .safetensors)."),
-    encoder: Path = typer.Option(..., help="Encoder checkpoint (run folder or .safetensors)."),
     out: Path = typer.Option(..., help="Bundle folder to write."),
-    data: Optional[Path] = typer.Option(None, help="Dataset for the defect bank (default: the one GAN trained on)."),
+    gan: Optional[Path] = typer.Option(None, help="GAN checkpoint (run folder or .safetensors); with --encoder."),
+    encoder: Optional[Path] = typer.Option(None, help="Encoder checkpoint (run folder or .safetensors)."),
+    patch: Optional[Path] = typer.Option(None, help="Instead of --gan/--encoder: a `train patch` run (layered "
+                                                    "patch G; no encoder, starts from w_avg, native-scale bank)."),
+    data: Optional[Path] = typer.Option(None, help="Dataset for the defect bank (default: the one the model "
+                                                   "trained on)."),
     spaces: str = typer.Option("wplus,w,z", help="Latent spaces to export step graphs for."),
     batch: str = typer.Option("1,4,8", help="Batch sizes of the step graphs."),
     opset: int = typer.Option(18, help="ONNX opset."),
@@ -174,12 +177,26 @@ def export(
                                                             "manifest (default 0; 1 for a G that cannot draw "
                                                             "defects)."),
 ) -> None:
-    """Export encoder, mapping, synthesis and the inversion step graphs (forward + backward) as an ONNX bundle."""
+    """Export encoder, mapping, synthesis and the inversion step graphs (forward + backward) as an ONNX bundle.
+
+    Either --gan and --encoder (whole-part model), or --patch (a layered patch model, docs/bundle.md).
+    """
+    whole = gan is not None and encoder is not None
+    if (patch is not None) == (gan is not None or encoder is not None) or (patch is None and not whole):
+        msg = "give either --gan and --encoder (a whole-part model) or --patch RUN (a patch model)"
+        raise DefectgenError(msg)
+    batches = [int(b) for b in _csv(batch) or []]
+    if patch is not None:
+        from defectgen.export.patch import export_patch_cli
+
+        export_patch_cli(run=patch, out=out, data=data, spaces=_csv(spaces), batch=batches, opset=opset,
+                         verify=verify, zip_=zip_, steps=steps, guide_weight=guide_weight)
+        return
     from defectgen.export.bundle import export_bundle_cli
 
-    export_bundle_cli(gan=gan, encoder=encoder, out=out, data=data, spaces=_csv(spaces),
-                      batch=[int(b) for b in _csv(batch) or []], opset=opset, verify=verify, zip_=zip_,
-                      steps=steps, guide_weight=guide_weight)
+    assert gan is not None and encoder is not None
+    export_bundle_cli(gan=gan, encoder=encoder, out=out, data=data, spaces=_csv(spaces), batch=batches,
+                      opset=opset, verify=verify, zip_=zip_, steps=steps, guide_weight=guide_weight)
 
 
 @app.command("run")

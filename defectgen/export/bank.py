@@ -4,6 +4,10 @@ The bank holds, per defect type, up to `per_type` real defects from the dataset'
 each cropped around its mask's bounding box with a margin (so the stitcher's colour match sees surface around
 the defect) and shrunk when its longer side exceeds `max_side`. Picks are spread evenly over the sorted item
 list, so the same dataset always gives the same bank.
+
+Patch-mode bundles (`held_in` given, `max_side` None): the crops come only from the run's held-in images and
+keep the data's native pixel scale (never shrunk, never resized to the window), and the parity check's real
+inputs are windows of `window * scale` data px around real defects (`real_windows`).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ def _spread(items: list[Item], n: int) -> list[Item]:
 
 
 def crop_defect(image: np.ndarray, mask: np.ndarray, *, margin: float = 0.25, min_margin: int = 4,
-                max_side: int = 256) -> tuple[np.ndarray, np.ndarray]:
+                max_side: int | None = 256) -> tuple[np.ndarray, np.ndarray]:
     """Crop an image and its {0,1} mask around the mask's bounding box.
 
     Args:
@@ -41,7 +45,7 @@ def crop_defect(image: np.ndarray, mask: np.ndarray, *, margin: float = 0.25, mi
         mask: {0,1} HxW, non-empty.
         margin: margin on each side as a fraction of the box's longer side.
         min_margin: margin floor in pixels.
-        max_side: crops with a longer side are shrunk to it (INTER_AREA; mask nearest).
+        max_side: crops with a longer side are shrunk to it (INTER_AREA; mask nearest); None: native size.
 
     Returns:
         (uint8 crop, {0,1} uint8 mask crop).
@@ -51,7 +55,7 @@ def crop_defect(image: np.ndarray, mask: np.ndarray, *, margin: float = 0.25, mi
     h, w = mask.shape
     x0, y0, x1, y1 = max(0, x0 - pad), max(0, y0 - pad), min(w, x1 + pad), min(h, y1 + pad)
     img, msk = image[y0:y1, x0:x1], (mask[y0:y1, x0:x1] > 0).astype(np.uint8)
-    scale = max_side / max(img.shape[:2])
+    scale = 1.0 if max_side is None else max_side / max(img.shape[:2])
     if scale < 1:
         size = (max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale)))
         img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
@@ -61,7 +65,8 @@ def crop_defect(image: np.ndarray, mask: np.ndarray, *, margin: float = 0.25, mi
 
 
 def build_defect_bank(data_root: str | os.PathLike[str], types: list[str], out_dir: str | os.PathLike[str], *,
-                      per_type: int = 6, max_side: int = 256) -> dict[str, list[dict[str, str]]]:
+                      per_type: int = 6, max_side: int | None = 256,
+                      held_in: dict[str, list[str]] | None = None) -> dict[str, list[dict[str, str]]]:
     """Write `defect_bank/<type>_<NNN>.png` + `_mask.png` crops into a bundle folder.
 
     Args:
@@ -69,7 +74,8 @@ def build_defect_bank(data_root: str | os.PathLike[str], types: list[str], out_d
         types: the bundle's defect types (id order; "good" is skipped).
         out_dir: the bundle folder (the bank goes to `out_dir/defect_bank/`).
         per_type: crops per type at most.
-        max_side: longest crop side in pixels.
+        max_side: longest crop side in pixels (None: native size).
+        held_in: type -> the image file names that may be used (a patch run's held-in list); None: all.
 
     Returns:
         The manifest's `defect_bank` mapping: type -> [{"image": rel path, "mask": rel path}, ...]; types the
@@ -87,7 +93,7 @@ def build_defect_bank(data_root: str | os.PathLike[str], types: list[str], out_d
         if t == GOOD or t not in present:
             continue
         entries = []
-        for i, item in enumerate(_spread(cat.defective_items([t]), per_type)):
+        for i, item in enumerate(_spread(_allowed(cat, t, held_in), per_type)):
             image, mask = item.load()
             if not mask.any():
                 continue
@@ -99,6 +105,21 @@ def build_defect_bank(data_root: str | os.PathLike[str], types: list[str], out_d
         if entries:
             bank[t] = entries
     return bank
+
+
+def _allowed(cat: MVTecCategory, t: str, held_in: dict[str, list[str]] | None) -> list[Item]:
+    """The defective items of type `t`, restricted to the held-in file names when given."""
+    items = cat.defective_items([t])
+    if held_in is None:
+        return items
+    names = set(held_in.get(t, []))
+    chosen = [it for it in items if it.image_path.name in names]
+    missing = sorted(names - {it.image_path.name for it in chosen})
+    if missing:
+        msg = (f"{cat.root}: held-in {t} images {', '.join(missing[:5])} are not in test/{t}/ "
+               f"(is this the data the patch run trained on?)")
+        raise DataError(msg)
+    return chosen
 
 
 @dataclass
@@ -123,16 +144,20 @@ class RealInputs:
 
 
 def real_inputs(data_root: str | os.PathLike[str], types: list[str], res: int, *, n: int = 8,
-                seed: int = 0, feather_px: int = 3) -> RealInputs:
+                seed: int = 0, feather_px: int = 3, window_scale: float | None = None,
+                held_in: dict[str, list[str]] | None = None) -> RealInputs:
     """Load `n` real jobs from a dataset: good image, real target mask, stitched reference, real defect.
 
     Args:
         data_root: MVTec-layout category folder.
         types: the model's type list (id order, "good" first).
-        res: model resolution.
+        res: model resolution (the window P in patch mode).
         n: samples (types taken round-robin).
         seed: picks and stitch flips.
         feather_px: feather of the stitch, in model pixels.
+        window_scale: patch mode: cut windows of `res * window_scale` data px (centred on the defect's box;
+            the good window at the same place) instead of resizing whole images.
+        held_in: type -> allowed defective file names (a patch run's held-in list); None: all.
 
     Returns:
         The inputs.
@@ -142,7 +167,7 @@ def real_inputs(data_root: str | os.PathLike[str], types: list[str], res: int, *
     """
     cat = MVTecCategory(data_root)
     rng = np.random.default_rng(seed)
-    by_type = {t: cat.defective_items([t]) for t in types[1:] if t in set(cat.defect_types)}
+    by_type = {t: _allowed(cat, t, held_in) for t in types[1:] if t in set(cat.defect_types)}
     by_type = {t: v for t, v in by_type.items() if v}
     if not by_type:
         msg = f"{data_root} has no defective images of types {types[1:]}"
@@ -154,9 +179,19 @@ def real_inputs(data_root: str | os.PathLike[str], types: list[str], res: int, *
         t = names[i % len(names)]
         items = by_type[t]
         target, ref = items[rng.integers(len(items))], items[rng.integers(len(items))]
-        good_img = _resized(goods[rng.integers(len(goods))].load()[0], res)
-        d_img, d_mask = (_resized(a, res, nearest=k == 1) for k, a in enumerate(target.load()))
-        r_img, r_mask = (_resized(a, res, nearest=k == 1) for k, a in enumerate(ref.load()))
+        good_full = goods[rng.integers(len(goods))].load()[0]
+        if window_scale is None:
+            good_img = _resized(good_full, res)
+            d_img, d_mask = (_resized(a, res, nearest=k == 1) for k, a in enumerate(target.load()))
+            r_img, r_mask = (_resized(a, res, nearest=k == 1) for k, a in enumerate(ref.load()))
+        else:
+            side = max(4, round(res * window_scale))
+            t_img, t_mask = target.load()
+            (d_img, d_mask), (cy, cx) = _window_at_defect(t_img, t_mask, side, res)
+            # the good window at the same relative place (a good image may have another size)
+            gy, gx = cy * good_full.shape[0] // t_img.shape[0], cx * good_full.shape[1] // t_img.shape[1]
+            good_img = _window(good_full, gy, gx, side, res)
+            (r_img, r_mask), _ = _window_at_defect(*ref.load(), side, res)
         if not d_mask.any() or not r_mask.any():
             continue
         s_img = stitch(good_img, r_img, r_mask, d_mask, feather_px, rng)
@@ -177,3 +212,22 @@ def _resized(a: np.ndarray, res: int, nearest: bool = False) -> np.ndarray:
         return a
     interp = cv2.INTER_NEAREST if nearest else cv2.INTER_AREA
     return cv2.resize(a, (res, res), interpolation=interp)
+
+
+def _window(a: np.ndarray, cy: int, cx: int, side: int, res: int) -> np.ndarray:
+    """`side` x `side` data px centred at (cy, cx), brought to `res` px; outside the image: reflection (images)
+    or zeros (masks).
+    """
+    border = cv2.BORDER_REFLECT_101 if a.ndim == 3 else cv2.BORDER_CONSTANT
+    big = cv2.copyMakeBorder(a, side, side, side, side, border, value=0)
+    y0, x0 = cy - side // 2 + side, cx - side // 2 + side
+    return _resized(np.ascontiguousarray(big[y0:y0 + side, x0:x0 + side]), res, nearest=a.ndim == 2)
+
+
+def _window_at_defect(image: np.ndarray, mask: np.ndarray, side: int,
+                      res: int) -> tuple[tuple[np.ndarray, np.ndarray], tuple[int, int]]:
+    """The window around the centre of a defect's bounding box: ((image, mask) at `res` px, centre)."""
+    x0, y0, x1, y1 = bbox(mask) if mask.any() else (0, 0, mask.shape[1], mask.shape[0])
+    cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
+    return (_window(image, cy, cx, side, res), _window(mask, cy, cx, side, res)), (cy, cx)
+

@@ -7,6 +7,10 @@ Everything is written into `OUT.tmp-<pid>` next to `OUT`; only when every graph 
 passed (if asked), the manifest is written and the runtime's own `Bundle.load` accepts the folder is it renamed
 to `OUT`. A failure anywhere removes the temp folder, so `OUT` is either the previous bundle or the new one,
 never half of either. An existing `OUT` is replaced only if it is a bundle (has `manifest.json`) or empty.
+
+Patch mode (`patch=PatchInfo(...)`, a layered G from `export/patch.py`, `E=None`): no encoder graph, the
+manifest's `patch` section, `resolution` = the window, `defaults.init = "wavg"`, λ_dom = 0, and a bank of
+native-scale crops from the run's held-in images only.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from defectgen.runtime.bundle.manifest import (
     SPACES,
     FileEntry,
     Manifest,
+    PatchInfo,
     RunDefaults,
     finalize_manifest,
 )
@@ -67,11 +72,18 @@ def _check_request(spaces: Sequence[str], batches: Sequence[int], opset: int) ->
         raise DefectgenError(msg)
 
 
-def _check_nets(G: nn.Module, E: nn.Module, dims: ModelDims, types: Sequence[str]) -> None:
+def _check_nets(G: nn.Module, E: nn.Module | None, dims: ModelDims, types: Sequence[str],
+                patch: PatchInfo | None) -> None:
     if len(types) != dims.num_types or not types or types[0] != "good":
         msg = (f"the generator has {dims.num_types} types (w_avg rows) but types={list(types)} "
                f"(need exactly that many, 'good' first)")
         raise DefectgenError(msg)
+    if (patch is not None) != dims.layered or (patch is not None and patch.window != dims.resolution):
+        msg = (f"patch={patch} does not fit the generator (layered={dims.layered}, resolution {dims.resolution}): "
+               f"a patch bundle needs a layered G whose window is the resolution")
+        raise DefectgenError(msg)
+    if E is None:
+        return
     e_cfg = getattr(E, "cfg", None)
     e_sizes = (getattr(e_cfg, "res", dims.resolution), getattr(E, "num_ws", dims.num_ws),
                getattr(e_cfg, "w_dim", dims.w_dim))
@@ -146,7 +158,7 @@ def _file_entry(g: GraphResult) -> FileEntry:
     return FileEntry(role=g.kind, space=g.space, batch=g.batch, inputs=g.inputs, outputs=g.outputs)  # type: ignore[arg-type]
 
 
-def _net_configs(G: nn.Module, E: nn.Module, D: nn.Module) -> dict[str, Any]:
+def _net_configs(G: nn.Module, E: nn.Module | None, D: nn.Module) -> dict[str, Any]:
     out = {}
     for name, net in (("generator", G), ("encoder", E), ("discriminator", D)):
         cfg = getattr(net, "cfg", None)
@@ -157,7 +169,7 @@ def _net_configs(G: nn.Module, E: nn.Module, D: nn.Module) -> dict[str, Any]:
 
 def export_bundle(
     G: nn.Module,
-    E: nn.Module,
+    E: nn.Module | None,
     D: nn.Module,
     *,
     out: str | os.PathLike[str],
@@ -172,11 +184,14 @@ def export_bundle(
     bank_per_type: int = 6,
     bounds: Bounds | None = None,
     run_defaults: dict[str, Any] | None = None,
+    patch: PatchInfo | None = None,
+    held_in: dict[str, list[str]] | None = None,
 ) -> Path:
     """Export encoder, mapping, synthesis and step graphs plus defect bank and manifest as one bundle.
 
     Args:
-        G: generator (its `w_avg` rows are the types), E: encoder, D: discriminator (trunk = perceptual F).
+        G: generator (its `w_avg` rows are the types), E: encoder (None: no encoder graph, the bundle starts
+            from `w_avg` and λ_dom = 0), D: discriminator (trunk = perceptual F).
         out: bundle folder to write (replaced atomically if it already holds a bundle).
         spaces: latent spaces with synthesis + step graphs.
         batches: fixed batch sizes of the step graphs.
@@ -190,6 +205,8 @@ def export_bundle(
         bounds: parity bounds (default `Bounds()`).
         run_defaults: overrides of the manifest's recommended `defectgen run` settings (`steps`, `guide_weight`):
             the model's trainer knows how many steps its encoder needs and whether its G can draw defects.
+        patch: window and pixel scale of a patch-mode bundle (G must be layered, `export/patch.py`).
+        held_in: type -> the defective file names the bank and the real parity inputs may use (a patch run's).
 
     Returns:
         The bundle folder.
@@ -203,20 +220,22 @@ def export_bundle(
     _check_request(spaces, batches, opset)
     dims = model_dims(G)
     types = list(types) if types is not None else ["good"] + [f"type{i}" for i in range(1, dims.num_types)]
-    _check_nets(G, E, dims, types)
+    _check_nets(G, E, dims, types, patch)
     out = Path(out)
     tmp = _prepare_out(out)
     try:
         bank = {}  # first: a bad dataset fails in seconds, not after minutes of tracing
         if data_root is not None:
-            bank = build_defect_bank(data_root, types, tmp, per_type=bank_per_type, max_side=2 * dims.resolution)
+            max_side = None if patch is not None else 2 * dims.resolution  # patch: the data's native scale
+            bank = build_defect_bank(data_root, types, tmp, per_type=bank_per_type, max_side=max_side,
+                                     held_in=held_in)
             log.info("defect bank: %s", ", ".join(f"{t} {len(v)}" for t, v in bank.items()) or "empty")
         else:
             log.warning("no dataset given: the bundle has no defect bank (the runtime then uses S = I)")
         results = _export_graphs(G, E, D, dims, tmp, spaces, batches, opset)
         files = {g.path.name: _file_entry(g) for g in results}
         if verify:
-            real = _real_or_none(data_root, types, dims.resolution)
+            real = _real_or_none(data_root, types, dims.resolution, patch, held_in)
             report = verify_graphs(G, E, D, results, dims, real=real, bounds=bounds)
             (tmp / VERIFY_NAME).write_text(report.to_json())
             report.raise_if_failed()
@@ -224,6 +243,10 @@ def export_bundle(
             log.info("verify: passed (worst: %s)", ", ".join(f"{k} {v:.1e}" for k, v in report.worst.items()))
         manifest = _manifest(G, E, D, dims, types, spaces, batches, opset, files, bank, configs, results,
                              time.perf_counter() - t_start)
+        manifest.patch = patch
+        if E is None:  # nothing to start from but w_avg, and no domain term
+            manifest.defaults = dataclasses.replace(manifest.defaults, init="wavg")
+            manifest.default_lambdas["dom"] = 0.0
         manifest.defaults = dataclasses.replace(manifest.defaults, **(run_defaults or {}))
         finalize_manifest(tmp, manifest)
         _make_readable(tmp)
@@ -241,20 +264,22 @@ def export_bundle(
     return out
 
 
-def _real_or_none(data_root: str | os.PathLike[str] | None, types: list[str], res: int) -> RealInputs | None:
+def _real_or_none(data_root: str | os.PathLike[str] | None, types: list[str], res: int, patch: PatchInfo | None,
+                  held_in: dict[str, list[str]] | None) -> RealInputs | None:
     """Real inputs for the parity check, or None (random inputs only) when the dataset has no usable defects."""
     if data_root is None:
         return None
     try:
-        return real_inputs(data_root, types, res)
+        return real_inputs(data_root, types, res, window_scale=patch.scale if patch is not None else None,
+                           held_in=held_in)
     except DataError as e:
         log.warning("parity check on random inputs only: %s", e)
         return None
 
 
-def _export_graphs(G: nn.Module, E: nn.Module, D: nn.Module, dims: ModelDims, folder: Path, spaces: list[str],
-                   batches: list[int], opset: int) -> list[GraphResult]:
-    todo = plan(spaces, batches)
+def _export_graphs(G: nn.Module, E: nn.Module | None, D: nn.Module, dims: ModelDims, folder: Path,
+                   spaces: list[str], batches: list[int], opset: int) -> list[GraphResult]:
+    todo = plan(spaces, batches, encoder=E is not None)
     log.info("exporting %d graphs (res %d, spaces %s, step batches %s, opset %d)", len(todo), dims.resolution,
              ",".join(spaces), ",".join(map(str, batches)), opset)
     results = []
@@ -266,7 +291,7 @@ def _export_graphs(G: nn.Module, E: nn.Module, D: nn.Module, dims: ModelDims, fo
     return results
 
 
-def _manifest(G: nn.Module, E: nn.Module, D: nn.Module, dims: ModelDims, types: list[str], spaces: list[str],
+def _manifest(G: nn.Module, E: nn.Module | None, D: nn.Module, dims: ModelDims, types: list[str], spaces: list[str],
               batches: list[int], opset: int, files: dict[str, FileEntry], bank: dict[str, list[dict[str, str]]],
               configs: dict[str, Any] | None, results: list[GraphResult], seconds: float) -> Manifest:
     from defectgen.export.objective import w_avg_table
@@ -309,6 +334,26 @@ def _progress_to_stderr() -> None:
         log.propagate = False
 
 
+def check_run_defaults(steps: int | None, guide_weight: float | None) -> dict[str, Any]:
+    """The manifest's recommended run settings from `export --steps / --guide-weight` (None: not set).
+
+    Raises:
+        BundleError: steps < 1 or a guide weight outside [0, 1].
+    """
+    run_defaults: dict[str, Any] = {}
+    if steps is not None:
+        if steps < 1:
+            msg = f"--steps must be >= 1, got {steps}"
+            raise BundleError(msg)
+        run_defaults["steps"] = steps
+    if guide_weight is not None:
+        if not 0.0 <= guide_weight <= 1.0:
+            msg = f"--guide-weight must be within [0, 1], got {guide_weight}"
+            raise BundleError(msg)
+        run_defaults["guide_weight"] = guide_weight
+    return run_defaults
+
+
 def export_bundle_cli(*, gan: Path, encoder: Path, out: Path, data: Path | None, spaces: list[str] | None,
                       batch: list[int], opset: int, verify: bool, zip_: bool, steps: int | None = None,
                       guide_weight: float | None = None) -> Path:
@@ -332,17 +377,7 @@ def export_bundle_cli(*, gan: Path, encoder: Path, out: Path, data: Path | None,
     Raises:
         DefectgenError: unreadable checkpoints, mismatched encoder, bad options, failed verification.
     """
-    run_defaults: dict[str, Any] = {}
-    if steps is not None:
-        if steps < 1:
-            msg = f"--steps must be >= 1, got {steps}"
-            raise BundleError(msg)
-        run_defaults["steps"] = steps
-    if guide_weight is not None:
-        if not 0.0 <= guide_weight <= 1.0:
-            msg = f"--guide-weight must be within [0, 1], got {guide_weight}"
-            raise BundleError(msg)
-        run_defaults["guide_weight"] = guide_weight
+    run_defaults = check_run_defaults(steps, guide_weight)
     from defectgen.training.checkpoint import (
         defect_types,
         load_discriminator,

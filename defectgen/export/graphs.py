@@ -4,13 +4,15 @@
 |---|---|---|---|
 | encoder | `encoder.onnx` | symbolic `B` | `torch.onnx.export(dynamo=True)` of `E(image, mask)` |
 | mapping | `mapping.onnx` | symbolic `B` | same, `G.mapping(z, type_onehot)` |
-| synthesis | `synthesis_<space>.onnx` | symbolic `B` | same, `G.synthesis(to_wplus(latent))` |
+| synthesis | `synthesis_<space>.onnx` | symbolic `B` | same, `G.synthesis(to_wplus(latent)[, good])` |
 | step | `step_<space>_b<B>.onnx` | fixed | `make_fx` of `objective.make_step`, then dynamo on the GraphModule |
 
 Every function takes the frozen nets, the model sizes and an output path, writes one finished ONNX file
 (`onnx_tools.finish_graph`: simplified, checked, policy-clean, with metadata) and returns a `GraphResult`. The
 `@logged` decorator prints one progress line per graph (time, size, node count, top ops) and re-raises
 failures with the graph's name. Dependencies are explicit: nothing here reads a checkpoint or the manifest.
+A layered (patch) G (`ModelDims.layered`) adds the good window as the synthesis graphs' second input; a bundle
+without an encoder simply skips the `encoder` row (`plan(..., encoder=False)`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from defectgen import __version__
 from defectgen.export import onnx_tools
-from defectgen.export.objective import check_space, freeze, make_step, to_wplus, w_avg_table
+from defectgen.export.objective import check_space, freeze, is_layered, make_step, synthesize, to_wplus, w_avg_table
 from defectgen.runtime.bundle.manifest import FORMAT, FORMAT_VERSION, LOSS_TERMS
 
 log = logging.getLogger("defectgen.export")
@@ -51,6 +53,7 @@ class ModelDims:
     w_dim: int  # W
     num_ws: int  # L: layers of w+
     num_types: int  # T: length of type_onehot ("good" + defect types)
+    layered: bool = False  # a patch G drawing over the good window: synthesis graphs take `good` too
 
     def latent_shape(self, space: str, batch: int) -> tuple[int, ...]:
         """Shape of the latent of `space` for `batch` samples."""
@@ -95,7 +98,7 @@ def model_dims(G: nn.Module) -> ModelDims:
         msg = f"cannot read resolution/z_dim from {type(G).__name__} (expected G.cfg.res and G.cfg.z_dim)"
         raise AttributeError(msg)
     return ModelDims(resolution=int(res), z_dim=int(z_dim), w_dim=int(table.shape[1]), num_ws=int(G.num_ws),
-                     num_types=int(table.shape[0]))
+                     num_types=int(table.shape[0]), layered=is_layered(G))
 
 
 def example_inputs(kind: str, dims: ModelDims, *, space: str | None = None, batch: int = EXAMPLE_BATCH,
@@ -130,7 +133,7 @@ def example_inputs(kind: str, dims: ModelDims, *, space: str | None = None, batc
         latent = latent * 0.5
     extra = {"type_onehot": onehot} if space == "z" else {}
     if kind == "synthesis":
-        return {"latent": latent, **extra}
+        return {"latent": latent, **({"good": img()} if dims.layered else {}), **extra}
     if kind == "step":
         lam = torch.ones(len(LOSS_TERMS))
         return {"latent": latent, "good": img(), "mask": mask, "stitched": img(), "lambdas": lam, **extra}
@@ -164,6 +167,15 @@ class _Synthesis(nn.Module):
 
     def forward(self, latent: Tensor, type_onehot: Tensor | None = None) -> tuple[Tensor, Tensor]:
         image, mask_logit = self.G.synthesis(to_wplus(self.G, latent, self.space, type_onehot))
+        return image, mask_logit
+
+
+class _LayeredSynthesis(_Synthesis):
+    """Inputs in the contract's order for a patch G: (latent, good[, type_onehot])."""
+
+    def forward(self, latent: Tensor, good: Tensor,  # type: ignore[override]
+                type_onehot: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        image, mask_logit = synthesize(self.G, to_wplus(self.G, latent, self.space, type_onehot), good)
         return image, mask_logit
 
 
@@ -300,17 +312,18 @@ def export_mapping(G: nn.Module, E: nn.Module | None, D: nn.Module | None, *, di
 @logged
 def export_synthesis(G: nn.Module, E: nn.Module | None, D: nn.Module | None, *, dims: ModelDims, path: Path,
                      opset: int, space: str | None = None, batch: int | None = None) -> GraphResult:
-    """`synthesis_<space>.onnx`: latent [, type_onehot] -> (image, mask_logit), symbolic batch."""
+    """`synthesis_<space>.onnx`: latent [, good] [, type_onehot] -> (image, mask_logit), symbolic batch."""
     space = check_space(space or "")
     freeze(G)
     inputs = example_inputs("synthesis", dims, space=space)
-    model = _export(_Synthesis(G, space), inputs, ["image", "mask_logit"], opset, dynamic_batch=True)
+    wrapper = (_LayeredSynthesis if dims.layered else _Synthesis)(G, space)
+    model = _export(wrapper, inputs, ["image", "mask_logit"], opset, dynamic_batch=True)
     meta = _metadata("synthesis", dims, space=space, opset=opset)
     return _finish("synthesis", model, path, meta, fixed=False, space=space)
 
 
 @logged
-def export_step(G: nn.Module, E: nn.Module, D: nn.Module, *, dims: ModelDims, path: Path, opset: int,
+def export_step(G: nn.Module, E: nn.Module | None, D: nn.Module, *, dims: ModelDims, path: Path, opset: int,
                 space: str | None = None, batch: int | None = None) -> GraphResult:
     """`step_<space>_b<B>.onnx`: forward + backward of the objective at a fixed batch (make_fx + dynamo)."""
     space = check_space(space or "")
@@ -346,25 +359,29 @@ GRAPHS: dict[str, GraphKind] = {
 }
 
 
-def plan(spaces: list[str], batches: list[int]) -> list[tuple[str, str | None, int | None, str]]:
+def plan(spaces: list[str], batches: list[int], *,
+         encoder: bool = True) -> list[tuple[str, str | None, int | None, str]]:
     """Every graph a bundle with these spaces and step batches holds: `(kind, space, batch, file name)`.
 
     Args:
         spaces: latent spaces.
         batches: fixed step batch sizes.
+        encoder: include the encoder graph (False: a bundle that never starts from an encoder).
 
     Returns:
         The list in export order (cheap forward graphs first).
     """
     out: list[tuple[str, str | None, int | None, str]] = []
     for kind, spec in GRAPHS.items():
+        if kind == "encoder" and not encoder:
+            continue
         for space in (spaces if spec.per_space else [None]):
             for batch in (batches if spec.per_batch else [None]):
                 out.append((kind, space, batch, spec.filename(space, batch)))
     return out
 
 
-def export_graph(kind: str, G: nn.Module, E: nn.Module, D: nn.Module, *, dims: ModelDims, path: Path, opset: int,
+def export_graph(kind: str, G: nn.Module, E: nn.Module | None, D: nn.Module, *, dims: ModelDims, path: Path, opset: int,
                  space: str | None = None, batch: int | None = None) -> GraphResult:
     """Dispatch one graph export through the table.
 

@@ -24,6 +24,12 @@ Choices (documented in docs/bundle.md as well):
   step graphs of those spaces take no `type_onehot` input (docs/bundle.md), so a per-type centre is not
   available in-graph. For `z` the prior is towards 0, the mode of the mapping network's input distribution.
 - Means are over all non-batch elements (pixels × channels), so terms are comparable across resolutions.
+- A *layered* generator (patch mode, `G.layered` true; `export/patch.py` adapts the patch G) draws over the good
+  window: its synthesis takes `I` as well, `G.synthesis(w+, I) -> (composite, mask logit)`, where the
+  composite is the smooth σ-alpha blend of its colour layer over `I`, so the gradient reaches the alpha. Every
+  term is then the same formula on that composite (`bg` becomes "no alpha outside M").
+- Without an encoder (`E` None: a patch G has none) the `dom` column stays, as zeros, so the step graph keeps
+  the 6-term layout and one λ vector fits every bundle.
 """
 
 from __future__ import annotations
@@ -76,6 +82,21 @@ def to_wplus(G: nn.Module, latent: Tensor, space: str, type_onehot: Tensor | Non
     return latent.unsqueeze(1).expand(-1, G.num_ws, -1)  # [B, L, W]
 
 
+def is_layered(G: nn.Module) -> bool:
+    """True for a layered (patch-mode) generator, whose synthesis draws over the good window."""
+    return bool(getattr(G, "layered", False))
+
+
+def synthesize(G: nn.Module, wp: Tensor, good: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """`G.synthesis(w+)`, or `G.synthesis(w+, good)` for a layered G: -> (image (B,3,R,R), mask logit)."""
+    if not is_layered(G):
+        return G.synthesis(wp)
+    if good is None:
+        msg = "a layered (patch) generator draws over the good window: synthesis needs `good` (B, 3, P, P)"
+        raise ValueError(msg)
+    return G.synthesis(wp, good)
+
+
 def _mse(a: Tensor, b: Tensor | float = 0.0) -> Tensor:
     """Per-sample mean squared difference over all non-batch dims -> (B,)."""
     return (a - b).square().flatten(1).mean(1)
@@ -98,7 +119,7 @@ def prior_term(G: nn.Module, latent: Tensor, space: str) -> Tensor:
 
 def objective_terms(
     G: nn.Module,
-    E: nn.Module,
+    E: nn.Module | None,
     D: nn.Module,
     latent: Tensor,
     good: Tensor,
@@ -112,8 +133,8 @@ def objective_terms(
     """Per-sample weighted loss terms (B, 6) in `LOSS_TERMS` order (module docstring for the formulas).
 
     Args:
-        G: frozen generator (`mapping`, `synthesis`, `num_ws`, `w_avg`).
-        E: frozen encoder, `E(image, mask) -> w+`.
+        G: frozen generator (`mapping`, `synthesis`, `num_ws`, `w_avg`; `layered`: synthesis takes `good`).
+        E: frozen encoder, `E(image, mask) -> w+`; None: the `dom` column is zeros.
         D: frozen discriminator with `features(image, mask)`.
         latent: (B, L, W) for `wplus`, (B, W) for `w`, (B, Z) for `z`.
         good: good images I (B, 3, R, R) in [-1, 1].
@@ -127,29 +148,30 @@ def objective_terms(
         Terms (B, 6), each multiplied by its λ; the objective of sample b is `terms[b].sum()`.
     """
     wp = to_wplus(G, latent, space, type_onehot)  # [B, L, W]
-    image, mask_logit = G.synthesis(wp)  # [B, 3, R, R], [B, 1, R, R]
+    image, mask_logit = synthesize(G, wp, good)  # [B, 3, R, R], [B, 1, R, R]
     mask_prob = torch.sigmoid(mask_logit)
     t_mask = _mse(mask_prob, mask)
     t_bg = _mse((1 - mask) * (image - good))
     t_def = _feature_mse(D.features(mask * image, mask), D.features(mask * stitched, mask))
     t_pix = _mse(mask * (image - stitched))
-    t_dom = _mse(wp, E(image, mask_prob))
+    t_dom = _mse(wp, E(image, mask_prob)) if E is not None else torch.zeros_like(t_mask)
     t_prior = prior_term(G, latent, space)
     terms = torch.stack([t_mask, t_bg, t_def, t_pix, t_dom, t_prior], 1)  # [B, 6]
     return terms * lambdas.reshape(1, len(LOSS_TERMS))
 
 
-def freeze(*nets: nn.Module) -> None:
+def freeze(*nets: nn.Module | None) -> None:
     """eval() + requires_grad_(False): frozen weights make `nets.ops` use their export-ready adjoint convs."""
     for net in nets:
-        net.eval().requires_grad_(False)
+        if net is not None:
+            net.eval().requires_grad_(False)
 
 
-def make_step(G: nn.Module, E: nn.Module, D: nn.Module, space: str) -> StepFn:
+def make_step(G: nn.Module, E: nn.Module | None, D: nn.Module, space: str) -> StepFn:
     """The step function the exported graph computes: objective terms and their gradient w.r.t. the latent.
 
     Args:
-        G: generator, E: encoder, D: discriminator — frozen by this call (`freeze`).
+        G: generator, E: encoder (None: no `dom` term), D: discriminator — frozen by this call (`freeze`).
         space: `wplus`, `w` or `z`.
 
     Returns:

@@ -49,3 +49,31 @@ def tiny_nets(res: int = 16, *, n_types: int = len(TINY_TYPES), w_dim: int = 16,
     for net in (G, E, D):
         net.eval().requires_grad_(False)
     return G, E, D
+
+
+def tiny_patch_nets(window: int = 16, *, n_defect_types: int = len(DEFAULT_DEFECT_TYPES), w_dim: int = 16,
+                    channels: int = 8, seed: int = 0) -> tuple[nn.Module, nn.Module]:
+    """Build `(LayeredG, PatchDiscriminator)` at toy size, frozen, with a random `w_avg` per defect type.
+
+    The generator is the layered patch G behind the objective's interface (`export/patch.py`): its types are
+    `TINY_TYPES` ("good" + the defect types), its synthesis takes the good window.
+    """
+    from defectgen.export.patch import LayeredG
+    from defectgen.nets.patch import (
+        PatchDiscriminator,
+        PatchDiscriminatorConfig,
+        PatchGenerator,
+        PatchGeneratorConfig,
+    )
+
+    torch.manual_seed(seed)
+    base = channels * window // 2
+    G = PatchGenerator(PatchGeneratorConfig(window=window, z_dim=w_dim, w_dim=w_dim, n_types=n_defect_types,
+                                            mapping_layers=2, channel_base=base, channel_max=channels))
+    D = PatchDiscriminator(PatchDiscriminatorConfig(res=window, n_types=n_defect_types, channel_base=base,
+                                                    channel_max=channels))
+    with torch.no_grad():
+        G.mapping.w_avg.copy_(torch.randn_like(G.mapping.w_avg) * 0.3)
+    for net in (G, D):
+        net.eval().requires_grad_(False)
+    return LayeredG(G).eval(), D

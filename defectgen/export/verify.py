@@ -12,6 +12,9 @@ For every exported graph, on random inputs and (when a dataset is given) on real
   round-off and the truncation error are both ~1e-4·‖g‖ on the test models; a wrong gradient (a missing term,
   a sign, a dropped branch) is off by O(1).
 
+Patch-mode (layered G) graphs are checked the same way: synthesis gets the good window as well, and without an
+encoder the real-input latents start at the type's `w_avg` (where `defectgen run --init wavg` starts).
+
 Random inputs use a batch of 3 for symbolic-batch graphs (different from the export example batch 2, so a
 batch size baked in by mistake fails) and λ = 1 for every term (so no term hides behind a small weight).
 """
@@ -33,6 +36,7 @@ from torch import nn
 from defectgen.errors import DefectgenError
 from defectgen.export.bank import RealInputs
 from defectgen.export.graphs import GraphResult, ModelDims, example_inputs
+from defectgen.export.objective import w_avg_table
 from defectgen.export.torch_backend import TorchBackend
 from defectgen.runtime.bundle.manifest import LOSS_TERMS
 
@@ -106,9 +110,14 @@ def _random_feeds(g: GraphResult, dims: ModelDims, seed: int) -> dict[str, np.nd
 
 def _real_latent(ref: TorchBackend, space: str, real: RealInputs, rng: np.random.Generator,
                  dims: ModelDims) -> np.ndarray:
-    """Latents a real job would start from: the encoder's code of S (its layer mean for w), random z for z."""
+    """Latents a real job would start from: the encoder's code of S (its layer mean for w), random z for z;
+    without an encoder the type's w_avg (broadcast for w+).
+    """
     if space == "z":
         return rng.standard_normal((len(real.good), dims.z_dim)).astype(np.float32)
+    if ref.E is None:
+        w = (real.type_onehot @ w_avg_table(ref.G).detach().cpu().numpy()).astype(np.float32)
+        return np.repeat(w[:, None], dims.num_ws, 1) if space == "wplus" else w
     wp = ref.encode(real.stitched, real.mask)
     return wp if space == "wplus" else wp.mean(1)
 
@@ -125,6 +134,8 @@ def _real_feeds(g: GraphResult, dims: ModelDims, ref: TorchBackend, real: RealIn
     feeds = {"latent": _real_latent(ref, g.space, r, rng, dims)}
     if g.kind == "step":
         feeds.update(good=r.good, mask=r.mask, stitched=r.stitched, lambdas=np.ones(len(LOSS_TERMS), np.float32))
+    elif dims.layered:
+        feeds["good"] = r.good
     if g.space == "z":
         feeds["type_onehot"] = r.type_onehot
     return feeds
@@ -138,7 +149,7 @@ def _torch_outputs(g: GraphResult, ref: TorchBackend, feeds: dict[str, np.ndarra
     assert g.space is not None
     onehot = feeds.get("type_onehot")
     if g.kind == "synthesis":
-        image, mask_logit = ref.synthesize(g.space, feeds["latent"], onehot)
+        image, mask_logit = ref.synthesize(g.space, feeds["latent"], onehot, good=feeds.get("good"))
         return {"image": image, "mask_logit": mask_logit}
     terms, grad = ref.step(g.space, feeds["latent"], feeds["good"], feeds["mask"], feeds["stitched"],
                            feeds["lambdas"], onehot)
@@ -232,12 +243,12 @@ class VerifyReport:
             raise VerifyError(msg)
 
 
-def verify_graphs(G: nn.Module, E: nn.Module, D: nn.Module, graphs: Sequence[GraphResult], dims: ModelDims, *,
+def verify_graphs(G: nn.Module, E: nn.Module | None, D: nn.Module, graphs: Sequence[GraphResult], dims: ModelDims, *,
                   real: RealInputs | None = None, bounds: Bounds | None = None, seed: int = 1234) -> VerifyReport:
     """Check every exported graph against torch (and step graphs against finite differences).
 
     Args:
-        G: generator, E: encoder, D: discriminator the graphs were exported from.
+        G: generator, E: encoder (None: none exported), D: discriminator the graphs were exported from.
         graphs: the export results (paths, kinds, spaces, batches).
         dims: model sizes.
         real: real inputs from the dataset (None: random inputs only).
