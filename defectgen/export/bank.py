@@ -78,8 +78,9 @@ def build_defect_bank(data_root: str | os.PathLike[str], types: list[str], out_d
         held_in: type -> the image file names that may be used (a patch run's held-in list); None: all.
 
     Returns:
-        The manifest's `defect_bank` mapping: type -> [{"image": rel path, "mask": rel path}, ...]; types the
-        dataset has no defective images of are left out.
+        The manifest's `defect_bank` mapping: type -> [{"image": rel path, "mask": rel path, "source": the
+        image it was cut from, relative to `data_root`}, ...]; types the dataset has no defective images of
+        are left out.
 
     Raises:
         DataError: unreadable dataset or files.
@@ -101,10 +102,18 @@ def build_defect_bank(data_root: str | os.PathLike[str], types: list[str], out_d
             stem = f"{BANK_DIR}/{t}_{i:03d}"
             write_image(Path(out_dir) / f"{stem}.png", img)
             write_mask(Path(out_dir) / f"{stem}_mask.png", msk)
-            entries.append({"image": f"{stem}.png", "mask": f"{stem}_mask.png"})
+            entries.append({"image": f"{stem}.png", "mask": f"{stem}_mask.png", "source": _source(cat, item)})
         if entries:
             bank[t] = entries
     return bank
+
+
+def _source(cat: MVTecCategory, item: Item) -> str:
+    """The crop's source image, relative to the dataset (provenance: which defect a bank crop shows)."""
+    try:
+        return item.image_path.relative_to(cat.root).as_posix()
+    except ValueError:
+        return item.image_path.name
 
 
 def _allowed(cat: MVTecCategory, t: str, held_in: dict[str, list[str]] | None) -> list[Item]:

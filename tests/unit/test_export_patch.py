@@ -176,6 +176,7 @@ def test_bank_holds_native_resolution_crops_of_held_in_images(bundle_dir, data):
         items = [it for it in cat.defective_items([t]) if it.image_path.name in HELD_IN[t]]
         bank = b.bank(t)
         assert len(bank) == len(items) == 2
+        assert [e["source"] for e in b.manifest.defect_bank[t]] == [f"test/{t}/{n}" for n in HELD_IN[t]]
         for (img_path, mask_path), item in zip(bank, items, strict=True):
             want_img, want_mask = crop_defect(*item.load(), max_side=None)  # cut from the data, not resized
             got = read_image(img_path)
