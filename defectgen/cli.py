@@ -157,6 +157,27 @@ def train_patch(
                     ckpt_every=ckpt_every)
 
 
+@train_app.command("patch-encoder")
+@user_errors
+def train_patch_encoder(
+    data: Path = typer.Option(..., help="MVTec-layout category folder (the one the patch run trained on)."),
+    patch: Path = typer.Option(..., help="`train patch` run folder or checkpoint (a fixed snapshot: its G is frozen)."),
+    out: Path = typer.Option(..., help="Run folder for the encoder."),
+    steps: Optional[int] = typer.Option(None, help="Total steps (default 100000)."),
+    minutes: Optional[float] = typer.Option(None, help="Wall-clock budget of this call."),
+    batch: Optional[int] = typer.Option(None, help="Windows per step: half G samples, half real (default 32)."),
+    seed: Optional[int] = typer.Option(None, help="Random seed (default 0)."),
+    sample_every: Optional[int] = typer.Option(None, help="Steps between sample grids (default 200)."),
+    ckpt_every: Optional[int] = typer.Option(None, help="Steps between checkpoints (default 200)."),
+    resume: bool = typer.Option(False, help="Continue from the last checkpoint in --out."),
+) -> None:
+    """Train the encoder (window + mask -> w+) that starts a patch G's inversion; report vs the w_avg start."""
+    from defectgen.training.patch_encoder import train_patch_encoder_cli
+
+    train_patch_encoder_cli(data=data, patch=patch, out=out, resume=resume, steps=steps, minutes=minutes, batch=batch,
+                            seed=seed, sample_every=sample_every, ckpt_every=ckpt_every)
+
+
 @app.command("export")
 @user_errors
 def export(

@@ -8,6 +8,8 @@ Public API (import from the submodules; this package imports nothing heavy on it
   `defect_types(path)`, `read_checkpoint(path)`: path = run folder or `checkpoint.safetensors`
 - `slim.export_slim(run, dst)` (`python -m defectgen.training.slim RUN DST`): nets-only copy for shipping
 - `encoder.evaluate(E, G, held)`: held-out PSNR and mask IoU
+- `patch_encoder.train_patch_encoder(TrainPatchEncoderConfig, out, *, resume, progress)`: the encoder that
+  starts a patch G's inversion (held-out mask IoU against the w_avg start in its report)
 
 A run folder holds `config.json`, `checkpoint.safetensors` (layout in checkpoint.py), `log.jsonl`,
 `samples/NNNNNN.png`, `report.json` and `report.png`. Under `torchrun` every rank trains, rank 0 writes.

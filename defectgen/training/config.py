@@ -112,6 +112,37 @@ class TrainPatchConfig:
     grid_per_type: int = 6          # samples per type in grids (fixed z and good windows)
 
 
+
+@dataclass(frozen=True)
+class TrainPatchEncoderConfig:
+    """Options of `defectgen train patch-encoder`: E(window, mask) -> w+ of a layered patch G (its init)."""
+
+    data: str = ""                  # MVTec-layout category folder (the patch run's)
+    patch: str = ""                 # `train patch` run folder or checkpoint (its G_ema and D stay frozen)
+    steps: int = 100_000            # total optimisation steps (a --minutes budget usually ends a call first)
+    minutes: float | None = None    # wall-clock budget of this call; None = run to `steps`
+    batch: int = 32                 # windows per step: half G samples (known w+), half real held-in windows
+    seed: int = 0                   # seeds windows, weights, z and batches
+    lr: float = 0.001               # Adam lr of E (as `train encoder`)
+    betas: tuple[float, float] = (0.9, 0.99)
+    w_latent: float = 1.0           # MSE of E(x) vs the known w+ (G samples only)
+    w_pix: float = 1.0              # pixel MSE of the soft composite G(E(x), good) vs x (images in [-1, 1])
+    w_mask: float = 1.0             # BCE of G's mask logit vs the input mask: the init must put the mask there
+    w_dice: float = 0.0             # soft Dice loss of sigmoid(G's mask logit) vs the mask (overlap, not per pixel)
+    w_feat: float = 0.0             # MSE of the patch D's features(); 0 = off (a D pass per step on 2 CPU cores)
+    type_start: bool = False        # start = E(x, m) - E.w_avg + G.w_avg[type]: E predicts an offset from the
+    #                                 target type's mean w (the runtime knows the type) instead of the types' mean
+    channel_base: int = 1024        # encoder channels at side r = min(base // r, max)
+    channel_max: int = 128
+    per_defect: int = 64            # windows cut per held-in defect image (training, as `train patch`)
+    eval_per_defect: int = 4        # windows cut per held-out defect image (report)
+    per_good: int = 8               # good windows per train/good image (G samples are drawn on them)
+    eval_samples: int = 256         # held-out G samples in the report (on test/good windows, fresh z)
+    log_every: int = 20
+    sample_every: int = 200         # steps between samples/NNNNNN.png (held-out real windows through E)
+    ckpt_every: int = 200
+
+
 C = TypeVar("C")
 
 
@@ -141,4 +172,5 @@ def replace(cfg: C, **changes: Any) -> C:
     return dataclasses.replace(cfg, **changes)  # type: ignore[type-var]
 
 
-__all__ = ["ConfigError", "TrainEncoderConfig", "TrainGanConfig", "TrainPatchConfig", "from_dict", "replace", "to_dict"]
+__all__ = ["ConfigError", "TrainEncoderConfig", "TrainGanConfig", "TrainPatchConfig", "TrainPatchEncoderConfig",
+           "from_dict", "replace", "to_dict"]
