@@ -341,12 +341,13 @@ def fill_from_defect(warped: np.ndarray, wmask: np.ndarray, target_mask: np.ndar
 
 def place_reference(good: np.ndarray, part: np.ndarray, ref_img: np.ndarray, ref_mask: np.ndarray,
                     rng: np.random.Generator, *, margin: int = 4, scale_jitter: tuple[float, float] | None = None,
-                    tries: int = 30) -> tuple[np.ndarray, np.ndarray]:
+                    tries: int = 30, ref_scale: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """A real defect moved onto the part, with its own mask as the label: the geometry of copy-paste.
 
     The reference is cropped around its mask (plus `margin` px of context for the colour match), mirrored and
-    transposed at random, rescaled when its image size differs from `good`'s (times a random factor in
-    `scale_jitter`, if given), then moved so that at least 95 % of the defect lands on the part (best of
+    transposed at random, rescaled when its image size differs from `good`'s, or by `ref_scale` when given (a
+    native-resolution crop: its size says nothing about the part's), times a random factor in `scale_jitter`
+    if given, then moved so that at least 95 % of the defect lands on the part (best of
     `tries` spots). Real masks give real label geometry: how thick a crack is, how ragged a hole's rim.
 
     Returns:
@@ -364,7 +365,8 @@ def place_reference(good: np.ndarray, part: np.ndarray, ref_img: np.ndarray, ref
         img, msk = img[::-1], msk[::-1]
     if rng.integers(2):
         img, msk = img.transpose(1, 0, 2), msk.T
-    scale = min(h / rh, w / rw) * (rng.uniform(*scale_jitter) if scale_jitter else 1.0)
+    base = min(h / rh, w / rw) if ref_scale is None else ref_scale
+    scale = base * (rng.uniform(*scale_jitter) if scale_jitter else 1.0)
     scale = min(scale, 0.9 * h / img.shape[0], 0.9 * w / img.shape[1])
     if abs(scale - 1.0) > 1e-6:
         size = (max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale)))

@@ -176,3 +176,14 @@ def test_bbox():
     assert bbox(m) == (3, 2, 9, 5)
     with pytest.raises(DataError):
         bbox(np.zeros((3, 3), np.uint8))
+
+
+def test_place_reference_at_a_given_scale_ignores_the_crop_size():
+    """A native-resolution bank crop (patch bundles) keeps its pixel size at ref_scale 1, and doubles at 2."""
+    good, part = render_part(np.random.default_rng(0), 96)
+    ref = np.full((30, 30, 3), 200, np.uint8)
+    ref_mask = np.zeros((30, 30), np.uint8)
+    ref_mask[10:20, 12:18] = 1  # 60 px
+    for scale, want in ((1.0, 60), (2.0, 240)):
+        _, target = place_reference(good, part, ref, ref_mask, np.random.default_rng(1), ref_scale=scale)
+        assert abs(int(target.sum()) - want) <= 0.1 * want

@@ -116,15 +116,18 @@ def _random_target(spec: JobSpec, image: np.ndarray) -> np.ndarray:
     return _to_full(random_mask(spec.defect_type, part_mask(_small(image)), job_rng(spec, _RNG_MASK)), image.shape[:2])
 
 
-def _reference_target(spec: JobSpec, image: np.ndarray, ref_img: np.ndarray,
-                      ref_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _reference_target(spec: JobSpec, image: np.ndarray, ref_img: np.ndarray, ref_mask: np.ndarray,
+                      ref_scale: float | None) -> tuple[np.ndarray, np.ndarray]:
     """A random target with the reference's own (real) mask shape: `place_reference` on the part.
+
+    `ref_scale`: a patch bundle's bank holds native-resolution crops, shown at the job's pixel scale relative
+    to the bundle's (1 for images taken like the training data); None: a whole-image crop, resized to the part.
 
     Returns:
         (the full-size image with the moved reference pasted in, unblended; its {0,1} mask = the target).
     """
     part = _to_full(part_mask(_small(image)), image.shape[:2])
-    return place_reference(image, part, ref_img, ref_mask, job_rng(spec, _RNG_MASK))
+    return place_reference(image, part, ref_img, ref_mask, job_rng(spec, _RNG_MASK), ref_scale=ref_scale)
 
 
 def target_mask(spec: JobSpec, image: np.ndarray) -> np.ndarray:
@@ -173,7 +176,8 @@ def prepare(spec: JobSpec, bundle: Bundle, settings: RunSettings) -> Prepared:
     ref = _reference(spec, bundle)
     moved = None
     if spec.mask is None and ref is not None and settings.mask_shape == "reference":
-        moved, mask = _reference_target(spec, image, ref[0], ref[1])
+        ref_scale = None if bundle.patch is None else (settings.scale or bundle.patch.scale) / bundle.patch.scale
+        moved, mask = _reference_target(spec, image, ref[0], ref[1], ref_scale)
     else:
         mask = target_mask(spec, image)
     crop, window = job_crop(bundle, mask, settings)
