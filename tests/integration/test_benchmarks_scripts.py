@@ -67,3 +67,29 @@ def test_throughput_quick(tmp_path: Path) -> None:
     (model,) = data["models"]
     assert {r["backend"] for r in model["step"]} >= {"torch eager", "ort-cpu"}
     assert any(r["reference"] for r in model["end_to_end"])
+
+
+def test_blockiness_quick(tmp_path: Path, toy_model: Callable[..., object],
+                          toy_bundle_factory: Callable[..., Path]) -> None:
+    bundle = toy_bundle_factory(tmp_path / "patch", model=toy_model(res=16), patch_scale=1.0)
+    r = subprocess.run([sys.executable, "benchmarks/blockiness.py", "--quick", "--bundle", str(bundle), "--scale", "4",
+                        "--out-dir", str(tmp_path / "out"), "--run-args", "--steps 1"],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    data = json.loads((tmp_path / "out" / "blockiness.json").read_text())
+    s = data["summary"]
+    assert data["quick"] is True and s["defects"] == 2 and 0 <= s["flat_2x2_share_input"] <= 1
+    assert all(row["window"]["scale"] >= 4 for row in data["rows"])
+    assert (tmp_path / "out" / "blockiness_sheet.png").is_file()
+
+
+def test_flat_block_share_counts_upscaled_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # the scripts import their `common` module as a sibling
+    import numpy as np
+    from blockiness import flat_block_share
+
+    noise = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    blocky = np.repeat(np.repeat(noise[:8, :8], 2, 0), 2, 1)  # nearest-neighbour x2: every other block is flat
+    mask = np.ones((16, 16), np.uint8)
+    assert flat_block_share(noise, mask) == 0.0
+    assert flat_block_share(blocky, mask) == pytest.approx(64 / 225)
