@@ -183,9 +183,10 @@ def train_patch_encoder(
 def export(
     out: Path = typer.Option(..., help="Bundle folder to write."),
     gan: Optional[Path] = typer.Option(None, help="GAN checkpoint (run folder or .safetensors); with --encoder."),
-    encoder: Optional[Path] = typer.Option(None, help="Encoder checkpoint (run folder or .safetensors)."),
-    patch: Optional[Path] = typer.Option(None, help="Instead of --gan/--encoder: a `train patch` run (layered "
-                                                    "patch G; no encoder, starts from w_avg, native-scale bank)."),
+    encoder: Optional[Path] = typer.Option(None, help="Encoder checkpoint (run folder or .safetensors): with --gan; "
+                                                      "with --patch a `train patch-encoder` run (optional)."),
+    patch: Optional[Path] = typer.Option(None, help="Instead of --gan: a `train patch` run (layered patch G, "
+                                                    "native-scale bank; without --encoder it starts from w_avg)."),
     data: Optional[Path] = typer.Option(None, help="Dataset for the defect bank (default: the one the model "
                                                    "trained on)."),
     spaces: str = typer.Option("wplus,w,z", help="Latent spaces to export step graphs for."),
@@ -200,18 +201,17 @@ def export(
 ) -> None:
     """Export encoder, mapping, synthesis and the inversion step graphs (forward + backward) as an ONNX bundle.
 
-    Either --gan and --encoder (whole-part model), or --patch (a layered patch model, docs/bundle.md).
+    Either --gan and --encoder (whole-part model), or --patch [--encoder] (a layered patch model, docs/bundle.md).
     """
-    whole = gan is not None and encoder is not None
-    if (patch is not None) == (gan is not None or encoder is not None) or (patch is None and not whole):
-        msg = "give either --gan and --encoder (a whole-part model) or --patch RUN (a patch model)"
+    if (patch is not None and gan is not None) or (patch is None and (gan is None or encoder is None)):
+        msg = "give either --gan and --encoder (a whole-part model) or --patch RUN [--encoder] (a patch model)"
         raise DefectgenError(msg)
     batches = [int(b) for b in _csv(batch) or []]
     if patch is not None:
         from defectgen.export.patch import export_patch_cli
 
         export_patch_cli(run=patch, out=out, data=data, spaces=_csv(spaces), batch=batches, opset=opset,
-                         verify=verify, zip_=zip_, steps=steps, guide_weight=guide_weight)
+                         verify=verify, zip_=zip_, steps=steps, guide_weight=guide_weight, encoder=encoder)
         return
     from defectgen.export.bundle import export_bundle_cli
 

@@ -12,9 +12,11 @@ that G the interface `objective.py` and `graphs.py` expect of a generator, with 
 - `w_avg` (T + 1, W): row 0 ("good") is the mean of the types' rows, so the prior's centre (the mean over all
   rows) is the patch G's unconditional centre.
 
-There is no trained patch encoder: the bundle has no encoder graph, starts from `w_avg` (`defaults.init =
-"wavg"`), and its `dom` column is zeros with λ_dom = 0. The bank and the real parity inputs are windows at
-the data's native pixel scale, from the run's held-in images only (`bank.py`).
+Without an encoder the bundle has no encoder graph, starts from `w_avg` (`defaults.init = "wavg"`), and its
+`dom` column is zeros with λ_dom = 0. With one (`--encoder`, a `defectgen train patch-encoder` run: the
+project's `Encoder` at side P, E(window, mask) -> w+) the bundle is like a whole-part one: encoder graph,
+`init = "encoder"`, a live `dom` term. The bank and the real parity inputs are windows at the data's native
+pixel scale, from the run's held-in images only (`bank.py`).
 """
 
 from __future__ import annotations
@@ -139,11 +141,12 @@ def load_patch_run(run: str | os.PathLike[str]) -> PatchRun:
 
 def export_patch_cli(*, run: Path, out: Path, data: Path | None, spaces: list[str] | None, batch: list[int],
                      opset: int, verify: bool, zip_: bool, steps: int | None = None,
-                     guide_weight: float | None = None) -> Path:
-    """`defectgen export --patch RUN`: a patch-mode bundle (no encoder, `init = wavg`, λ_dom = 0).
+                     guide_weight: float | None = None, encoder: Path | None = None) -> Path:
+    """`defectgen export --patch RUN [--encoder E_RUN]`: a patch-mode bundle (module docstring).
 
     Args:
         run: patch run folder or checkpoint (G_ema and D are used).
+        encoder: optional patch encoder run or checkpoint (None: no encoder graph, `init = wavg`, λ_dom = 0).
         out: bundle folder to write.
         data: dataset for the native-scale bank and real-window parity (default: the one the run trained on).
         spaces, batch, opset, verify, zip_: as for `defectgen export`.
@@ -157,6 +160,13 @@ def export_patch_cli(*, run: Path, out: Path, data: Path | None, spaces: list[st
     run_defaults = check_run_defaults(steps, guide_weight)
     _progress_to_stderr()
     pr = load_patch_run(run)
+    E = None
+    if encoder is not None:
+        from defectgen.training.checkpoint import load_encoder, read_checkpoint
+
+        E = load_encoder(encoder)
+        pr.configs = {**pr.configs, **{k: v for k, v in read_checkpoint(encoder).configs.items()
+                                       if k not in pr.configs}}
     if data is None:
         if pr.data and Path(pr.data).is_dir():
             data = Path(pr.data)
@@ -166,6 +176,6 @@ def export_patch_cli(*, run: Path, out: Path, data: Path | None, spaces: list[st
     if data is not None and not pr.held_in:
         msg = f"--patch {run}: the run records no held-in images ({HELD_IN_NAME}); cannot pick bank defects"
         raise DefectgenError(msg)
-    return export_bundle(pr.G, None, pr.D, out=out, spaces=spaces or list(SPACES), batches=batch or [1, 4, 8],
+    return export_bundle(pr.G, E, pr.D, out=out, spaces=spaces or list(SPACES), batches=batch or [1, 4, 8],
                          opset=opset, data_root=data, types=pr.types, configs=pr.configs, verify=verify, zip_=zip_,
                          run_defaults=run_defaults, patch=pr.patch, held_in=pr.held_in)

@@ -77,6 +77,11 @@ def test_export_needs_exactly_one_model_kind(run_dir, tmp_path):
     assert not (tmp_path / "b").exists()
 
 
+def test_export_patch_encoder_must_be_an_encoder_run(run_dir, tmp_path):
+    line = _one_line_error(*invoke("export", "--patch", run_dir, "--encoder", run_dir, "--out", tmp_path / "b"))
+    assert "not an encoder run" in line and not (tmp_path / "b").exists()
+
+
 def test_export_patch_refuses_a_folder_without_a_run(tmp_path):
     (tmp_path / "empty").mkdir()
     line = _one_line_error(*invoke("export", "--patch", tmp_path / "empty", "--out", tmp_path / "b"))
