@@ -1,4 +1,4 @@
-"""Shared helpers of the benchmark scripts (issue 7): result writers, interleaved timing, the benchmark models.
+"""Shared helpers of the benchmark scripts: result writers, interleaved timing, the benchmark models.
 
 The measuring pieces themselves (machine stamp, matmul ceiling, FLOP count, ONNX Runtime profile, realistic jobs,
 step and end-to-end timing) live in `defectgen.measure.bench`, so `defectgen bench` on an edge box and these
@@ -118,7 +118,7 @@ def write_results(name: str, *, summary: dict[str, Any], data: dict[str, Any], t
 
     Args:
         name: result name (`throughput`, `convergence`, ...).
-        summary: the headline figures (issue 7's keys; None where not measured).
+        summary: the headline figures (None where not measured).
         data: everything else that goes into the JSON.
         tables: `(title, markdown table)` pairs for the markdown file.
         figure: a matplotlib figure (saved, stamped in its footer, then closed), or None.

@@ -1,4 +1,4 @@
-"""Steps to quality: encoder init vs `w_avg` init vs random z, per latent space, up to 200 Adam steps (issue 7).
+"""Steps to quality: encoder init vs `w_avg` init vs random z, per latent space, up to 200 Adam steps.
 
     python benchmarks/convergence.py --all-spaces          # default model, >= 50 held-out jobs, z / w / wplus
     python benchmarks/convergence.py --spaces wplus --jobs 56 --steps 200

@@ -1,4 +1,4 @@
-"""Footprint on the edge: cold start and peak memory of `defectgen run`, and the size of the installs (issue 7).
+"""Footprint on the edge: cold start and peak memory of `defectgen run`, and the size of the installs.
 
     python benchmarks/footprint.py                   # default bundle; builds a runtime-only venv once (pip)
     python benchmarks/footprint.py --bundle B --runtime-venv /path/to/venv

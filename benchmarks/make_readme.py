@@ -2,7 +2,7 @@
 
     python benchmarks/make_readme.py
 
-The README = the fixed introduction below + a targets table (issue 7, item 5: each target, the measured figure,
+The README = the fixed introduction below + a targets table (each target, the measured figure,
 the command and the machine) + `findings.md` (hand-written: what the profile says, what to change) + every
 result's own markdown (its tables under the command and machine that produced it) and plot. Quick (smoke)
 results are never used.
@@ -16,7 +16,7 @@ from typing import Any
 import common
 
 INTRO = """\
-# Benchmarks (issue 7)
+# Benchmarks
 
 Scripts that prove or disprove "few-step inversion on the edge, fast". Each writes
 `results/<name>.json` (top-level `summary` with the headline figures, `machine`, `command`), `results/<name>.md`
@@ -163,7 +163,7 @@ def target_rows(res: dict[str, dict[str, Any] | None]) -> list[list[str]]:
 def main() -> None:
     names = ["throughput", "convergence", "footprint", "profile_step", "micro_ops"]
     res = {n: load(n) for n in names}
-    parts = [INTRO, "## Targets (issue 7, item 5)", "",
+    parts = [INTRO, "## Targets", "",
              common.md_table(["target", "measured", "verdict", "command", "measured at (UTC)"], target_rows(res)),
              "", "Machine of the latest runs: " + next((common.stamp_line(r["machine"]) for r in res.values() if r),
                                                      "–"), ""]

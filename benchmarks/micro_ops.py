@@ -1,4 +1,4 @@
-"""Micro-benchmarks behind the step-graph findings of `profile_step.py` (issue 7, item 5), in ONNX Runtime CPU.
+"""Micro-benchmarks behind the step-graph findings of `profile_step.py`, in ONNX Runtime CPU.
 
     python benchmarks/micro_ops.py            # shapes of the 128 px model at batch 8
     python benchmarks/micro_ops.py --quick

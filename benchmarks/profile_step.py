@@ -1,4 +1,4 @@
-"""Where the step graph's time goes, and which ONNX Runtime session options help (issue 7, item 5).
+"""Where the step graph's time goes, and which ONNX Runtime session options help.
 
     python benchmarks/profile_step.py                  # 128 px random model, batch 8, wplus (the issue's target)
     python benchmarks/profile_step.py --model default  # the shipped 64 px bundle

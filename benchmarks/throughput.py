@@ -1,4 +1,4 @@
-"""Throughput per backend: one optimisation step, and end-to-end defects/s against the idinvert reference (issue 7).
+"""Throughput per backend: one optimisation step, and end-to-end defects/s against the idinvert reference.
 
     python benchmarks/throughput.py                    # default bundle (when shipped) + 128 px model, batch 1/4/8
     python benchmarks/throughput.py --models 128 --batches 8

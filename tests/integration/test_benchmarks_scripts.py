@@ -1,4 +1,4 @@
-"""The benchmark scripts' `--quick` modes run and write well-formed, stamped results with issue 7's summary keys.
+"""The benchmark scripts' `--quick` modes run and write well-formed, stamped results with their summary keys.
 
 convergence and footprint run on the toy bundle (ONNX Runtime only); throughput needs torch nets, so it exports a
 tiny random model (32 px, its quick default) into a temporary cache. No speed assertions: numbers only have to exist.
