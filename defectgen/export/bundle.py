@@ -8,9 +8,9 @@ passed (if asked), the manifest is written and the runtime's own `Bundle.load` a
 to `OUT`. A failure anywhere removes the temp folder, so `OUT` is either the previous bundle or the new one,
 never half of either. An existing `OUT` is replaced only if it is a bundle (has `manifest.json`) or empty.
 
-Patch mode (`patch=PatchInfo(...)`, a layered G from `export/patch.py`, `E=None`): no encoder graph, the
-manifest's `patch` section, `resolution` = the window, `defaults.init = "wavg"`, λ_dom = 0, and a bank of
-native-scale crops from the run's held-in images only.
+Patch mode (`patch=PatchInfo(...)`, a layered G from `export/patch.py`): the manifest's `patch` section,
+`resolution` = the window, and a bank of native-scale crops from the run's held-in images only. Any bundle
+exported with `E=None` has no encoder graph, `defaults.init = "wavg"` and λ_dom = 0 (its `dom` column is 0).
 """
 
 from __future__ import annotations
