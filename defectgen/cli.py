@@ -239,7 +239,8 @@ def run(
     backend: str = typer.Option("auto", help="auto, ort-cpu, ort-cuda, ort-trt or tensorrt."),
     shard: Optional[str] = typer.Option(None, help="k/n: run only jobs whose index % n == k (k = 0..n-1)."),
     seed: int = typer.Option(0, help="Seed for masks, references and random init."),
-    batch: Optional[int] = typer.Option(None, help="Jobs per step call (an exported batch; default: largest)."),
+    batch: Optional[int] = typer.Option(None, help="Jobs per step call, an exported batch (default: the smallest "
+                                                   "that holds the jobs of this shard, else the largest)."),
     mask_mode: str = typer.Option("target", help="Output mask: target, or generated (G mask > 0.5 near the target)."),
     retry_failed: bool = typer.Option(False, help="Rerun jobs that OUT/jobs.jsonl records as failed."),
     detail: Optional[bool] = typer.Option(None, "--detail/--no-detail",

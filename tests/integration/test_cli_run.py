@@ -203,3 +203,15 @@ def test_random_masks_take_the_reference_shape_unless_procedural(setup: dict[str
         masks[shape] = read_mask(out / rec["outputs"]["mask"])
     assert 0.9 * ref_area <= masks["reference"].sum() <= ref_area  # clipped to the part at most
     assert not np.array_equal(masks["reference"], masks["procedural"])
+
+
+def test_one_job_runs_the_batch_1_graph_and_many_the_largest(setup: dict[str, Path], tmp_path: Path) -> None:
+    for name, n, want in (("one", 1, 1), ("many", 3, 4)):
+        out = tmp_path / name
+        code, _, err = invoke("run", "--bundle", setup["bundle"], "--images", setup["root"] / "images",
+                              "--random-masks", 1, "--types", "crack", "--shard", f"0/{4 - n}", "--out", out)
+        assert code == 0, err
+        assert json.loads((out / "run.json").read_text())["info"]["batch"] == want
+    code, _, err = invoke("run", "--bundle", setup["bundle"], "--images", setup["root"] / "images",
+                          "--random-masks", 1, "--batch", 4, "--shard", "0/3", "--out", tmp_path / "forced")
+    assert code == 0 and json.loads((tmp_path / "forced" / "run.json").read_text())["info"]["batch"] == 4

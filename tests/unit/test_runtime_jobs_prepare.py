@@ -41,3 +41,10 @@ def test_record_is_json_safe_with_nan() -> None:
     assert json.loads(line)["objective"] == [1.0, None, None]
     assert rec.inputs == {"image": "sub/a b.png", "mask": "random", "reference": None}
     assert JobRecord.from_line(line) == rec and json.loads(line)["space"] == "w"
+
+
+def test_pick_batch_takes_the_smallest_graph_that_holds_the_jobs() -> None:
+    from defectgen.runtime.jobs.settings import pick_batch
+
+    assert pick_batch([1, 4, 8], 1) == 1 and pick_batch([4, 1, 8], 3) == 4 and pick_batch([1, 4, 8], 8) == 8
+    assert pick_batch([1, 4, 8], 50) == 8 and pick_batch([4], 1) == 4

@@ -16,6 +16,7 @@ the first job runs and is fatal; anything that needs a job's pixels or the model
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import sys
 import time
@@ -30,7 +31,7 @@ from defectgen.runtime.backends import load_backend, resolve_backend_name
 from defectgen.runtime.bundle import MANIFEST_NAME, Bundle, default_bundle_path
 from defectgen.runtime.jobs.loop import Summary, run_jobs
 from defectgen.runtime.jobs.run_folder import JOBS_FILE, RunFolder
-from defectgen.runtime.jobs.settings import RunSettings, resolve_settings
+from defectgen.runtime.jobs.settings import RunSettings, pick_batch, resolve_settings
 from defectgen.runtime.jobs.sources import (
     JobSet,
     JobSpec,
@@ -149,6 +150,7 @@ class RunRequest:
     seed: int
     jobset: JobSet
     variants: int = 1
+    batch_given: bool = False  # --batch; else `run_request` picks the smallest batch that holds the shard's jobs
 
     def jobs(self) -> Iterator[JobSpec]:
         return with_variants(self.source.jobs(self.types, self.seed), self.variants)
@@ -174,8 +176,9 @@ def make_request(*, bundle: Bundle, source: Source, types: Sequence[str] | None,
     settings = resolve_settings(bundle, **options)
     types_ = check_types(types, bundle.defect_types)
     jobset = scan_jobs(with_variants(source.jobs(types_, seed), variants))
+
     return RunRequest(bundle=bundle, settings=settings, types=types_, source=source, seed=seed, jobset=jobset,
-                      variants=variants)
+                      variants=variants, batch_given=options.get("batch") is not None)
 
 
 def check_threads(threads: int | None, backend: str) -> dict[str, int]:
@@ -205,13 +208,17 @@ def run_request(request: RunRequest, *, out: Path, backend: str, shard: tuple[in
     """
     name = resolve_backend_name(backend)
     echo = echo or (lambda line: print(line, file=sys.stderr))
+    total = sum(1 for i in range(request.jobset.count) if in_shard(i, shard))
+    if not request.batch_given:
+        batches = request.bundle.step_batches(request.settings.inversion.space)
+        request = dataclasses.replace(request, settings=dataclasses.replace(request.settings,
+                                                                            batch=pick_batch(batches, total)))
     engine = load_backend(request.bundle, name, **check_threads(threads, name))
     try:
         folder = RunFolder.open(out, request.identity(),
                                 {"defectgen": __version__, "bundle": str(request.bundle.source), "backend": name,
                                  "shard": f"{shard[0]}/{shard[1]}", "batch": request.settings.batch, **(info or {})},
                                 width=name_width(request.jobset.count))
-        total = sum(1 for i in range(request.jobset.count) if in_shard(i, shard))
         summary = run_jobs((s for s in request.jobs() if in_shard(s.index, shard)), total=total, folder=folder,
                            bundle=request.bundle, backend=engine, settings=request.settings,
                            retry_failed=retry_failed, echo=echo, progress=progress, base=request.source.base)

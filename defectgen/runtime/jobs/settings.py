@@ -27,7 +27,7 @@ class RunSettings:
         inversion: the inversion's hyper-parameters (space, steps, lr, init, λ by term name, schedule).
         mask_mode: "target" (output mask = the target mask) or "generated" (σ(G_mask) > 0.5 within it).
         feather_px: compositing feather in model pixels (scaled to the crop's full resolution).
-        batch: step-graph batch size jobs are grouped into.
+        batch: step-graph batch size jobs are grouped into (`pick_batch`: as small as the jobs in hand allow).
         detail: add the full-resolution guide's detail above the model's resolution (`compose.detail_layer`).
         guide_weight: share of the guide `S` in the model-resolution output, `(1 − g) G + g S` (0: the model's
             image alone; 1: the stitched real defect, i.e. warped copy-paste with colour matching).
@@ -64,7 +64,8 @@ def resolve_settings(bundle: Bundle, *, space: str | None = None, steps: int | N
     Args:
         bundle: the loaded bundle.
         space, steps, lr, init, lambdas, mask_mode, batch, detail, guide_weight, mask_shape, scale: the run
-            options (`batch` None: the largest exported step batch; `scale` only for patch-mode bundles).
+            options (`batch` None: the largest exported step batch until `pick_batch` knows how many jobs there
+            are; `scale` only for patch-mode bundles).
         **inversion: further `InversionConfig` fields (e.g. `early_stop_patience=0` for timing).
 
     Returns:
@@ -102,3 +103,11 @@ def resolve_settings(bundle: Bundle, *, space: str | None = None, steps: int | N
     return RunSettings(inversion=config, mask_mode=mask_mode, feather_px=float(d.feather_px), batch=batch,
                        detail=d.detail if detail is None else detail, guide_weight=guide_weight,
                        mask_shape=mask_shape, scale=scale)
+
+
+def pick_batch(batches: list[int], jobs: int) -> int:
+    """The step batch for `jobs` jobs in hand: the smallest exported batch that holds them all (latency: one job
+    runs the batch-1 graph, not a padded batch of 4), else the largest (throughput).
+    """
+    fitting = [b for b in sorted(batches) if b >= jobs]
+    return fitting[0] if fitting else max(batches)
