@@ -227,8 +227,9 @@ def write_report(st: PatchEncoderState, sets: dict[str, tuple[Windows, torch.Ten
            "held_out": evaluate(st.E, st.run.G, sets, st.run.types, st.cfg.type_start), "held_out_images": names,
            "notes": "starts: encoder = E(x, m); w_avg = the type's mean w (no encoder). g_samples: fresh z on "
                     "test/good windows, masks >= 2 px; real: windows of defective images the patch GAN did not "
-                    "see, good window = the window inpainted. mask_iou: G's hard mask vs the target; psnr on "
-                    "[0,1]; psnr_mask_db inside the target mask only; no Adam steps after the start.",
+                    "see, good window = the window inpainted. mask_iou: G's mask (logit > 0) vs the target; psnr "
+                    "of the smooth composite on [0,1]; psnr_mask_db inside the target mask only; no Adam steps "
+                    "after the start.",
            "figure": "report.png"}
     write_json(out / "report.json", rep)
     grids = {k: example_rows(st.E, st.run.G, w, 12, st.cfg.type_start) for k, (w, _) in sets.items() if len(w)}
@@ -241,8 +242,8 @@ def write_samples(st: PatchEncoderState, win: Windows, path: Path) -> None:
     sel = win.subset(torch.linspace(0, len(win) - 1, min(8, len(win))).long())
     colour, logit = st.run.G.synthesis(encoder_start(st.E, st.run.G, sel, st.cfg.type_start), sel.goods,
                                        noise_mode="const")
-    image, alpha = composite(sel.goods, colour, logit, hard=True)
-    write_grid(path, [pair_cells(sel.images, sel.masks), pair_cells(image, alpha)])
+    write_grid(path, [pair_cells(sel.images, sel.masks),
+                      pair_cells(composite(sel.goods, colour, logit)[0], (logit > 0).float())])
 
 
 # --------------------------------------------------------------------------------------------- entry

@@ -9,7 +9,7 @@ patch GAN did not see, over their inpainted good windows) and each inversion sta
 it scores G(c0, good) against (x, m):
 
     mask_iou        IoU of G's hard mask (logit > 0) with m: does the start put the defect where the target is
-    psnr_db         PSNR of the hard composite vs x over the window (outside both masks it is exact)
+    psnr_db         PSNR of the composite (smooth alpha, as exported) vs x over the window
     psnr_mask_db    PSNR inside m only: the defect's look
     latent_mse      (G samples only) mean (c0 - w+)², w+ being the latent that drew the sample
 """
@@ -56,8 +56,8 @@ def psnr_in_mask(a: torch.Tensor, b: torch.Tensor, m: torch.Tensor) -> torch.Ten
 @torch.no_grad()
 def scores(G: PatchGenerator, latent: torch.Tensor, win: Windows) -> dict[str, torch.Tensor]:
     colour, logit = G.synthesis(latent, win.goods, noise_mode="const")
-    image, alpha = composite(win.goods, colour, logit, hard=True)
-    return {"mask_iou": iou(alpha, win.masks), "psnr_db": psnr(image, win.images),
+    image, _ = composite(win.goods, colour, logit)  # smooth alpha: the exported synthesis' composite
+    return {"mask_iou": iou((logit > 0).float(), win.masks), "psnr_db": psnr(image, win.images),
             "psnr_mask_db": psnr_in_mask(image, win.images, win.masks)}
 
 
@@ -103,8 +103,7 @@ def example_rows(E: Encoder, G: PatchGenerator, win: Windows, n: int, type_start
     cols = [pair_cells(sel.images, sel.masks)]
     for init in INITS:
         colour, logit = G.synthesis(start_latent(E, G, sel, init, type_start), sel.goods, noise_mode="const")
-        image, alpha = composite(sel.goods, colour, logit, hard=True)
-        cols.append(pair_cells(image, alpha))
+        cols.append(pair_cells(composite(sel.goods, colour, logit)[0], (logit > 0).float()))
     return [list(row) for row in zip(*cols, strict=True)]
 
 
