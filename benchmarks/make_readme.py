@@ -4,8 +4,8 @@
 
 The README = the fixed introduction below + a targets table (each target, the measured figure,
 the command and the machine) + `findings.md` (hand-written: what the profile says, what to change) + every
-result's own markdown (its tables under the command and machine that produced it) and plot. Quick (smoke)
-results are never used.
+result's own markdown (its tables under the command and machine that produced it) and plot, then the
+downstream protocol (`DOWNSTREAM`) and its result when it is a v2 one. Quick (smoke) results are never used.
 """
 
 from __future__ import annotations
@@ -89,6 +89,9 @@ from copy-paste. Each step is in `downstream/pipeline.py`; the figures in `downs
     mirror/transpose variants); 0 = a copy. The held-out real defects are the reference (a new real defect);
   - *alignment*: mean IoU between each sample's label and that segmenter's prediction on it, thresholded at the
     F1-max threshold over its own training data (held-in defects + 20 good images).
+  - A one-seed check run (default bundle: not fair, not a result) read memorisation 0.020 for defectgen with
+    guide weight 1, 0.025 copy-paste, 0.056 held-out real defects, 0.064 the generator alone, 0.15-0.20
+    DRAEM/CutPaste; alignment 0.86 real, 0.65-0.66 copy-paste and defectgen g1, 0.34 the generator alone.
 - **Fair defectgen row**: `--bundle B`, trained on `train/good` + the held-in defects only. Next to the bundle,
   `B/provenance.json` (zip bundles: `B.provenance.json` beside `B.zip`) says so:
   `{"trained_on": "...", "train_command": "...", "train_seconds": 1234}`. Without it the JSON records null and the
@@ -100,7 +103,13 @@ from copy-paste. Each step is in `downstream/pipeline.py`; the figures in `downs
   `held_in_per_type`, `seeds`, `data`, `defectgen_bundle` with `path`, `trained_on`, `train_command`,
   `train_seconds`), plus a contact sheet per source. Only a full, fair run of all sources writes there; quick,
   validation, partial and not-fair runs go to `results/quick/`, `results/validation/`, `results/quick/scratch/`.
-- **Time**: TIME_TEXT
+- **Time** (2-core CPU): one segmenter takes 0.6 s per step on one thread, ~300 s for 500 steps when it has
+  a core to itself (280-580 s measured beside other jobs). 8 sources x 3 seeds = 24 trainings (21 when a
+  `_g1`/`_g0` row equals the main one), two at a time with `--jobs 2`: ~60 min; making the sources ~5 min (three
+  `defectgen run`s of 500 jobs, 120-200 s each with the default 64 px bundle), data, arrays and figures ~2 min:
+  **about 70 min on an otherwise idle box**; beside another job on one core, about twice that. Measured: a
+  one-seed run of all sources with `--jobs 1` on a box loaded by two other jobs took 58 min (7 trainings,
+  generation 6.5 min, figures 51 s). `--quick` (CI) takes 25-40 s on one core.
 
 ```bash
 OMP_NUM_THREADS=1 python benchmarks/downstream.py --bundle B --jobs 2    # the full protocol

@@ -114,7 +114,10 @@ def comparisons(summary: dict[str, Any]) -> list[str]:
             continue
         x, y = summary[a]["pixel_ap"], summary[b]["pixel_ap"]
         diff = 100 * (x["mean"] - y["mean"])
-        se = 100 * math.sqrt(x["std"] ** 2 / max(x["n"], 1) + y["std"] ** 2 / max(y["n"], 1))
+        if min(x["n"], y["n"]) < 2:
+            out.append(f"{a} − {b}: {diff:+.1f} pixel-AP points (one seed: no spread to judge it by)")
+            continue
+        se = 100 * math.sqrt(x["std"] ** 2 / x["n"] + y["std"] ** 2 / y["n"])
         verdict = "beyond 2 SE" if abs(diff) > 2 * se else "within 2 SE (not resolved)"
         out.append(f"{a} − {b}: {diff:+.1f} pixel-AP points (SE {se:.1f}; {verdict})")
     return out

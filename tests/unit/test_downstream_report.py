@@ -40,6 +40,9 @@ def test_comparisons_state_the_difference_and_its_standard_error() -> None:
     assert lines[0].startswith("defectgen − copypaste: +10.0 pixel-AP points (SE 0.8; beyond 2 SE")
     assert "defectgen − defectgen_g1: +0.0" in lines[1] and "not resolved" in lines[1]
     assert any(line.startswith("real − copypaste") for line in lines)
+    one_seed = {k: _entry(v, 0.0, n=1) for k, v in (("defectgen", 0.9), ("copypaste", 0.8))}
+    assert report.comparisons(one_seed) == ["defectgen − copypaste: +10.0 pixel-AP points (one seed: no spread to "
+                                            "judge it by)"]
 
 
 @pytest.mark.parametrize("fair", [True, False])
