@@ -18,17 +18,25 @@ from .sources import Sample
 METRICS = ("pixel_ap", "pixel_auroc", "f1_max", "image_auroc")
 LABELS = {"pixel_auroc": "pixel AUROC", "pixel_ap": "pixel AP", "f1_max": "F1-max", "image_auroc": "image AUROC"}
 FIGURES = ("diversity", "memorisation", "alignment")
+DEFECTGEN_ROWS = ("defectgen", "defectgen_g1", "defectgen_g0", "mix")  # the rows that use the bundle
+
+
+def row_label(name: str, results: dict[str, Any]) -> str:
+    """The source's name, tagged "(not fair)" where it used a bundle that is not known to be fair."""
+    fair = results["protocol"]["defectgen_bundle"].get("fair")
+    return name + (" (not fair)" if name in DEFECTGEN_ROWS and fair is False else "")
 
 
 def _val(x: Any) -> float:
     return float(x) if isinstance(x, int | float) and math.isfinite(x) else 0.0
 
 
-def _bars(ax: Any, groups: list[str], names: list[str], value: Any, err: Any = None) -> None:
+def _bars(ax: Any, groups: list[str], names: list[str], value: Any, err: Any = None,
+          labels: dict[str, str] | None = None) -> None:
     width = 0.8 / max(1, len(names))
     for k, name in enumerate(names):
         xs = np.arange(len(groups)) + (k - (len(names) - 1) / 2) * width
-        ax.bar(xs, [value(name, g) for g in groups], width, label=name,
+        ax.bar(xs, [value(name, g) for g in groups], width, label=(labels or {}).get(name, name),
                yerr=[err(name, g) for g in groups] if err else None, capsize=2, error_kw={"elinewidth": 0.8})
 
 
@@ -43,7 +51,7 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     names = list(summ)
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.4), gridspec_kw={"width_ratios": [3, 2]})
     _bars(ax, list(METRICS), names, lambda n, m: 100 * _val(summ[n][m]["mean"]),
-          lambda n, m: 100 * _val(summ[n][m]["std"]))
+          lambda n, m: 100 * _val(summ[n][m]["std"]), {n: row_label(n, results) for n in names})
     ax.set_xticks(np.arange(len(METRICS)), [LABELS[m] for m in METRICS])
     ax.set_ylim(0, 125)
     ax.set_yticks(range(0, 101, 20))
@@ -58,6 +66,7 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     ax2.set_xticks(np.arange(len(FIGURES)), ["diversity", "memorisation", "alignment IoU"])
     ax2.set_title("feature space of the real-trained segmenter (dashed: held-out real defects)", fontsize=8)
     quick = "QUICK smoke run · " if results.get("quick") else ""
+    quick += "NOT FAIR defectgen rows · " if results["protocol"]["defectgen_bundle"].get("fair") is False else ""
     fig.text(0.01, 0.01, (quick + results["machine_line"])[:200], fontsize=6)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     buf = io.BytesIO()

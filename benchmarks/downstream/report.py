@@ -17,11 +17,10 @@ import numpy as np
 
 from defectgen.data.imageio import atomic_write_text
 
-from .plots import LABELS, METRICS, plot, source_sheet, zoom_sheet
+from .plots import LABELS, METRICS, plot, row_label, source_sheet, zoom_sheet
 
 __all__ = ["markdown", "source_sheet", "stamp", "write_all", "zoom_sheet"]
 
-DEFECTGEN_ROWS = ("defectgen", "defectgen_g1", "defectgen_g0", "mix")
 # (a, b): a's pixel AP minus b's, the comparisons the protocol is for
 COMPARISONS = (("defectgen", "copypaste"), ("defectgen", "defectgen_g1"), ("defectgen_g0", "copypaste"),
                ("defectgen_g1", "copypaste"), ("mix", "copypaste"), ("real", "copypaste"))
@@ -75,9 +74,7 @@ def _ms(m: dict[str, Any]) -> str:
 
 def _label(name: str, results: dict[str, Any]) -> str:
     same = results["protocol"].get("same_as", {}).get(name)
-    fair = results["protocol"]["defectgen_bundle"].get("fair")
-    tag = " (not fair)" if name in DEFECTGEN_ROWS and fair is False else ""
-    return f"{name}{tag}" + (f" = {same}" if same else "")
+    return row_label(name, results) + (f" = {same}" if same else "")
 
 
 def _main_table(results: dict[str, Any]) -> list[str]:
