@@ -94,8 +94,9 @@ from copy-paste. Each step is in `downstream/pipeline.py`; the figures in `downs
     DRAEM/CutPaste; alignment 0.86 real, 0.65-0.66 copy-paste and defectgen g1, 0.34 the generator alone.
 - **Fair defectgen row**: `--bundle B`, trained on `train/good` + the held-in defects only. Next to the bundle,
   `B/provenance.json` (zip bundles: `B.provenance.json` beside `B.zip`) says so:
-  `{"trained_on": "...", "train_command": "...", "train_seconds": 1234}`. Without it the JSON records null and the
-  rows are labelled "not fair". The shipped default bundle (trained on a whole set with all its defects) is
+  `{"trained_on": "...", "train_command": "...", "train_seconds": 1234}`, optionally `"held_in": {type: [file
+  names]}` (e.g. the patch trainer's `held_in.json`), which is checked against the split: a held-out file there
+  makes the rows not fair. Without the file the JSON records null and the rows are labelled "not fair". The shipped default bundle (trained on a whole set with all its defects) is
   refused, also as a copy, unless `--allow-default-bundle` (smoke runs; "not fair"). `--train-budget MINUTES`
   trains a whole-part bundle on the held-in split inside the run and writes its provenance.
 - **Results**: `results/downstream.{json,md,png}` (JSON `summary`: per source `pixel_ap`/`pixel_auroc`/`f1_max`/

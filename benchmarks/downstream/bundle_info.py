@@ -6,7 +6,9 @@ whoever trained it:
 
 - folder bundle `B/`: `B/provenance.json`; zip bundle `B.zip`: `B.provenance.json` next to it;
 - keys: `trained_on` (what the GAN and encoder saw, e.g. "train/good + held-in third of make-data --res 128
-  --n-defect 18 --seed 1"), `train_command` (the commands, one string), `train_seconds` (wall time, number).
+  --n-defect 18 --seed 1"), `train_command` (the commands, one string), `train_seconds` (wall time, number);
+  optional `held_in` ({type: [defect image file names]}, what the trainer saw, e.g. the trainer's own
+  `held_in.json`): checked against this run's split, and a file the split holds out makes the row not fair.
 
 With a provenance file whose `trained_on` is set, the row is recorded as fair; without one the three fields are
 null and the row is labelled "not fair". The shipped default bundle was trained on a whole set with all of its
@@ -125,3 +127,24 @@ def write_provenance(bundle: Path, *, trained_on: str, train_command: str, train
 def unused() -> dict[str, Any]:
     """The record when no defectgen row is run."""
     return {"path": None, **dict.fromkeys(PROVENANCE_KEYS), "fair": None, "how": "not used"}
+
+
+def check_held_in(record: dict[str, Any], held_in: dict[str, list[str]]) -> dict[str, Any]:
+    """Compare the provenance's optional `held_in` lists with the split's held-in names; updates `record`.
+
+    A bundle whose trainer saw a defect this split holds out would be scored on what it was trained on.
+    """
+    prov_path = provenance_path(Path(record["path"])) if record.get("path") else None
+    listed = None
+    if prov_path is not None and prov_path.is_file():
+        listed = json.loads(prov_path.read_text(encoding="utf-8")).get("held_in")
+    if not isinstance(listed, dict):
+        record["held_in_checked"] = False
+        return record
+    extra = sorted(f"{t}/{n}" for t, names in listed.items() for n in names if n not in set(held_in.get(t, [])))
+    record["held_in_checked"] = True
+    if extra:
+        record["fair"] = False
+        record["not_fair_because"] = (f"its provenance lists {len(extra)} defect(s) this split does not hold in "
+                                      f"(e.g. {', '.join(extra[:3])})")
+    return record

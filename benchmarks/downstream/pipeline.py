@@ -180,6 +180,10 @@ def _data(r: Run) -> tuple[Split, dict[str, Any], dict[str, Any]]:
     brec = bundle_info.unused()
     if _uses_bundle(r.names):
         r.bundle, brec = _bundle(r.args, r.bundle, split, r.work, res, data["name"], r.notes)
+        names = {t: [i.image_path.name for i in v] for t, v in split_category(cat).held_in.items()}
+        bundle_info.check_held_in(brec, names)  # against the full held-in third (--validate uses half of it)
+        if brec["fair"] is False:
+            r.out = _out_dir(r.args, r.mode, committable=False)  # known only now: keep off the committed results
     r.timed("bundle_s", t0)
     return split, data, brec
 

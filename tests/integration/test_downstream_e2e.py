@@ -22,6 +22,7 @@ from toy_bundle import ToyModel, make_toy_bundle  # noqa: E402
 SOURCES = {"defectgen", "defectgen_g1", "defectgen_g0", "copypaste", "draem", "cutpaste", "mix", "real"}
 METRICS = {"pixel_auroc", "pixel_ap", "f1_max", "image_auroc"}
 PROVENANCE = {"trained_on": "toy weights, no data", "train_command": "make_toy_bundle", "train_seconds": 0.5}
+HELD_IN = {t: ["000.png", "001.png"] for t in DEFAULT_DEFECT_TYPES}  # the first third of make-data's 6 per type
 
 
 def _finite(x: object) -> bool:
@@ -33,7 +34,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, float]:
     tmp = tmp_path_factory.mktemp("downstream")
     bundle = make_toy_bundle(tmp / "bundle", model=ToyModel(res=16, types=[GOOD, *DEFAULT_DEFECT_TYPES]),
                              spaces=("wplus",), batches=(1, 4))
-    (bundle / "provenance.json").write_text(json.dumps(PROVENANCE))
+    (bundle / "provenance.json").write_text(json.dumps({**PROVENANCE, "held_in": HELD_IN}))
     out = tmp / "results"
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "downstream.py"), "--quick", "--bundle",
@@ -73,6 +74,7 @@ def test_protocol_records_split_seeds_data_and_bundle_provenance(run: tuple[Path
     assert p["seeds"] == [0, 1] and "make-data" in p["data"]["command"] and p["data"]["held_out_defects"] == 16
     b = p["defectgen_bundle"]
     assert {k: b[k] for k in PROVENANCE} == PROVENANCE and b["fair"] is True and Path(b["path"]).is_dir()
+    assert b["held_in_checked"] is True and p["data"]["split"]["held_in"] == HELD_IN
     for name in SOURCES - {"defectgen_g0"}:
         runs = res["sources"][name]["runs"]
         assert [r["seed"] for r in runs] == [0, 1]

@@ -71,6 +71,21 @@ def test_provenance_makes_a_bundle_fair(tmp_path: Path) -> None:
         "train/good + held-in third", "defectgen train gan", 123.4)
 
 
+def test_provenance_held_in_lists_are_checked_against_the_split(tmp_path: Path) -> None:
+    b = _fake_bundle(tmp_path / "b")
+    split = {"hole": ["000.png", "001.png"], "cut": ["000.png"]}
+    prov = {"trained_on": "held-in", "train_command": "x", "train_seconds": 1}
+    (b / "provenance.json").write_text(json.dumps(prov))
+    rec = bundle_info.check_held_in(bundle_info.describe(b, how="given"), split)
+    assert rec["fair"] and rec["held_in_checked"] is False  # nothing listed: trusted as written
+    (b / "provenance.json").write_text(json.dumps({**prov, "held_in": {"hole": ["001.png"], "cut": ["000.png"]}}))
+    rec = bundle_info.check_held_in(bundle_info.describe(b, how="given"), split)
+    assert rec["fair"] and rec["held_in_checked"] is True
+    (b / "provenance.json").write_text(json.dumps({**prov, "held_in": {"hole": ["001.png", "007.png"]}}))
+    rec = bundle_info.check_held_in(bundle_info.describe(b, how="given"), split)
+    assert rec["fair"] is False and "hole/007.png" in rec["not_fair_because"]
+
+
 def test_zip_bundle_reads_the_provenance_beside_it(tmp_path: Path) -> None:
     folder = _fake_bundle(tmp_path / "b")
     zpath = tmp_path / "b.zip"
