@@ -96,9 +96,10 @@ from copy-paste. Each step is in `downstream/pipeline.py`; the figures in `downs
   `B/provenance.json` (zip bundles: `B.provenance.json` beside `B.zip`) says so:
   `{"trained_on": "...", "train_command": "...", "train_seconds": 1234}`, optionally `"held_in": {type: [file
   names]}` (e.g. the patch trainer's `held_in.json`), which is checked against the split: a held-out file there
-  makes the rows not fair. Without the file the JSON records null and the rows are labelled "not fair". The shipped default bundle (trained on a whole set with all its defects) is
-  refused, also as a copy, unless `--allow-default-bundle` (smoke runs; "not fair"). `--train-budget MINUTES`
-  trains a whole-part bundle on the held-in split inside the run and writes its provenance.
+  makes the rows not fair. Without the file the JSON records null and the rows are labelled "not fair". The
+  shipped default bundle (trained on a whole set with all its defects) is refused, also as a copy, unless
+  `--allow-default-bundle` (smoke runs; "not fair"). `--train-budget MINUTES` trains a whole-part bundle on
+  the held-in split inside the run and writes its provenance.
 - **Results**: `results/downstream.{json,md,png}` (JSON `summary`: per source `pixel_ap`/`pixel_auroc`/`f1_max`/
   `image_auroc` as `{mean, std, n}`, `per_type_ap`, `diversity`, `memorisation`, `alignment`; `protocol`:
   `held_in_per_type`, `seeds`, `data`, `defectgen_bundle` with `path`, `trained_on`, `train_command`,
