@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # Type 0 is always "good"; defect types follow in this order unless a dataset says otherwise.
 GOOD = "good"

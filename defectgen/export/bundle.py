@@ -37,6 +37,7 @@ from defectgen.export import onnx_tools
 from defectgen.export.bank import RealInputs, build_defect_bank, real_inputs
 from defectgen.export.graphs import GraphResult, ModelDims, export_graph, model_dims, plan
 from defectgen.export.objective import DEFAULT_LAMBDAS
+from defectgen.export.shared_weights import WEIGHTS_NAME, share_weights
 from defectgen.export.verify import VERIFY_NAME, Bounds, verify_graphs
 from defectgen.runtime.bundle.loader import Bundle, _read_manifest
 from defectgen.runtime.bundle.manifest import (
@@ -234,6 +235,10 @@ def export_bundle(
             log.warning("no dataset given: the bundle has no defect bank (the runtime then uses S = I)")
         results = _export_graphs(G, E, D, dims, tmp, spaces, batches, opset)
         files = {g.path.name: _file_entry(g) for g in results}
+        shared = share_weights(tmp, list(files))  # format 2: one weights file, each tensor once
+        files[WEIGHTS_NAME] = FileEntry(role="weights")
+        log.info("shared weights: %d tensors in %d graphs -> %d unique, %.2f MB (%.2f MB saved)", shared["tensors"],
+                 len(results), shared["unique"], shared["bytes"] / 1e6, shared["saved"] / 1e6)
         if verify:
             real = _real_or_none(data_root, types, dims.resolution, patch, held_in)
             report = verify_graphs(G, E, D, results, dims, real=real, bounds=bounds)

@@ -199,3 +199,28 @@ def test_whole_inversion_run_ort_matches_torch(bundle_dir, nets, space):
     assert _rel(got.latent, want.latent) <= 1e-3
     assert _rel(got.terms_history, want.terms_history) <= 1e-3
     assert _rel(got.image, want.image) <= 1e-3
+
+
+def test_graphs_share_one_weights_file_and_still_match_torch(nets, tmp_path):
+    """Format 2: the step graphs of two batch sizes and the synthesis graph point into one weights file, each
+    tensor stored once; parity with torch (verify=True) still holds on the files as shipped."""
+    from defectgen.export.shared_weights import WEIGHTS_NAME
+
+    G, E, D = nets
+    out = export_bundle(G, E, D, out=tmp_path / "b", spaces=["w"], batches=[1, 2], types=TINY_TYPES, verify=True)
+    b = Bundle.load(out)
+    assert b.manifest.format_version == 2 and b.manifest.files[WEIGHTS_NAME].role == "weights"
+    refs: dict[str, set[tuple[int, int]]] = {}
+    for name in ("step_w_b1.onnx", "step_w_b2.onnx", "synthesis_w.onnx"):
+        model = onnx.load(str(out / name), load_external_data=False)
+        ext = [{e.key: e.value for e in t.external_data} for t in model.graph.initializer
+               if t.data_location == onnx.TensorProto.EXTERNAL]
+        assert ext and all(e["location"] == WEIGHTS_NAME for e in ext)
+        refs[name] = {(int(e["offset"]), int(e["length"])) for e in ext}
+        assert (out / name).stat().st_size < 200_000  # the graph only; weights live in the shared file
+    b1, b2 = refs["step_w_b1.onnx"], refs["step_w_b2.onnx"]
+    assert len(b1 & b2) >= 0.9 * len(b1)  # the same bytes, once (a batch-shaped constant may differ)
+    assert refs["synthesis_w.onnx"] & b1  # G's weights shared by synthesis and step
+    referenced = sum(length for r in refs.values() for _, length in r)
+    assert (out / WEIGHTS_NAME).stat().st_size < 0.7 * referenced
+    assert json.loads((out / "verify.json").read_text())["passed"] is True

@@ -44,9 +44,16 @@ def _stub_export(fail_at: int | None = None):
     return export_graph, calls
 
 
+def _stub_share(folder: Path, graphs: list[str]) -> dict[str, int]:
+    """The stub graphs are not ONNX: the shared weights file is just written (its own test exports real graphs)."""
+    (folder / "weights.bin").write_bytes(b"")
+    return {"tensors": 0, "unique": 0, "bytes": 0, "saved": 0}
+
+
 def _export(nets, out, monkeypatch, fail_at=None, **kw):
     stub, calls = _stub_export(fail_at)
     monkeypatch.setattr(bundle_mod, "export_graph", stub)
+    monkeypatch.setattr(bundle_mod, "share_weights", _stub_share)
     G, E, D = nets
     kw = {"spaces": ["wplus", "z"], "batches": [1, 2], "types": TINY_TYPES, "verify": False, **kw}
     return bundle_mod.export_bundle(G, E, D, out=out, **kw), calls
@@ -172,6 +179,7 @@ def test_cli_export_from_checkpoints(nets, tmp_path, monkeypatch):
     gan, enc = _checkpoints(nets, tmp_path, data)
     stub, _ = _stub_export()
     monkeypatch.setattr(bundle_mod, "export_graph", stub)
+    monkeypatch.setattr(bundle_mod, "share_weights", _stub_share)
     out = tmp_path / "bundle"
     res = CliRunner().invoke(app, ["export", "--gan", str(gan), "--encoder", str(enc), "--out", str(out),
                                    "--spaces", "w", "--batch", "1,2", "--no-verify", "--zip"])

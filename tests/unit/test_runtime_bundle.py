@@ -53,7 +53,7 @@ def _write_manifest(d: Path, data: dict) -> None:
 
 
 def test_constants() -> None:
-    assert FORMAT == "defectgen-bundle" and FORMAT_VERSION == 1
+    assert FORMAT == "defectgen-bundle" and FORMAT_VERSION == 2
     assert LOSS_TERMS == ("mask", "bg", "def", "pix", "dom", "prior")
     assert SPACES == ("wplus", "w", "z")
 
@@ -86,7 +86,7 @@ def test_manifest_keeps_unknown_fields(toy_dir: Path) -> None:
     ("w_avg", {"good": [0.0]}, "w_avg"),
     ("files", [], "files must be an object"),
     ("format", "something-else", "not a defectgen bundle"),
-    ("format_version", 2, "unsupported bundle format_version 2"),
+    ("format_version", 3, "unsupported bundle format_version 3"),
 ])
 def test_manifest_field_validation(toy_dir: Path, field: str, value: object, match: str) -> None:
     data = _manifest_dict(toy_dir)
@@ -194,7 +194,7 @@ def test_wrong_format_version(toy_copy: Path) -> None:
     data = _manifest_dict(toy_copy)
     data["format_version"] = 99
     _write_manifest(toy_copy, data)
-    with pytest.raises(BundleError, match="format_version 99"):
+    with pytest.raises(BundleError, match="format_version 99.*reads versions 1, 2; re-export"):
         Bundle.load(toy_copy)
 
 
@@ -267,3 +267,10 @@ def test_cache_dir(toy_copy: Path, _private_cache: Path) -> None:
     assert ort_cache.is_dir() and ort_cache.is_relative_to(_private_cache / "bundles") and ort_cache.name == "ort"
     assert b.cache_dir("trt").parent == ort_cache.parent  # one folder per bundle, keyed by its manifest
     assert sorted(p.name for p in toy_copy.iterdir()) == before  # nothing beside the bundle
+
+
+def test_format_1_bundles_still_load(toy_copy: Path) -> None:
+    data = _manifest_dict(toy_copy)
+    data["format_version"] = 1  # graphs with their weights inside: the same layout otherwise
+    _write_manifest(toy_copy, data)
+    assert Bundle.load(toy_copy).manifest.format_version == 1

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from defectgen import __version__
 from defectgen.data.imageio import atomic_write_bytes
 from defectgen.errors import BundleError
 from defectgen.runtime.bundle.fields import (
@@ -30,7 +31,8 @@ from defectgen.runtime.bundle.fields import (
 from defectgen.runtime.bundle.sections import PatchInfo, RunDefaults
 
 FORMAT = "defectgen-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: graphs may keep their weights in a shared external-data file (role "weights")
+READ_VERSIONS = (1, 2)  # 1: every graph embeds its own weights; the layout is otherwise the same
 LOSS_TERMS = ("mask", "bg", "def", "pix", "dom", "prior")  # order of `terms` columns and of the `lambdas` input
 SPACES = ("wplus", "w", "z")
 # "weights": an ONNX external-data file (listed so its checksum is verified); "report": verify.json
@@ -205,9 +207,9 @@ class Manifest:
             msg = f"not a defectgen bundle: manifest field format is {fmt!r}, expected {FORMAT!r}"
             raise BundleError(msg)
         version = d.get("format_version")
-        if version != FORMAT_VERSION:
-            msg = (f"unsupported bundle format_version {version!r}: this runtime reads version {FORMAT_VERSION} "
-                   f"(re-export the bundle with a matching defectgen)")
+        if version not in READ_VERSIONS:
+            msg = (f"unsupported bundle format_version {version!r}: this runtime (defectgen {__version__}) reads "
+                   f"versions {', '.join(map(str, READ_VERSIONS))}; re-export the bundle with a matching defectgen")
             raise BundleError(msg)
         known = {f for f in cls.__dataclass_fields__ if f != "extra"}
         m = cls(
@@ -229,6 +231,7 @@ class Manifest:
             defect_bank=bank_field(d),
             configs=get_field(d, "configs", dict, "manifest", default={}),
             defectgen_version=get_field(d, "defectgen_version", str, "manifest", default=""),
+            format_version=version,
             extra={k: v for k, v in d.items() if k not in known},
         )
         m.validate()
