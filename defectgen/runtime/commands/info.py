@@ -36,7 +36,10 @@ def _header(m: Manifest, source: str, status: str) -> list[str]:
         f"bundle    {source}  ({status})",
         f"format    {m.format} v{m.format_version}, defectgen {m.defectgen_version or '?'}{took}"
         + (f" ({tool_text})" if tool_text else ""),
-        f"model     {m.resolution} px, z_dim {m.z_dim}, w_dim {m.w_dim}, w+ {m.num_ws} layers",
+        f"model     {m.resolution} px, z_dim {m.z_dim}, w_dim {m.w_dim}, w+ {m.num_ws} layers"
+        + (f"; patch mode: {m.patch.window} px windows at {m.patch.scale:g} data px per model px, drawn over the "
+           f"good window" if m.patch is not None else "; whole parts")
+        + ("" if m.graph_files("encoder") else "; no encoder (starts from w_avg)"),
         f"types     {', '.join(m.defect_types)}",
         f"graphs    spaces {', '.join(m.spaces)}; step batches {', '.join(map(str, m.step_batches))}; "
         f"opset {m.opset}",
