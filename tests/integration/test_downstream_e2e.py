@@ -8,7 +8,9 @@ import math
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,8 +18,6 @@ from defectgen import DEFAULT_DEFECT_TYPES, GOOD
 from defectgen.data.imageio import read_image
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests"))
-from toy_bundle import ToyModel, make_toy_bundle  # noqa: E402
 
 SOURCES = {"defectgen", "defectgen_g1", "defectgen_g0", "copypaste", "draem", "cutpaste", "mix", "real"}
 METRICS = {"pixel_auroc", "pixel_ap", "f1_max", "image_auroc"}
@@ -30,9 +30,10 @@ def _finite(x: object) -> bool:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, float]:
+def run(tmp_path_factory: pytest.TempPathFactory, toy_model: Callable[..., Any],
+        toy_bundle_factory: Callable[..., Path]) -> tuple[Path, dict, float]:
     tmp = tmp_path_factory.mktemp("downstream")
-    bundle = make_toy_bundle(tmp / "bundle", model=ToyModel(res=16, types=[GOOD, *DEFAULT_DEFECT_TYPES]),
+    bundle = toy_bundle_factory(tmp / "bundle", model=toy_model(res=16, types=[GOOD, *DEFAULT_DEFECT_TYPES]),
                              spaces=("wplus",), batches=(1, 4))
     (bundle / "provenance.json").write_text(json.dumps({**PROVENANCE, "held_in": HELD_IN}))
     out = tmp / "results"

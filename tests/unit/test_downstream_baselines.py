@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from downstream import baselines
 
 from defectgen.data.masks import part_mask
 from defectgen.data.mvtec import MVTecCategory
 from defectgen.data.procedural import make_dataset
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from downstream import baselines  # noqa: E402
 
 
 @pytest.fixture(scope="module")

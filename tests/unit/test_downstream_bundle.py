@@ -11,10 +11,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from downstream import bundle_info
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from downstream import bundle_info  # noqa: E402
 
 
 def _fake_bundle(folder: Path, defaults: dict | None = None) -> Path:

@@ -3,19 +3,14 @@ seeds, and how the sources are put together (mix, aliases of identical defectgen
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from downstream import features  # noqa: E402
-from downstream.generate import aliases, needed  # noqa: E402
-from downstream.seeds import aggregate, mean_std  # noqa: E402
-from downstream.segmenter import UNet  # noqa: E402
-from downstream.sources import Sample, mix_samples  # noqa: E402
+from downstream import features
+from downstream.generate import aliases, needed
+from downstream.seeds import aggregate, mean_std
+from downstream.segmenter import UNet
+from downstream.sources import Sample, mix_samples
 
 
 @pytest.fixture(scope="module")

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from downstream.metrics import (  # noqa: E402
+from downstream.metrics import (
     PSNR_CAP,
     average_precision,
     f1_max,

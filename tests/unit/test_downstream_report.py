@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from downstream import report  # noqa: E402
+from downstream import report
 
 METRICS = ("pixel_ap", "pixel_auroc", "f1_max", "image_auroc")
 

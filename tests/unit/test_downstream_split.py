@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
+from downstream.split import split_category, validation_split
 
 from defectgen.data.mvtec import MVTecCategory
 from defectgen.data.procedural import make_dataset
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from downstream.split import split_category, validation_split  # noqa: E402
 
 
 @pytest.fixture(scope="module")
