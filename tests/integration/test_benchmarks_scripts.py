@@ -83,8 +83,7 @@ def test_blockiness_quick(tmp_path: Path, toy_model: Callable[..., object],
     assert (tmp_path / "out" / "blockiness_sheet.png").is_file()
 
 
-def test_flat_block_share_counts_upscaled_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # the scripts import their `common` module as a sibling
+def test_flat_block_share_counts_upscaled_blocks() -> None:
     import numpy as np
     from blockiness import flat_block_share
 
