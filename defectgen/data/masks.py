@@ -370,8 +370,10 @@ def place_reference(good: np.ndarray, part: np.ndarray, ref_img: np.ndarray, ref
     scale = min(scale, 0.9 * h / img.shape[0], 0.9 * w / img.shape[1])
     if abs(scale - 1.0) > 1e-6:
         size = (max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale)))
-        img = cv2.resize(np.ascontiguousarray(img), size, interpolation=cv2.INTER_AREA)
-        msk = (cv2.resize(msk.astype(np.float32), size, interpolation=cv2.INTER_AREA) >= 0.5).astype(np.uint8)
+        # area averaging when shrinking; when enlarging it repeats pixels (blocks), so interpolate linearly then
+        interp = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
+        img = cv2.resize(np.ascontiguousarray(img), size, interpolation=interp)
+        msk = (cv2.resize(msk.astype(np.float32), size, interpolation=interp) >= 0.5).astype(np.uint8)
         if not msk.any():
             msk[msk.shape[0] // 2, msk.shape[1] // 2] = 1
     ch, cw = msk.shape
