@@ -14,6 +14,7 @@ import textwrap
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 from toy_bundle import ToyModel, make_toy_bundle
 
@@ -89,6 +90,27 @@ def run_bundle() -> Callable[..., Path]:
         return make_toy_bundle(folder, model=ToyModel(res=res), nan_above=nan_above)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def assert_step_gradient() -> Callable[..., None]:
+    """`assert_step_gradient(session, feeds)`: an ONNX Runtime step graph's `grad` output agrees with central
+    finite differences of its summed `terms` along 3 random unit directions (tolerance 1 % of |grad|)."""
+
+    def check(sess: object, feeds: dict[str, np.ndarray], *, eps: float = 3e-3, seed: int = 3) -> None:
+        def f(latent: np.ndarray) -> float:
+            out = sess.run(["terms"], {**feeds, "latent": latent.astype(np.float32)})  # type: ignore[attr-defined]
+            return float(out[0].astype(np.float64).sum())
+
+        grad = sess.run(["grad"], feeds)[0].astype(np.float64)  # type: ignore[attr-defined]
+        rng = np.random.default_rng(seed)
+        for _ in range(3):
+            d = rng.standard_normal(grad.shape)
+            d /= np.linalg.norm(d)
+            fd = (f(feeds["latent"] + eps * d) - f(feeds["latent"] - eps * d)) / (2 * eps)
+            assert abs(fd - float((grad * d).sum())) <= 1e-2 * np.linalg.norm(grad)
+
+    return check
 
 
 @pytest.fixture(scope="module")
