@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pytest
 from cli_helpers import invoke
 
 from defectgen.data.imageio import mask_to_model, read_image, read_mask, to_model
@@ -33,17 +36,26 @@ def _batch(bundle: Bundle, types: list[str], seed: int) -> InversionBatch:
 def test_default_bundle_validates_and_names_its_types():
     b = Bundle.load()
     assert b.defect_types[0] == "good" and set(b.defect_types[1:]) == {"crack", "cut", "hole", "print"}
-    assert b.spaces == ["wplus", "w"] and all(b.step_batches(s) == [1, 4, 8] for s in b.spaces)
+    assert b.spaces == ["wplus", "w", "z"] and all(b.step_batches(s) == [1, 4, 8] for s in b.spaces)
     assert b.patch is not None and b.has_encoder and b.defaults.init == "encoder"
     assert b.defaults.guide_weight == 0.0  # the generator's pixels are the output
     size = sum(p.stat().st_size for p in default_bundle_path().rglob("*") if p.is_file())
     assert size <= 25e6, f"the embedded bundle is {size / 1e6:.1f} MB, over the 25 MB package budget"
 
 
-def test_adam_lowers_the_objective_on_the_default_bundle():
+def test_every_shipped_graph_passed_parity_and_finite_differences():
+    report = json.loads((default_bundle_path() / "verify.json").read_text(encoding="utf-8"))
+    checked = {(c["file"], c["inputs"]) for c in report["checks"] if c["passed"]}
+    steps = {f"step_{s}_b{n}.onnx" for s in ("wplus", "w", "z") for n in (1, 4, 8)}
+    assert report["passed"] and {(f, i) for f in steps for i in ("random", "real")} <= checked
+    assert all(c["fd"] and max(c["fd"]) <= report["bounds"]["fd_rel"] for c in report["checks"] if c["file"] in steps)
+
+
+@pytest.mark.parametrize("space", ["wplus", "w", "z"])
+def test_adam_lowers_the_objective_on_the_default_bundle(space):
     b = Bundle.load()
     batch = _batch(b, ["crack", "cut", "hole", "print"], seed=0)
-    cfg = InversionConfig(space="wplus", steps=10, init=b.defaults.init, seed=0, early_stop_patience=0)
+    cfg = InversionConfig(space=space, steps=10, init=b.defaults.init, seed=0, early_stop_patience=0)
     with load_backend(b, "ort-cpu") as backend:
         res = invert(backend, b, batch, config=cfg)
     obj = res.terms_history.sum(-1)  # (steps+1, B)

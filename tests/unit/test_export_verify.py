@@ -47,8 +47,39 @@ def test_finite_differences_catch_a_wrong_gradient(tmp_path, scale, ok):
     sess = _quadratic(tmp_path, scale)
     feeds = {"latent": np.array([[0.5, -1.0, 2.0, 0.1]], np.float32)}
     grad = sess(feeds)["grad"]
-    errors = finite_difference_errors(sess, feeds, grad, eps=3e-3, directions=3, seed=0)
+    errors = finite_difference_errors(sess, feeds, grad, eps=(3e-3, 1e-3), directions=3, seed=0)
     assert len(errors) == 4
+    assert (max(errors) <= 1e-2) is ok, errors
+
+
+def _sharp(tmp_path, grad_scale: float):
+    """terms = k·c³ with k = 3000 (a sharply curving objective), grad = grad_scale · 3k · c²: right at scale 1."""
+    c = helper.make_tensor_value_info("latent", TensorProto.FLOAT, [1, 4])
+    nodes = [helper.make_node("Mul", ["latent", "latent"], ["c2"]),
+             helper.make_node("Mul", ["c2", "latent"], ["c3"]),
+             helper.make_node("Mul", ["c3", "k"], ["terms"]),
+             helper.make_node("Mul", ["c2", "g"], ["grad"])]
+    inits = [helper.make_tensor("k", TensorProto.FLOAT, [], [3000.0]),
+             helper.make_tensor("g", TensorProto.FLOAT, [], [grad_scale * 9000.0])]
+    graph = helper.make_graph(nodes, "s", [c], [helper.make_tensor_value_info("terms", TensorProto.FLOAT, [1, 4]),
+                                                helper.make_tensor_value_info("grad", TensorProto.FLOAT, [1, 4])],
+                              inits)
+    path = tmp_path / f"s{grad_scale}.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return _Session(path)
+
+
+@pytest.mark.parametrize(("scale", "ok"), [(1.0, True), (1.05, False)])
+def test_finite_differences_tolerate_curvature_but_not_a_wrong_gradient(tmp_path, scale, ok):
+    """At ε = 3e-3 alone the truncation error of this curved objective exceeds the bound; the smaller step
+    keeps a right gradient passing while a 5 % wrong one still fails."""
+    sess = _sharp(tmp_path, scale)
+    feeds = {"latent": np.array([[0.004, -0.004, 0.008, 0.002]], np.float32)}
+    grad = sess(feeds)["grad"]
+    coarse = finite_difference_errors(sess, feeds, grad, eps=(3e-3,), directions=3, seed=0)
+    errors = finite_difference_errors(sess, feeds, grad, eps=(3e-3, 1e-3), directions=3, seed=0)
+    if ok:
+        assert max(coarse) > 1e-2, coarse  # the case the second step exists for
     assert (max(errors) <= 1e-2) is ok, errors
 
 
