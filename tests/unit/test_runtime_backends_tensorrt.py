@@ -16,7 +16,7 @@ from defectgen.errors import BundleError
 from defectgen.runtime.backends import BackendUnavailable, load_backend
 from defectgen.runtime.backends import tensorrt as trt_mod
 from defectgen.runtime.backends.tensorrt import build_engine, engine_cache_path
-from defectgen.runtime.bundle import Bundle
+from defectgen.runtime.bundle import Bundle, default_bundle_path
 from defectgen.runtime.jobs.invert import InversionBatch, InversionConfig, invert
 
 if TYPE_CHECKING:
@@ -178,3 +178,24 @@ def test_tensorrt_matches_onnxruntime(bundle: Bundle, toy_model: type[ToyModel])
         assert trt_b.engine_path("encoder.onnx").is_file()
         res = invert(trt_b, bundle, InversionBatch(good, mask, stitched, types_), config=InversionConfig(steps=5))
         assert not res.failed.any() and (res.final_objective < res.objective[0]).all()
+
+
+@pytest.mark.trt
+@pytest.mark.skipif(not HAVE_TRT, reason="needs the `tensorrt` package and a CUDA GPU (none in CPU CI)")
+def test_tensorrt_runs_the_format_2_default_bundle() -> None:
+    """The shipped bundle keeps its weights in one external `weights.bin`: TensorRT's parser must find them."""
+    if (why := trt_mod.missing()) is not None:
+        pytest.skip(why)
+    from defectgen.runtime.backends.ort import OrtBackend
+
+    b = Bundle.load()
+    assert b.manifest.format_version == 2 and any(p.name == "weights.bin" for p in default_bundle_path().iterdir())
+    rng = np.random.default_rng(0)
+    r = b.resolution
+    good = rng.uniform(-1, 1, (1, 3, r, r)).astype(np.float32)
+    mask = (rng.uniform(0, 1, (1, 1, r, r)) > 0.7).astype(np.float32)
+    latent = np.repeat(b.w_avg("crack")[None, None], b.num_ws, axis=1).astype(np.float32)
+    with trt_mod.TensorRTBackend(b, fp16=False) as trt_b, OrtBackend(b, threads=1) as ort_b:
+        for a, o in zip(trt_b.step("wplus", latent, good, mask, good, b.lambda_vector()),
+                        ort_b.step("wplus", latent, good, mask, good, b.lambda_vector()), strict=True):
+            np.testing.assert_allclose(a, o, rtol=1e-3, atol=1e-4)
