@@ -92,7 +92,7 @@ def test_generated_mask_within_dilated_target() -> None:
 
 def test_detail_layer_is_zero_when_the_crop_is_the_model_size() -> None:
     guide = np.random.default_rng(2).integers(0, 256, (16, 16, 3), dtype=np.uint8)
-    assert np.abs(detail_layer(guide, to_model(guide, 16))).max() < 1e-3
+    assert np.abs(detail_layer(guide, to_model(guide, 16)).delta).max() < 1e-3
 
 
 def test_model_image_plus_detail_gives_the_guide_back_inside_the_mask() -> None:
@@ -108,6 +108,22 @@ def test_model_image_plus_detail_gives_the_guide_back_inside_the_mask() -> None:
     assert np.abs(smooth[inside].astype(int) - guide[inside]).mean() > 20  # the model's resolution alone blurs
     outside = ~dilate(mask, feather_px(crop, res, 1)).astype(bool)
     assert np.array_equal(with_detail[outside], image[outside])  # still bit-exact outside the band
+
+
+def test_detail_over_a_darker_generator_stays_in_range_and_keeps_its_texture() -> None:
+    """A real defect's dark, grainy core over a G that draws the core darker still: plain addition would push
+    pixels below 0 and clip them to flat black; the scaled detail stays in range and keeps the grain."""
+    rng = np.random.default_rng(4)
+    guide = rng.integers(10, 40, (64, 64, 3), dtype=np.uint8)  # dark core with grain
+    d = detail_layer(guide, to_model(guide, 8))
+    gen = np.full(guide.shape, 6.0, np.float32)  # G's core: darker than the guide's coarse copy (~25)
+    assert (gen + d.delta).min() < 0  # what plain addition did
+    out = d.add_to(gen)
+    assert out.min() >= 0 and np.rint(out).std() > 0.5
+    gen = rng.uniform(0, 255, guide.shape).astype(np.float32)  # any G in range stays in range
+    out = d.add_to(gen)
+    assert out.min() >= 0 and out.max() <= 255
+    assert np.abs(d.add_to(d.low) - guide).max() < 1e-3  # a G equal to the coarse guide gets the guide back
 
 
 def test_patch_window_is_centred_on_the_target_and_inside_the_image() -> None:

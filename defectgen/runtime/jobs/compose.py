@@ -12,7 +12,10 @@ upsampled output is smooth (no surface grain, soft defect edges), a give-away a 
 `detail_layer` is the part of the full-resolution guide (the good crop with the real defect stitched in) that
 the model's resolution drops: the guide minus its own round trip through the model's resize. Added to the
 upsampled model image, it restores the grain and the defect's fine structure while the model keeps everything
-coarser (shape, shading, colour). Where the crop is no larger than the model, the layer is zero.
+coarser (shape, shading, colour). Where the crop is no larger than the model, the layer is zero. Where G is darker
+(brighter) than the guide's coarse copy, darkening (brightening) detail shrinks in the same ratio, so it never
+pushes a pixel past black or white: added plainly, the detail of a real defect's dark core drove G's darker core
+below 0, and the clipped pixels came out as flat black blocks.
 """
 
 from __future__ import annotations
@@ -110,15 +113,34 @@ def upsample(chw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out[:, :, None] if out.ndim == 2 else out
 
 
-def detail_layer(guide: np.ndarray, guide_m: np.ndarray) -> np.ndarray:
-    """`guide − up(guide_m)`: what the model's resolution cannot hold, float32 HxWx3 in pixel units (0..255).
+@dataclass(frozen=True)
+class Detail:
+    """The guide's detail above the model's resolution (`detail_layer`), float32 HxWx3 in pixel units."""
+
+    delta: np.ndarray  # guide - low
+    low: np.ndarray  # the guide through the model's resolution and back, 0..255
+
+    def add_to(self, gen: np.ndarray, peak: float = 255.0) -> np.ndarray:
+        """`gen + delta`, each sign scaled by how much nearer its end of the range G is than `low`.
+
+        Darkening detail is scaled by min(1, gen / low), brightening by min(1, (peak - gen) / (peak - low)): a G
+        that equals `low` gets the guide back exactly, and for G in [0, peak] the sum stays in [0, peak].
+        """
+        d, low = self.delta, self.low
+        down = np.minimum(1.0, np.clip(gen, 0.0, None) / np.maximum(low, 1e-3))
+        up = np.minimum(1.0, np.clip(peak - gen, 0.0, None) / np.maximum(peak - low, 1e-3))
+        return gen + d * np.where(d < 0, down, up)
+
+
+def detail_layer(guide: np.ndarray, guide_m: np.ndarray) -> Detail:
+    """`guide − up(guide_m)`: what the model's resolution cannot hold, in pixel units (0..255).
 
     `guide` is a uint8 HxWx3 crop and `guide_m = to_model(guide, R)` its model-resolution copy (the job's `S`,
     already made for the inversion); `up` is the resize the model's output takes (`upsample`), so a model that
     reproduced `guide_m` exactly would, plus this layer, give the guide back.
     """
-    low = (upsample(guide_m, guide.shape[:2]) + 1.0) * 127.5
-    return guide.astype(np.float32) - low
+    low = np.clip((upsample(guide_m, guide.shape[:2]) + 1.0) * 127.5, 0.0, 255.0)
+    return Detail(guide.astype(np.float32) - low, low)
 
 
 def feather_px(crop: Crop, res: int, model_px: float) -> int:
@@ -127,7 +149,7 @@ def feather_px(crop: Crop, res: int, model_px: float) -> int:
 
 
 def composite(good: np.ndarray, generated: np.ndarray, alpha: np.ndarray, crop: Crop,
-              detail: np.ndarray | None = None, fmt: PixelFormat = RGB8) -> np.ndarray:
+              detail: Detail | None = None, fmt: PixelFormat = RGB8) -> np.ndarray:
     """`alpha ⊙ (G + D) + (1 − alpha) ⊙ I` inside the crop; every pixel with alpha 0 is copied from `good` unchanged.
 
     The blend happens in float at the input's own format (`fmt`): a gray input gets the luma of G, a 16-bit one
@@ -139,7 +161,7 @@ def composite(good: np.ndarray, generated: np.ndarray, alpha: np.ndarray, crop: 
         generated: float (3,R,R) model image in [-1,1] for the crop.
         alpha: float32 HxW feathered target mask at full resolution (`feather(mask, px)`).
         crop: where the model image goes.
-        detail: optional float32 HxWx3 `detail_layer` of the crop (8-bit pixel units), added to the upsampled `G`.
+        detail: optional `detail_layer` of the crop (8-bit pixel units), added to the upsampled `G` (`Detail.add_to`).
         fmt: the format of `good` (default: 8-bit RGB).
 
     Returns:
@@ -152,7 +174,7 @@ def composite(good: np.ndarray, generated: np.ndarray, alpha: np.ndarray, crop: 
         return out
     gen = (upsample(generated, crop.size) + 1.0) * 127.5  # [-1,1] -> [0,255], float RGB
     if detail is not None:
-        gen += detail
+        gen = detail.add_to(gen)
     region = crop.of(out)
     pixels = region[band]  # (n,) gray or (n, C)
     cc = fmt.colour_channels
