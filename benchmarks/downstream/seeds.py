@@ -4,16 +4,24 @@ One segmenter seed per source was noise-limited (a baseline's pixel AP moved by 
 so every source is trained with several seeds on the same synthetic set. The arrays travel through `.npy` files
 in the work folder (a worker loads its source once per task, not through a pipe), and each worker runs torch on
 one thread: on a small CPU, two one-thread processes finish the same trainings sooner than one two-thread one.
+
+Each finished (source, seed) is kept in `<work>/seg_cache/`, keyed by the bytes of everything it was trained and
+evaluated on (the source's arrays, the good images, the evaluation set), the segmenter config with its seed and
+the code of the segmenter and the metrics: a rerun with the same `--work` that changes only some sources (a new
+bundle, other `--run-args`) trains only those, and a changed input or code can never pick up a stale result.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import multiprocessing
 import os
+import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +32,7 @@ from .metrics import segmentation_metrics
 from .segmenter import SegConfig, predict, train_segmenter
 
 EVAL_KEYS = ("images", "masks", "labels", "types")
+CODE = ("segmenter.py", "metrics.py", "evaluate.py", "seeds.py")  # their text is part of the cache key
 
 
 @dataclass(frozen=True)
@@ -46,11 +55,45 @@ def _load(folder: Path, name: str, keys: tuple[str, ...]) -> dict[str, np.ndarra
     return {k: np.load(folder / f"{name}_{k}.npy") for k in keys}
 
 
+def cache_key(task: Task, cfg: SegConfig) -> str:
+    """sha256 over the task's input arrays, the config (with the task's seed) and the code that trains/scores."""
+    h = hashlib.sha256()
+    folder = Path(task.arrays)
+    files = [f"{task.source}_images.npy", f"{task.source}_masks.npy", "good_images.npy",
+             *(f"eval_{k}.npy" for k in EVAL_KEYS)]
+    for name in files:
+        h.update(name.encode())
+        with open(folder / name, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    h.update(json.dumps(asdict(replace(cfg, seed=task.seed)), sort_keys=True).encode())
+    here = Path(__file__).parent
+    for name in CODE:
+        h.update((here / name).read_bytes())
+    return h.hexdigest()[:24]
+
+
+def _cached(task: Task, path: Path) -> dict[str, Any] | None:
+    """A cached result (and the saved net, when the task wants one), or None."""
+    net = path.with_suffix(".pt")
+    if not path.is_file() or (task.save_net and not net.is_file()):
+        return None
+    out = json.loads(path.read_text(encoding="utf-8"))
+    if task.save_net:
+        shutil.copyfile(net, task.save_net)
+    print(f"downstream: {task.source} seed {task.seed}: pixel AP {100 * out['metrics']['pixel_ap']:.1f} "
+          f"(cached {path.name})", file=sys.stderr, flush=True)
+    return {**out, "source": task.source, "cached": True}
+
+
 def train_task(task: Task, cfg: SegConfig) -> dict[str, Any]:
-    """Train and evaluate one (source, seed); returns the metrics, per-type AP and timing."""
+    """Train and evaluate one (source, seed), or take it from the cache; returns metrics, per-type AP, timing."""
     import torch
 
     folder = Path(task.arrays)
+    cache = folder.parent / "seg_cache" / f"{cache_key(task, cfg)}.json"
+    if (hit := _cached(task, cache)) is not None:
+        return hit
     src = _load(folder, task.source, ("images", "masks"))
     good = np.load(folder / "good_images.npy")
     ev = _load(folder, "eval", EVAL_KEYS)
@@ -61,11 +104,16 @@ def train_task(task: Task, cfg: SegConfig) -> dict[str, Any]:
            "metrics": segmentation_metrics(maps, ev["masks"], ev["labels"]),
            "per_type_ap": per_type_ap(maps, ev["masks"], ev["types"]),
            "train_seconds": log.seconds, "eval_seconds": time.perf_counter() - t0, "final_loss": log.final_loss}
+    cache.parent.mkdir(parents=True, exist_ok=True)
     if task.save_net:
         torch.save(net.state_dict(), task.save_net)
+        shutil.copyfile(task.save_net, cache.with_suffix(".pt"))
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps(out), encoding="utf-8")
+    tmp.replace(cache)  # written last and atomically: a killed run leaves no half entry
     print(f"downstream: {task.source} seed {task.seed}: pixel AP {100 * out['metrics']['pixel_ap']:.1f} "
           f"({log.seconds:.0f} s)", file=sys.stderr, flush=True)
-    return out
+    return {**out, "cached": False}
 
 
 def run_tasks(tasks: list[Task], cfg: SegConfig, jobs: int) -> list[dict[str, Any]]:
