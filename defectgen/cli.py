@@ -198,6 +198,9 @@ def export(
     guide_weight: Optional[float] = typer.Option(None, help="Recommended `run --guide-weight`, stored in the "
                                                             "manifest (default 0; 1 for a G that cannot draw "
                                                             "defects)."),
+    mask_mode: Optional[str] = typer.Option(None, help="Recommended `run --mask-mode`, stored in the manifest "
+                                                       "(default target; generated for a layered G, whose mask is "
+                                                       "where it drew)."),
 ) -> None:
     """Export encoder, mapping, synthesis and the inversion step graphs (forward + backward) as an ONNX bundle.
 
@@ -211,13 +214,15 @@ def export(
         from defectgen.export.patch import export_patch_cli
 
         export_patch_cli(run=patch, out=out, data=data, spaces=_csv(spaces), batch=batches, opset=opset,
-                         verify=verify, zip_=zip_, steps=steps, guide_weight=guide_weight, encoder=encoder)
+                         verify=verify, zip_=zip_, steps=steps, guide_weight=guide_weight, encoder=encoder,
+                         mask_mode=mask_mode)
         return
     from defectgen.export.bundle import export_bundle_cli
 
     assert gan is not None and encoder is not None
     export_bundle_cli(gan=gan, encoder=encoder, out=out, data=data, spaces=_csv(spaces), batch=batches,
-                      opset=opset, verify=verify, zip_=zip_, steps=steps, guide_weight=guide_weight)
+                      opset=opset, verify=verify, zip_=zip_, steps=steps, guide_weight=guide_weight,
+                      mask_mode=mask_mode)
 
 
 @app.command("run")
@@ -241,7 +246,8 @@ def run(
     seed: int = typer.Option(0, help="Seed for masks, references and random init."),
     batch: Optional[int] = typer.Option(None, help="Jobs per step call, an exported batch (default: the smallest "
                                                    "that holds the jobs of this shard, else the largest)."),
-    mask_mode: str = typer.Option("target", help="Output mask: target, or generated (G mask > 0.5 near the target)."),
+    mask_mode: Optional[str] = typer.Option(None, help="Output mask: target, or generated (G mask > 0.5 near the "
+                                                       "target). Default: the bundle's."),
     retry_failed: bool = typer.Option(False, help="Rerun jobs that OUT/jobs.jsonl records as failed."),
     detail: Optional[bool] = typer.Option(None, "--detail/--no-detail",
                                           help="Add the real defect's detail above the model's resolution "

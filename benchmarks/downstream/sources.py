@@ -28,7 +28,9 @@ from .split import Split
 
 # defectgen with the bundle's recommended settings, then with a fixed guide weight: 1 = the stitched real defect
 # through our pipeline (copy-paste), 0 = G's own image
-DEFECTGEN_VARIANTS = {"defectgen": (), "defectgen_g1": ("--guide-weight", "1"),
+# The _g1 row pastes the stitched real defect, which fills the target mask: its label is the target, whatever
+# mask mode the bundle recommends for the generator's own pixels (`aliases` reads the guide weight at [1]).
+DEFECTGEN_VARIANTS = {"defectgen": (), "defectgen_g1": ("--guide-weight", "1", "--mask-mode", "target"),
                       "defectgen_g0": ("--guide-weight", "0")}
 BASELINES = ("copypaste", "draem", "cutpaste")
 SOURCES = (*DEFECTGEN_VARIANTS, *BASELINES, "mix", "real")

@@ -49,6 +49,7 @@ from defectgen.runtime.bundle.manifest import (
     RunDefaults,
     finalize_manifest,
 )
+from defectgen.runtime.bundle.sections import MASK_MODES
 
 log = logging.getLogger("defectgen.export")
 
@@ -339,11 +340,12 @@ def _progress_to_stderr() -> None:
         log.propagate = False
 
 
-def check_run_defaults(steps: int | None, guide_weight: float | None) -> dict[str, Any]:
-    """The manifest's recommended run settings from `export --steps / --guide-weight` (None: not set).
+def check_run_defaults(steps: int | None, guide_weight: float | None,
+                       mask_mode: str | None = None) -> dict[str, Any]:
+    """The manifest's recommended run settings from `export --steps / --guide-weight / --mask-mode` (None: not set).
 
     Raises:
-        BundleError: steps < 1 or a guide weight outside [0, 1].
+        BundleError: steps < 1, a guide weight outside [0, 1] or an unknown mask mode.
     """
     run_defaults: dict[str, Any] = {}
     if steps is not None:
@@ -356,12 +358,16 @@ def check_run_defaults(steps: int | None, guide_weight: float | None) -> dict[st
             msg = f"--guide-weight must be within [0, 1], got {guide_weight}"
             raise BundleError(msg)
         run_defaults["guide_weight"] = guide_weight
+    if mask_mode is not None:
+        if mask_mode not in MASK_MODES:
+            raise BundleError(choice_error("--mask-mode", mask_mode, MASK_MODES))
+        run_defaults["mask_mode"] = mask_mode
     return run_defaults
 
 
 def export_bundle_cli(*, gan: Path, encoder: Path, out: Path, data: Path | None, spaces: list[str] | None,
                       batch: list[int], opset: int, verify: bool, zip_: bool, steps: int | None = None,
-                      guide_weight: float | None = None) -> Path:
+                      guide_weight: float | None = None, mask_mode: str | None = None) -> Path:
     """`defectgen export`: load the checkpoints, then `export_bundle`.
 
     Args:
@@ -374,7 +380,8 @@ def export_bundle_cli(*, gan: Path, encoder: Path, out: Path, data: Path | None,
         opset: ONNX opset.
         verify: run the parity check.
         zip_: also write `OUT.zip`.
-        steps, guide_weight: the bundle's recommended `defectgen run --steps / --guide-weight` (None: 10 / 0).
+        steps, guide_weight, mask_mode: the bundle's recommended `defectgen run --steps / --guide-weight /
+            --mask-mode` (None: 10 / 0 / target).
 
     Returns:
         The bundle folder.
@@ -382,7 +389,7 @@ def export_bundle_cli(*, gan: Path, encoder: Path, out: Path, data: Path | None,
     Raises:
         DefectgenError: unreadable checkpoints, mismatched encoder, bad options, failed verification.
     """
-    run_defaults = check_run_defaults(steps, guide_weight)
+    run_defaults = check_run_defaults(steps, guide_weight, mask_mode)
     from defectgen.training.checkpoint import (
         defect_types,
         load_discriminator,

@@ -10,13 +10,16 @@ from typing import Any
 from defectgen.errors import BundleError
 from defectgen.runtime.bundle.fields import get_field, require_type
 
+MASK_MODES = ("target", "generated")  # `run --mask-mode`: the output label
+
 
 @dataclass(frozen=True)
 class RunDefaults:
     """The bundle's recommended `defectgen run` settings: the one place run defaults live.
 
-    `defectgen export` writes them (its `--steps` / `--guide-weight` override fields), `defectgen run` and
-    `defectgen bench` start from them, and the runtime's `InversionConfig` takes its field defaults from here.
+    `defectgen export` writes them (its `--steps` / `--guide-weight` / `--mask-mode` override fields),
+    `defectgen run` and `defectgen bench` start from them, and the runtime's `InversionConfig` takes its field
+    defaults from here.
     A manifest that names only some fields gets these defaults for the rest.
     """
 
@@ -28,6 +31,7 @@ class RunDefaults:
     detail: bool = True  # add the full-resolution guide's detail above the model's resolution
     guide_weight: float = 0.0  # share of the stitched real defect S in the output: (1 - g) G + g S
     mask_shape: str = "reference"  # random targets: the reference defect's own mask, or "procedural" shapes
+    mask_mode: str = "target"  # output label: the target mask, or "generated" (G's own mask within the target)
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "manifest.defaults") -> RunDefaults:

@@ -247,7 +247,7 @@ def _report(summary: Summary, out: Path) -> int:
 def run_cli(*, out: Path, bundle: Path | None, images: Path | None, mvtec: Path | None, jobs: Path | None,
             masks: Path | None, random_masks: int | None, types: Sequence[str] | None, space: str | None,
             steps: int | None, lr: float | None, lambdas: Sequence[str], init: str | None, backend: str,
-            shard: str | None, seed: int, batch: int | None = None, mask_mode: str = "target",
+            shard: str | None, seed: int, batch: int | None = None, mask_mode: str | None = None,
             retry_failed: bool = False, progress: bool | None = None, detail: bool | None = None,
             guide_weight: float | None = None, threads: int | None = None, mask_shape: str | None = None,
             scale: float | None = None, variants: int = 1) -> int:

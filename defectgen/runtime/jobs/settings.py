@@ -13,9 +13,9 @@ from typing import Any
 from defectgen.errors import JobError, choice_error
 from defectgen.runtime.bundle.loader import Bundle
 from defectgen.runtime.bundle.manifest import LOSS_TERMS
+from defectgen.runtime.bundle.sections import MASK_MODES
 from defectgen.runtime.jobs.invert import InversionConfig
 
-MASK_MODES = ("target", "generated")
 MASK_SHAPES = ("reference", "procedural")
 
 
@@ -56,7 +56,7 @@ class RunSettings:
 
 
 def resolve_settings(bundle: Bundle, *, space: str | None = None, steps: int | None = None, lr: float | None = None,
-                     init: str | None = None, lambdas: dict[str, float] | None = None, mask_mode: str = "target",
+                     init: str | None = None, lambdas: dict[str, float] | None = None, mask_mode: str | None = None,
                      batch: int | None = None, detail: bool | None = None, guide_weight: float | None = None,
                      mask_shape: str | None = None, scale: float | None = None, **inversion: Any) -> RunSettings:
     """Merge options (None: the bundle's `RunDefaults`) and validate them against the bundle.
@@ -84,6 +84,7 @@ def resolve_settings(bundle: Bundle, *, space: str | None = None, steps: int | N
                              lr=d.lr if lr is None else lr, init=init or d.init, lambdas=dict(lambdas or {}),
                              **inversion)
     config.validate(bundle)
+    mask_mode = mask_mode or d.mask_mode
     if mask_mode not in MASK_MODES:
         raise JobError(choice_error("mask mode", mask_mode, MASK_MODES))
     batches = bundle.step_batches(config.space)
