@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,29 @@ class RunLogger:
     def close(self) -> float:
         self.bar.close()
         return time.perf_counter() - self.t0
+
+
+def run_budgeted(step: Callable[[], dict[str, float]], at: Callable[[], int], log: RunLogger, cfg: Any, *,
+                 sample: Callable[[], None], save: Callable[[], None]) -> list[dict[str, float]]:
+    """Call `step` until `cfg.steps` or `cfg.minutes` of wall time; returns its stats, one dict per step.
+
+    `sample` runs every `cfg.sample_every` steps and `save` every `cfg.ckpt_every`, and both once more at the
+    last step, so a run stopped by its time budget still ends on a checkpoint and a final grid.
+    """
+    history: list[dict[str, float]] = []
+    t0 = time.perf_counter()
+    while at() < cfg.steps:
+        history.append(step())
+        log.step(at(), history[-1], cfg.batch)
+        over = cfg.minutes is not None and time.perf_counter() - t0 > cfg.minutes * 60
+        last = over or at() == cfg.steps
+        if at() % cfg.sample_every == 0 or last:
+            sample()
+        if at() % cfg.ckpt_every == 0 or last:
+            save()
+        if over:
+            break
+    return history
 
 
 def write_config(out: Path, info: DistInfo, obj: dict[str, Any]) -> None:

@@ -25,6 +25,32 @@ def mask_for_d(logit: torch.Tensor, ste: bool) -> torch.Tensor:
     return (logit > 0).to(soft.dtype) + soft - soft.detach()
 
 
+def d_loss(D: torch.nn.Module, fake: torch.Tensor, real_img: torch.Tensor, real_mask: torch.Tensor,
+           c_real: torch.Tensor, policy: object, *, do_r1: bool, r1_gamma: float,
+           r1_interval: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """D's non-saturating loss given its logits on fakes, plus lazy R1 on the reals when `do_r1`.
+
+    R1 is taken w.r.t. the *augmented* reals: grid_sample has no double backward, and the penalty is about D's
+    smoothness on what it actually sees; it is scaled by the interval (lazy regularisation).
+    """
+    if do_r1:
+        with torch.no_grad():
+            aug_img, aug_mask = augment(real_img, real_mask, policy)
+        aug_img.requires_grad_(True)
+        aug_mask.requires_grad_(True)
+        real = D(aug_img, aug_mask, c_real)
+    else:
+        real = D(*augment(real_img, real_mask, policy), c_real)
+    loss = F.softplus(fake).mean() + F.softplus(-real).mean()
+    stats = {"loss_D": loss.item(), "D_real": real.mean().item(), "D_fake": fake.mean().item()}
+    if do_r1:
+        g_img, g_mask = torch.autograd.grad(real.sum(), [aug_img, aug_mask], create_graph=True)
+        penalty = g_img.square().sum([1, 2, 3]) + g_mask.square().sum([1, 2, 3])
+        loss = loss + penalty.mean() * (r1_gamma / 2) * r1_interval
+        stats["loss_R1"] = penalty.mean().item()
+    return loss, stats
+
+
 class GanLoss:
     """Non-saturating logistic GAN loss with lazy R1, DiffAugment on everything D sees.
 
@@ -110,24 +136,7 @@ class GanLoss:
         with torch.no_grad():
             fake_img, fake_logit, _ = self.generate(z, onehot(fake_types, self.n_types))
         fake = self.d_logits(fake_img, self.fake_mask(fake_logit), onehot(fake_types, self.n_types))
-        c_real = onehot(real_types, self.n_types)
-        if do_r1:
-            # R1 w.r.t. the *augmented* reals: grid_sample has no double backward, and the penalty is about
-            # D's smoothness on what it actually sees
-            with torch.no_grad():
-                aug_img, aug_mask = augment(real_img, real_mask, self.policy)
-            aug_img.requires_grad_(True)
-            aug_mask.requires_grad_(True)
-            real = self.D(aug_img, aug_mask, c_real)
-        else:
-            real = self.d_logits(real_img, real_mask, c_real)
-        loss = F.softplus(fake).mean() + F.softplus(-real).mean()
-        stats = {"loss_D": loss.item(), "D_real": real.mean().item(), "D_fake": fake.mean().item()}
-        if do_r1:
-            g_img, g_mask = torch.autograd.grad(real.sum(), [aug_img, aug_mask], create_graph=True)
-            penalty = g_img.square().sum([1, 2, 3]) + g_mask.square().sum([1, 2, 3])
-            r1 = penalty.mean() * (self.r1_gamma / 2) * self.r1_interval
-            loss = loss + r1
-            stats["loss_R1"] = penalty.mean().item()
+        loss, stats = d_loss(self.D, fake, real_img, real_mask, onehot(real_types, self.n_types), self.policy,
+                             do_r1=do_r1, r1_gamma=self.r1_gamma, r1_interval=self.r1_interval)
         loss.backward()
         return stats

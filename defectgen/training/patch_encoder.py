@@ -22,7 +22,6 @@ Run folder: `config.json`, `checkpoint.safetensors` (kind "patch_encoder"; `E` l
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from defectgen.nets.encoder import Encoder, EncoderConfig
 from defectgen.nets.patch import PatchDiscriminator, PatchDiscriminatorConfig, PatchGenerator, composite
 from defectgen.training.checkpoint import CKPT_NAME, Checkpoint, load_optimizer, read_checkpoint, restore_rng
 from defectgen.training.checkpoint import save_checkpoint as _save
-from defectgen.training.common import RunLogger, prepare_run_dir, step_seed
+from defectgen.training.common import RunLogger, prepare_run_dir, run_budgeted, step_seed
 from defectgen.training.config import ConfigError, TrainPatchEncoderConfig, from_dict, to_dict
 from defectgen.training.dist import DistInfo
 from defectgen.training.patch_data import load_patch_data
@@ -303,18 +302,12 @@ def train_patch_encoder(cfg: TrainPatchEncoderConfig, out: str | os.PathLike[str
     sets = held_out_sets(cfg, run)
     log = RunLogger(out, DistInfo(), total=cfg.steps, start=st.step, every=cfg.log_every, progress=progress,
                     desc="patch-encoder")
-    history, t0 = [], time.perf_counter()
-    while st.step < cfg.steps:
-        history.append(encoder_step(st, data))
-        log.step(st.step, history[-1], cfg.batch)
-        over = cfg.minutes is not None and time.perf_counter() - t0 > cfg.minutes * 60
-        last = over or st.step == cfg.steps
-        if len(sets["real"][0]) and (st.step % cfg.sample_every == 0 or last):
+    def sample() -> None:
+        if len(sets["real"][0]):
             write_samples(st, sets["real"][0], out / "samples" / f"{st.step:06d}.png")
-        if st.step % cfg.ckpt_every == 0 or last:
-            st.save(out)
-        if over:
-            break
+
+    history = run_budgeted(lambda: encoder_step(st, data), lambda: st.step, log, cfg, sample=sample,
+                           save=lambda: st.save(out))
     wall = log.close()
     rep = write_report(st, sets, out, wall)
     return PatchEncoderResult(out=out, step=st.step, history=history, state=st, report=rep)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,10 +35,10 @@ from defectgen.nets.stylegan import count_params
 from defectgen.training.augment import augment, parse_policy
 from defectgen.training.checkpoint import CKPT_NAME, Checkpoint, load_optimizer, read_checkpoint, restore_rng
 from defectgen.training.checkpoint import save_checkpoint as _save
-from defectgen.training.common import RunLogger, ema_update, prepare_run_dir, set_trainable, step_seed
+from defectgen.training.common import RunLogger, ema_update, prepare_run_dir, run_budgeted, set_trainable, step_seed
 from defectgen.training.config import ConfigError, TrainPatchConfig, from_dict, to_dict
 from defectgen.training.dist import DistInfo
-from defectgen.training.losses import onehot
+from defectgen.training.losses import d_loss, onehot
 from defectgen.training.patch_data import PatchData, load_patch_data
 from defectgen.training.report import mask_rgb, pair_cells, write_grid, write_json
 
@@ -167,21 +166,8 @@ def _d_phase(st: PatchState, fake: tuple[torch.Tensor, ...], real: tuple[torch.T
     f_img, f_mask, c_fake = fake
     r_img, r_mask, c_real = real
     d_fake = st.D(*augment(f_img, f_mask, cfg.augment), c_fake)
-    if do_r1:
-        with torch.no_grad():
-            a_img, a_mask = augment(r_img, r_mask, cfg.augment)
-        a_img.requires_grad_(True)
-        a_mask.requires_grad_(True)
-        d_real = st.D(a_img, a_mask, c_real)
-    else:
-        d_real = st.D(*augment(r_img, r_mask, cfg.augment), c_real)
-    loss = F.softplus(d_fake).mean() + F.softplus(-d_real).mean()
-    stats = {"loss_D": loss.item(), "D_real": d_real.mean().item(), "D_fake": d_fake.mean().item()}
-    if do_r1:
-        g_img, g_mask = torch.autograd.grad(d_real.sum(), [a_img, a_mask], create_graph=True)
-        penalty = g_img.square().sum([1, 2, 3]) + g_mask.square().sum([1, 2, 3])
-        loss = loss + penalty.mean() * (cfg.r1_gamma / 2) * cfg.r1_interval
-        stats["loss_R1"] = penalty.mean().item()
+    loss, stats = d_loss(st.D, d_fake, r_img, r_mask, c_real, cfg.augment, do_r1=do_r1, r1_gamma=cfg.r1_gamma,
+                         r1_interval=cfg.r1_interval)
     loss.backward()
     return stats
 
@@ -363,18 +349,10 @@ def train_patch(cfg: TrainPatchConfig, out: str | os.PathLike[str], *, resume: b
     goods = _fixed_goods(data, cfg.grid_per_type, cfg.seed)
     log = RunLogger(out, DistInfo(), total=cfg.steps, start=st.step, every=cfg.log_every, progress=progress,
                     desc="patch")
-    history, t0 = [], time.perf_counter()
-    while st.step < cfg.steps:
-        history.append(patch_step(st, data))
-        log.step(st.step, history[-1], cfg.batch)
-        over = cfg.minutes is not None and time.perf_counter() - t0 > cfg.minutes * 60
-        last = over or st.step == cfg.steps
-        if st.step % cfg.sample_every == 0 or last:
-            write_grid(out / "samples" / f"{st.step:06d}.png", sample_grid(st.G_ema, goods, st.types, cfg.seed))
-        if st.step % cfg.ckpt_every == 0 or last:
-            st.save(out)
-        if over:
-            break
+    history = run_budgeted(
+        lambda: patch_step(st, data), lambda: st.step, log, cfg, save=lambda: st.save(out),
+        sample=lambda: write_grid(out / "samples" / f"{st.step:06d}.png",
+                                  sample_grid(st.G_ema, goods, st.types, cfg.seed)))
     wall = log.close()
     _report(st, data, out, wall)
     return PatchResult(out=out, step=st.step, history=history, state=st)
