@@ -23,12 +23,13 @@ from defectgen.nets import ops
 from defectgen.nets.layers import EqualConv2d, StyledConv, ToMask, ToRGB
 from defectgen.nets.ops import assert_shape
 from defectgen.nets.stylegan import (
-    NOISE_MODES,
     Discriminator,
     DiscriminatorConfig,
     MappingNetwork,
     channels_at,
+    check_noise_mode,
     num_ws_for,
+    split_latent,
 )
 
 
@@ -152,20 +153,11 @@ class PatchSynthesis(nn.Module):
             levels.append(ops.downsample2x(levels[-1], self.down_kernel))
         return levels[::-1]
 
-    def _split(self, latent: Tensor) -> list[Tensor] | tuple[Tensor, ...]:
-        if latent.ndim == 2:
-            assert_shape(latent, [None, self.cfg.w_dim], "w")
-            return [latent] * self.num_ws
-        assert_shape(latent, [None, self.num_ws, self.cfg.w_dim], "w+")
-        return latent.unbind(1)  # not latent[:, i]: unbind's backward is a stack, slicing's a scatter
-
     def forward(self, latent: Tensor, good: Tensor, noise_mode: str = "const") -> tuple[Tensor, Tensor]:
-        if noise_mode not in NOISE_MODES:
-            msg = f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}"
-            raise ValueError(msg)
+        check_noise_mode(noise_mode)
         p = self.cfg.window
         assert_shape(good, [latent.shape[0], 3, p, p], "good")
-        ws, goods = self._split(latent), self.pyramid(good)
+        ws, goods = split_latent(latent, self.num_ws, self.cfg.w_dim), self.pyramid(good)
         x = self.const.expand(latent.shape[0], -1, -1, -1) + self.from_good(goods[0])  # [B, C4, 4, 4]
         x = self.conv1(x, ws[0], noise_mode)
         rgb, mask = self.to_rgb1(x, ws[1]), self.to_mask1(x, ws[1])

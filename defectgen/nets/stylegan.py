@@ -162,6 +162,21 @@ class SynthesisBlock(nn.Module):
         return x, self.to_rgb(x, w2, img), self.to_mask(x, w2, mask)
 
 
+def split_latent(latent: Tensor, num_ws: int, w_dim: int) -> list[Tensor] | tuple[Tensor, ...]:
+    """One style per layer from w [B, W] (repeated) or w+ [B, L, W], shape-checked."""
+    if latent.ndim == 2:
+        assert_shape(latent, [None, w_dim], "w")
+        return [latent] * num_ws
+    assert_shape(latent, [None, num_ws, w_dim], "w+")
+    return latent.unbind(1)  # not latent[:, i]: unbind's backward is a stack, slicing's a scatter
+
+
+def check_noise_mode(noise_mode: str) -> None:
+    if noise_mode not in NOISE_MODES:
+        msg = f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}"
+        raise ValueError(msg)
+
+
 class SynthesisNetwork(nn.Module):
     """w [B, W] (same style for every layer) or w+ [B, L, W] -> (image [B, 3, R, R], mask logit [B, 1, R, R])."""
 
@@ -183,15 +198,8 @@ class SynthesisNetwork(nn.Module):
         return self.cfg.num_ws
 
     def forward(self, latent: Tensor, noise_mode: str = "const") -> tuple[Tensor, Tensor]:
-        if noise_mode not in NOISE_MODES:
-            msg = f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}"
-            raise ValueError(msg)
-        if latent.ndim == 2:
-            assert_shape(latent, [None, self.cfg.w_dim], "w")
-            ws = [latent] * self.num_ws
-        else:
-            assert_shape(latent, [None, self.num_ws, self.cfg.w_dim], "w+")
-            ws = latent.unbind(1)  # not latent[:, i]: unbind's backward is a stack, slicing's a scatter
+        check_noise_mode(noise_mode)
+        ws = split_latent(latent, self.num_ws, self.cfg.w_dim)
         x = self.const.expand(latent.shape[0], -1, -1, -1)  # [B, C4, 4, 4]
         x = self.conv1(x, ws[0], noise_mode)
         img, mask = self.to_rgb1(x, ws[1]), self.to_mask1(x, ws[1])
