@@ -265,17 +265,26 @@ def random_model(res: int, *, batches: Sequence[int] = (1, 4, 8), spaces: Sequen
 def default_model() -> tuple[Path, Any, Any, Any] | None:
     """The trained default model: (embedded bundle, G, E, D), or None while it is not shipped/trained yet.
 
-    The nets are read from the checkpoints under `models/default/` (the GAN run: G_ema and D; the encoder run:
-    E), the same ones `defectgen export` builds the bundle from (`export.bundle.export_bundle_cli`).
+    The nets are read from the checkpoints under `models/default/` that `defectgen export` built the embedded
+    bundle from: `patch_gan/` + `patch_encoder/` for a patch-mode bundle (re-exporting them gives the bundle's
+    graphs byte for byte), else the whole-part `gan/` + `encoder/` runs.
     """
     if not (DEFAULT_BUNDLE / "manifest.json").is_file() or not DEFAULT_MODELS.is_dir():
         return None
     from defectgen.training.checkpoint import load_discriminator, load_encoder, load_generator, read_checkpoint
 
-    kinds = {read_checkpoint(p).meta.get("kind"): p for p in sorted(DEFAULT_MODELS.rglob("*.safetensors"))}
-    if "gan" not in kinds or "encoder" not in kinds:
-        return None
-    G, D, E = load_generator(kinds["gan"]), load_discriminator(kinds["gan"]), load_encoder(kinds["encoder"])
+    if "patch" in json.loads((DEFAULT_BUNDLE / "manifest.json").read_text(encoding="utf-8")):
+        if not (DEFAULT_MODELS / "patch_gan").is_dir():
+            return None
+        from defectgen.export.patch import load_patch_run
+
+        run = load_patch_run(DEFAULT_MODELS / "patch_gan")
+        G, D, E = run.G, run.D, load_encoder(DEFAULT_MODELS / "patch_encoder")
+    else:
+        kinds = {read_checkpoint(p).meta.get("kind"): p for p in sorted(DEFAULT_MODELS.glob("*/*.safetensors"))}
+        if "gan" not in kinds or "encoder" not in kinds:
+            return None
+        G, D, E = load_generator(kinds["gan"]), load_discriminator(kinds["gan"]), load_encoder(kinds["encoder"])
     for net in (G, E, D):
         net.eval().requires_grad_(False)
     return DEFAULT_BUNDLE, G, E, D
@@ -283,18 +292,24 @@ def default_model() -> tuple[Path, Any, Any, Any] | None:
 
 def default_model_all_spaces(*, batches: Sequence[int] = (4,),
                               spaces: Sequence[str] = ("wplus", "w", "z")) -> Path | None:
-    """The default model exported with every latent space (the shipped bundle has wplus only), cached.
+    """The default model with every latent space in `spaces` at `batches`, for `convergence.py` (compares spaces).
 
-    Same nets and defect bank data as the shipped bundle (`docs/bundle.md`: `--data runs/data64` when that
-    folder is here, else no bank); for `convergence.py`, which compares spaces.
+    The shipped bundle itself when it has them (the patch-mode bundle ships wplus, w and z at 1, 4, 8); else
+    the same nets and defect bank data exported again, cached (`docs/bundle.md`: `--data runs/data64` when that
+    folder is here, else no bank).
     """
     found = default_model()
     if found is None:
         return None
     _, G, E, D = found
+    from defectgen.runtime.bundle import Bundle
+
+    shipped = Bundle.load(DEFAULT_BUNDLE)
+    if all(s in shipped.spaces and set(batches) <= set(shipped.step_batches(s)) for s in spaces):
+        return DEFAULT_BUNDLE
     from defectgen.training.checkpoint import defect_types
 
-    gan = next(p for p in sorted(DEFAULT_MODELS.rglob("*.safetensors")) if "gan" in p.parts[-2])
+    gan = DEFAULT_MODELS / "gan" / "checkpoint.safetensors"
     data = ROOT / "runs" / "data64"
     weights = [hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(DEFAULT_MODELS.rglob("*.safetensors"))]
     key = _source_key("default", list(batches), list(spaces), weights, data.is_dir())  # new weights, new export

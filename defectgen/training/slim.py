@@ -2,7 +2,8 @@
 
     python -m defectgen.training.slim RUN_DIR DST_DIR
 
-writes DST_DIR/checkpoint.safetensors with the nets only (GAN runs: G, G_ema, D; encoder runs: E, D), no
+writes DST_DIR/checkpoint.safetensors with the nets only (GAN runs: G, G_ema, D; encoder runs: E, D; patch runs:
+G_ema, D; patch-encoder runs: E), no
 optimizer or RNG state (about a third of the full size), plus config.json, report.json, report.png and the
 last sample grid. A slim checkpoint loads with `load_generator` / `load_encoder` / `load_discriminator`, and
 an encoder can be trained against it, but `--resume` refuses it (no optimizer state to resume from).
@@ -24,8 +25,8 @@ from defectgen.training.checkpoint import (
     slim_checkpoint,
 )
 
-KEEP = {"gan": ("G", "G_ema", "D"), "encoder": ("E", "D")}
-SIDE_FILES = ("config.json", "report.json", "report.png")
+KEEP = {"gan": ("G", "G_ema", "D"), "encoder": ("E", "D"), "patch": ("G_ema", "D"), "patch_encoder": ("E",)}
+SIDE_FILES = ("config.json", "report.json", "report.png", "held_in.json")
 
 
 def export_slim(run: str | os.PathLike[str], dst: str | os.PathLike[str]) -> list[Path]:

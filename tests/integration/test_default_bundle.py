@@ -75,3 +75,22 @@ def test_demo_on_the_default_bundle(tmp_path):
     img, mask = items[0].load()
     assert img.shape[:2] == mask.shape and mask.any()
     assert (tmp_path / "demo" / "contact_sheet.png").is_file()
+
+
+def test_the_committed_checkpoints_are_the_shipped_bundle():
+    """`models/default/patch_gan` + `patch_encoder` (what the benchmarks' torch reference runs) compute what the
+    bundle's graphs compute: the same objective and gradient on the same inputs."""
+    import common
+
+    found = common.default_model()
+    assert found is not None
+    path, G, E, D = found
+    b = Bundle.load(path)
+    batch = _batch(b, ["crack", "hole"], seed=1)
+    with load_backend(b, "ort-cpu") as ort_b:
+        latent = ort_b.encode(batch.good, batch.mask)
+        got = ort_b.step("wplus", latent, batch.good, batch.mask, batch.stitched, b.lambda_vector())
+    want = common.torch_backend(G, E, D, threads=1).step("wplus", latent, batch.good, batch.mask, batch.stitched,
+                                                           b.lambda_vector())
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-3, atol=1e-5)
