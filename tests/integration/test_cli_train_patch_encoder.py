@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from defectgen.cli import app
@@ -72,3 +73,25 @@ def test_cli_bad_input_is_one_line(setup, tmp_path, which, extra, message):
     assert r.exit_code == 2, r.output
     lines = [x for x in r.output.splitlines() if x.strip()]
     assert len(lines) == 1 and lines[0].startswith("defectgen: error:") and message in lines[0], r.output
+
+
+def test_slim_copies_of_a_patch_run_and_its_encoder_export_like_the_runs(setup, tmp_path):
+    """What `models/default/` ships: nets only (patch G_ema + D, the encoder's E), the held-in list beside G."""
+    from defectgen.export.patch import load_patch_run
+    from defectgen.training.checkpoint import load_encoder
+    from defectgen.training.slim import export_slim
+
+    data, patch = setup
+    assert invoke(data, patch, tmp_path / "enc", "--steps", "2", "--batch", "4").exit_code == 0
+    export_slim(patch, tmp_path / "slim_g")
+    export_slim(tmp_path / "enc", tmp_path / "slim_e")
+    assert {k.split(".")[0] for k in read_checkpoint(tmp_path / "slim_g").tensors} == {"G_ema", "D"}
+    assert {k.split(".")[0] for k in read_checkpoint(tmp_path / "slim_e").tensors} == {"E"}
+    assert (tmp_path / "slim_g" / "held_in.json").read_bytes() == (patch / "held_in.json").read_bytes()
+    run, slim = load_patch_run(patch), load_patch_run(tmp_path / "slim_g")
+    assert slim.held_in == run.held_in and slim.patch == run.patch
+    assert all(torch.equal(a, b) for a, b in zip(run.G.state_dict().values(), slim.G.state_dict().values(),
+                                                  strict=True))
+    e_run, e_slim = load_encoder(tmp_path / "enc"), load_encoder(tmp_path / "slim_e")
+    assert all(torch.equal(a, b) for a, b in zip(e_run.state_dict().values(), e_slim.state_dict().values(),
+                                                  strict=True))
