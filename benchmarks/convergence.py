@@ -182,7 +182,7 @@ def main() -> None:
     ap = common.parser(__doc__.splitlines()[0])
     ap.add_argument("--bundle", type=Path, default=None, help="bundle (default: the embedded default bundle)")
     ap.add_argument("--all-spaces", action="store_true",
-                    help="use the default model exported with spaces wplus, w, z (the shipped bundle has wplus only)")
+                    help="the default model with spaces wplus, w, z (the shipped bundle if it has them)")
     ap.add_argument("--images", type=Path, default=None, help="held-out good images (default: fresh procedural parts)")
     ap.add_argument("--jobs", type=int, default=56)
     ap.add_argument("--steps", type=int, default=200)
