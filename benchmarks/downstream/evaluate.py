@@ -1,6 +1,6 @@
 """Loading images at the segmenter's resolution, the evaluation set, per-type AP, and the pixel-level
-generation measures of a source: change IoU and background PSNR (the feature-space figures are in `features.py`,
-the ranking metrics in `metrics.py`).
+generation measures of a source: change IoU, background PSNR and defect contrast (the feature-space figures are in
+`features.py`, the ranking metrics in `metrics.py`).
 """
 
 from __future__ import annotations
@@ -11,14 +11,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from defectgen import GOOD
 from defectgen.data.imageio import read_image, read_mask
+from defectgen.data.masks import dilate
 
-from .metrics import average_precision, iou, psnr
+from .metrics import iou, psnr
 from .sources import Sample
 from .split import Split
 
 CHANGE_THRESHOLD = 10  # a pixel "changed" when some channel moved by more than this (of 255)
+RING_PX = 3  # the surface a defect's contrast is measured against: this wide a ring around its label
 
 
 def resize_image(img: np.ndarray, res: int) -> np.ndarray:
@@ -56,30 +57,42 @@ def eval_set(split: Split, res: int) -> dict[str, np.ndarray]:
     return {"images": images, "masks": masks, "labels": labels, "types": np.array([i.defect_type for i in items])}
 
 
-def per_type_ap(maps: np.ndarray, masks: np.ndarray, types: np.ndarray) -> dict[str, float]:
-    """Pixel AP per defect type, over the pixels of that type's images and of all good images."""
-    good = types == GOOD
-    return {str(t): average_precision(maps[(types == t) | good], masks[(types == t) | good])
-            for t in sorted(set(types.tolist()) - {GOOD})}
-
-
 def source_set(samples: Sequence[Sample], res: int) -> tuple[np.ndarray, np.ndarray]:
     return load_pairs([(Path(s.image), Path(s.mask)) for s in samples], res)
 
 
+def defect_contrast(img: np.ndarray, mask: np.ndarray) -> float | None:
+    """|mean colour inside the label − mean colour of the ring around it|, mean over channels (pixel units).
+
+    How visible a defect is against its own surface: a faint generated defect scores far below a real one.
+    """
+    inside = mask > 0
+    ring = (dilate(inside.astype(np.uint8), RING_PX) > 0) & ~inside
+    if not inside.any() or not ring.any():
+        return None
+    x = img.reshape(*img.shape[:2], -1).astype(np.float64)
+    return float(np.abs(x[inside].mean(0) - x[ring].mean(0)).mean())
+
+
 def generation_quality(samples: Sequence[Sample]) -> dict[str, object]:
-    """Change IoU and background PSNR (outside the mask, full resolution) of a source made on good images."""
-    change, bg = [], []
+    """Change IoU and background PSNR (outside the mask, full resolution) of a source made on good images, and
+    the defect contrast of every sample (also of the real defects), overall and per type."""
+    change, bg, contrast = [], [], {}
     for s in samples:
-        if s.good is None:
-            continue
         img = read_image(s.image)
         mask = read_mask(s.mask, img.shape[:2])
+        if (c := defect_contrast(img, mask)) is not None:
+            contrast.setdefault(s.type, []).append(c)
+        if s.good is None:
+            continue
         good = read_image(s.good)
         if good.shape != img.shape:  # cannot happen for the sources here; guard against a wrong `good`
             continue
         changed = np.abs(img.astype(np.int16) - good.astype(np.int16)).max(-1) > CHANGE_THRESHOLD
         change.append(iou(changed, mask))
         bg.append(psnr(img, good, mask == 0))
+    per_type = {t: float(np.mean(v)) for t, v in sorted(contrast.items())}
     return {"change_iou": float(np.mean(change)) if change else None,
-            "bg_psnr_db": float(np.mean(bg)) if bg else None}
+            "bg_psnr_db": float(np.mean(bg)) if bg else None,
+            "contrast": float(np.mean(list(per_type.values()))) if per_type else None,
+            "contrast_per_type": per_type}

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from defectgen import GOOD
+
 
 def _check(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     s = np.asarray(scores, dtype=np.float64).ravel()
@@ -144,3 +146,10 @@ def mean_pairwise_distance(emb: np.ndarray) -> float:
 def nearest_distance(emb: np.ndarray, bank: np.ndarray) -> np.ndarray:
     """Per row of `emb`, the distance to its nearest row of `bank` (memorisation: 0 = an exact copy)."""
     return sq_distances(emb, bank).min(1)
+
+
+def per_type_ap(maps: np.ndarray, masks: np.ndarray, types: np.ndarray) -> dict[str, float]:
+    """Pixel AP per defect type, over the pixels of that type's images and of all good images."""
+    good = types == GOOD
+    return {str(t): average_precision(maps[(types == t) | good], masks[(types == t) | good])
+            for t in sorted(set(types.tolist()) - {GOOD})}

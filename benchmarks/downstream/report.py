@@ -80,26 +80,36 @@ def _label(name: str, results: dict[str, Any]) -> str:
 def _main_table(results: dict[str, Any]) -> list[str]:
     n = len(results["protocol"]["seeds"])
     head = " | ".join(f"{LABELS[m]} (n={n})" for m in METRICS)
-    lines = [f"| source | {head} | diversity | memorisation | alignment IoU | change IoU | G mask IoU |",
-             "|---" * (len(METRICS) + 6) + "|"]
+    lines = [f"| source | {head} | diversity | memorisation | alignment IoU | change IoU | contrast | G mask IoU |",
+             "|---" * (len(METRICS) + 7) + "|"]
     for name, s in results["summary"].items():
         src = results["sources"].get(results["protocol"].get("same_as", {}).get(name, name), {})
         q, g = src.get("quality") or {}, src.get("generation") or {}
         lines.append(f"| {_label(name, results)} | " + " | ".join(_ms(s[m]) for m in METRICS)
                      + f" | {_num(s['diversity'])} | {_num(s['memorisation'])} | {_num(s['alignment'])}"
-                     + f" | {_num(q.get('change_iou'), digits=2)} | {_num(g.get('mask_iou'), digits=2)} |")
+                     + f" | {_num(q.get('change_iou'), digits=2)} | {_num(q.get('contrast'), digits=1)}"
+                     + f" | {_num(g.get('mask_iou'), digits=2)} |")
     ref = results.get("reference", {}).get("held_out_real", {})
     if ref:
         lines.append("| *held-out real defects (reference, not trained on)* |" + " |" * len(METRICS)
-                     + f" {_num(ref.get('diversity'))} | {_num(ref.get('memorisation'))} | | | |")
+                     + f" {_num(ref.get('diversity'))} | {_num(ref.get('memorisation'))} | | | | |")
     return lines
 
 
+PER_TYPE_TITLE = ("Pixel AP per held-out defect type (mean over seeds, ×100; in brackets the contrast of the "
+                  "source's defects of that type):")
+
+
 def _per_type_table(results: dict[str, Any]) -> list[str]:
+    """Per type: pixel AP (mean over seeds, x100) and, where measured, the defects' contrast in brackets."""
     types = results["protocol"]["data"]["types"]
     lines = ["| source | " + " | ".join(types) + " |", "|---" * (len(types) + 1) + "|"]
     for name, s in results["summary"].items():
-        lines.append(f"| {name} | " + " | ".join(_num(s["per_type_ap"].get(t), 100, 1) for t in types) + " |")
+        src = results["sources"].get(results["protocol"].get("same_as", {}).get(name, name), {})
+        contrast = (src.get("quality") or {}).get("contrast_per_type") or {}
+        cells = [_num(s["per_type_ap"].get(t), 100, 1) + (f" ({contrast[t]:.0f})" if t in contrast else "")
+                 for t in types]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -142,7 +152,9 @@ DEFINITIONS = (
     "path of the segmenter trained on the real held-in defects (seed 0), on {crop} px crops at the segmenter's "
     "resolution. *alignment IoU*: mean IoU between each sample's label and that segmenter's prediction on it, "
     "thresholded at its F1-max threshold ({thr}) on its own training data (held-in defects + 20 good images). "
-    "*change IoU*: pixels changed by > 10/255 vs the label; *G mask IoU*: G's own mask vs the target "
+    "*change IoU*: pixels changed by > 10/255 vs the label; *contrast*: mean over types of |mean colour inside the "
+    "label − mean colour of the 3 px ring around it| (8-bit units, mean over channels): how visible the defects "
+    "are against their surface; *G mask IoU*: G's own mask vs the target "
     "(`--mask-mode generated`, first jobs; main defectgen row only).")
 
 
@@ -164,7 +176,7 @@ def markdown(results: dict[str, Any]) -> str:
              f"- command: `{results['command']}`",
              f"- machine: {results['machine_line']}; load average at the end {results.get('loadavg_end')}",
              f"- wall time: {results['timing']['total_s']:.0f} s ({p['jobs']} parallel jobs)", "",
-             *_main_table(results), "", "Pixel AP per held-out defect type (mean over seeds, ×100):", "",
+             *_main_table(results), "", PER_TYPE_TITLE, "",
              *_per_type_table(results), "", "Comparisons:", "", *[f"- {c}" for c in comparisons(results["summary"])],
              "", DEFINITIONS.format(crop=ref.get("crop_px"), thr=_num(ref.get("alignment_threshold"))), ""]
     lines += [f"- {n}" for n in results.get("notes", [])]

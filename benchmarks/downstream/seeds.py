@@ -7,13 +7,15 @@ one thread: on a small CPU, two one-thread processes finish the same trainings s
 
 Each finished (source, seed) is kept in `<work>/seg_cache/`, keyed by the bytes of everything it was trained and
 evaluated on (the source's arrays, the good images, the evaluation set), the segmenter config with its seed and
-the code of the segmenter and the metrics: a rerun with the same `--work` that changes only some sources (a new
-bundle, other `--run-args`) trains only those, and a changed input or code can never pick up a stale result.
+the code that trains and scores (`segmenter.py`, `metrics.py`, `train_task`): a rerun with the same `--work`
+that changes only some sources (a new bundle, other `--run-args`) trains only those, and a changed input or
+code can never pick up a stale result.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import multiprocessing
 import os
@@ -27,12 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from .evaluate import per_type_ap
-from .metrics import segmentation_metrics
+from .metrics import per_type_ap, segmentation_metrics
 from .segmenter import SegConfig, predict, train_segmenter
 
 EVAL_KEYS = ("images", "masks", "labels", "types")
-CODE = ("segmenter.py", "metrics.py", "evaluate.py", "seeds.py")  # their text is part of the cache key
+CODE = ("segmenter.py", "metrics.py")  # their text, and `train_task`'s, is part of the cache key
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ def cache_key(task: Task, cfg: SegConfig) -> str:
     here = Path(__file__).parent
     for name in CODE:
         h.update((here / name).read_bytes())
+    h.update(inspect.getsource(train_task).encode())
     return h.hexdigest()[:24]
 
 

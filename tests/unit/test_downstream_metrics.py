@@ -117,3 +117,21 @@ def test_pairwise_and_nearest_distances() -> None:
     assert nearest_distance(x[:3], x) == pytest.approx(np.zeros(3), abs=1e-12)  # each row is in the bank
     far = nearest_distance(x[:2] + 10.0, x)
     assert (far > 0).all()
+
+
+def test_defect_contrast_tells_a_faint_defect_from_a_visible_one() -> None:
+    from downstream.evaluate import defect_contrast
+
+    img = np.full((40, 40, 3), 120, np.uint8)
+    mask = np.zeros((40, 40), np.uint8)
+    mask[15:25, 15:25] = 1
+    faint, strong = img.copy(), img.copy()
+    faint[mask > 0] = 110
+    strong[mask > 0] = (40, 60, 80)
+    assert defect_contrast(faint, mask) == pytest.approx(10.0)
+    assert defect_contrast(strong, mask) == pytest.approx((80 + 60 + 40) / 3)
+    far = strong.copy()
+    far[:5] = 0  # far from the ring: no effect
+    assert defect_contrast(far, mask) == defect_contrast(strong, mask)
+    assert defect_contrast(img, np.zeros_like(mask)) is None
+    assert defect_contrast(img[:, :, 0], mask) == 0.0  # gray images too
