@@ -147,6 +147,9 @@ def train_patch(
     seed: Optional[int] = typer.Option(None, help="Random seed (default 0)."),
     sample_every: Optional[int] = typer.Option(None, help="Steps between sample grids (default 200)."),
     ckpt_every: Optional[int] = typer.Option(None, help="Steps between checkpoints (default 200)."),
+    augment: Optional[str] = typer.Option(None, help="DiffAugment ops on every D input, comma list of "
+                                                     "translation, flip, flipv, color; '' for none (default "
+                                                     "translation,color)."),
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in --out."),
 ) -> None:
     """Train the layered patch generator (defect layer over real good windows, native pixel scale)."""
@@ -154,7 +157,7 @@ def train_patch(
 
     train_patch_cli(data=data, out=out, resume=resume, window=window, scale=scale, held_in=held_in,
                     minutes=minutes, steps=steps, batch=batch, seed=seed, sample_every=sample_every,
-                    ckpt_every=ckpt_every)
+                    ckpt_every=ckpt_every, augment=augment)
 
 
 @train_app.command("patch-encoder")

@@ -80,12 +80,14 @@ def test_resume_is_bit_exact(data, tmp_path):
 def test_cli_writes_checkpoint_samples_and_report(data, tmp_path):
     out = tmp_path / "run"
     r = runner.invoke(app, ["train", "patch", "--data", str(data), "--out", str(out), "--window", str(P),
-                            "--steps", "2", "--batch", "4", "--held-in", "2", "--seed", "1"])
+                            "--steps", "2", "--batch", "4", "--held-in", "2", "--seed", "1",
+                            "--augment", "translation"])
     assert r.exit_code == 0, r.output
     for name in ("checkpoint.safetensors", "config.json", "held_in.json", "log.jsonl", "reals.png",
                  "report.json", "report.png", "samples/000002.png"):
         assert (out / name).is_file(), name
     assert json.loads((out / "held_in.json").read_text())["cut"] == ["000.png", "001.png"]
+    assert json.loads((out / "config.json").read_text())["train_patch"]["augment"] == "translation"
     rep = json.loads((out / "report.json").read_text())
     assert rep["step"] == 2 and set(rep["per_type"]) == {"crack", "cut", "hole", "print"}
     lines = [json.loads(s) for s in (out / "log.jsonl").read_text().splitlines()]
@@ -100,7 +102,8 @@ def test_cli_writes_checkpoint_samples_and_report(data, tmp_path):
 
 @pytest.mark.parametrize(("args", "message"), [(["--window", "48"], "--window"),
                                                 (["--batch", "3"], "--batch must be even"),
-                                                (["--held-in", "9"], "--held-in 9")])
+                                                (["--held-in", "9"], "--held-in 9"),
+                                                (["--augment", "translation,colour"], "'color'")])
 def test_cli_bad_input_is_one_line(data, tmp_path, args, message):
     r = runner.invoke(app, ["train", "patch", "--data", str(data), "--out", str(tmp_path / "r"), *args])
     assert r.exit_code == 2, r.output
