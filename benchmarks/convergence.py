@@ -91,7 +91,7 @@ def trajectory(backend: Any, bundle: Bundle, batch: InversionBatch, cfg: Inversi
     onehot = bundle.type_onehot(batch.types) if cfg.space == "z" else None
     iou, psnr = [], []
     for k in eval_steps:
-        image, mask_logit = backend.synthesize(cfg.space, lat[best[k], cols], onehot)
+        image, mask_logit = backend.synthesize(cfg.space, lat[best[k], cols], onehot, good=batch.good)
         iou.append(bench.mask_iou(mask_logit, batch.mask))
         psnr.append(bench.background_psnr(image, batch.good, batch.mask))
     return {"objective": np.minimum.accumulate(obj, 0), "feature_dist": feat[best, cols],
