@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,6 +49,14 @@ def test_convergence_quick(toy: Path, tmp_path: Path) -> None:
     assert {r["init"] for r in runs} == {"encoder", "wavg", "random"}
     assert all(len(r["mean"]["objective"]) == r["steps"] + 1 for r in runs)
     assert any(r["reference"] for r in runs)
+
+
+def test_convergence_quick_on_a_patch_bundle(tmp_path: Path, toy_bundle_factory: Callable[..., Path]) -> None:
+    """A layered G draws over the good window: the script's synthesis must pass it (it did not, once)."""
+    patch = toy_bundle_factory(tmp_path / "patch", patch_scale=1.0)
+    data = _run("convergence", "--bundle", str(patch), "--inits", "wavg,random", out=tmp_path / "out")
+    assert {r["init"] for r in data["runs"]} == {"wavg", "random"}
+    assert all(np.isfinite(r["mean"]["mask_iou"]).all() for r in data["runs"])
 
 
 def test_footprint_quick(toy: Path, tmp_path: Path) -> None:
