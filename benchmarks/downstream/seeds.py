@@ -83,9 +83,13 @@ def _cached(task: Task, path: Path) -> dict[str, Any] | None:
     out = json.loads(path.read_text(encoding="utf-8"))
     if task.save_net:
         shutil.copyfile(net, task.save_net)
-    print(f"downstream: {task.source} seed {task.seed}: pixel AP {100 * out['metrics']['pixel_ap']:.1f} "
-          f"(cached {path.name})", file=sys.stderr, flush=True)
+    _report(task, out, f"cached {path.name}")
     return {**out, "source": task.source, "cached": True}
+
+
+def _report(task: Task, out: dict[str, Any], how: str) -> None:
+    print(f"downstream: {task.source} seed {task.seed}: pixel AP {100 * out['metrics']['pixel_ap']:.1f} ({how})",
+          file=sys.stderr, flush=True)
 
 
 def train_task(task: Task, cfg: SegConfig) -> dict[str, Any]:
@@ -113,8 +117,7 @@ def train_task(task: Task, cfg: SegConfig) -> dict[str, Any]:
     tmp = cache.with_suffix(".tmp")
     tmp.write_text(json.dumps(out), encoding="utf-8")
     tmp.replace(cache)  # written last and atomically: a killed run leaves no half entry
-    print(f"downstream: {task.source} seed {task.seed}: pixel AP {100 * out['metrics']['pixel_ap']:.1f} "
-          f"({log.seconds:.0f} s)", file=sys.stderr, flush=True)
+    _report(task, out, f"{log.seconds:.0f} s")
     return {**out, "cached": False}
 
 
