@@ -204,6 +204,9 @@ def export(
     mask_mode: Optional[str] = typer.Option(None, help="Recommended `run --mask-mode`, stored in the manifest "
                                                        "(default target; generated for a layered G, whose mask is "
                                                        "where it drew)."),
+    mask_shape: Optional[str] = typer.Option(None, help="Recommended `run --mask-shape` for random targets, stored "
+                                                        "in the manifest (default reference; generated: G proposes "
+                                                        "the defect and its mask)."),
 ) -> None:
     """Export encoder, mapping, synthesis and the inversion step graphs (forward + backward) as an ONNX bundle.
 
@@ -218,14 +221,14 @@ def export(
 
         export_patch_cli(run=patch, out=out, data=data, spaces=_csv(spaces), batch=batches, opset=opset,
                          verify=verify, zip_=zip_, steps=steps, guide_weight=guide_weight, encoder=encoder,
-                         mask_mode=mask_mode)
+                         mask_mode=mask_mode, mask_shape=mask_shape)
         return
     from defectgen.export.bundle import export_bundle_cli
 
     assert gan is not None and encoder is not None
     export_bundle_cli(gan=gan, encoder=encoder, out=out, data=data, spaces=_csv(spaces), batch=batches,
                       opset=opset, verify=verify, zip_=zip_, steps=steps, guide_weight=guide_weight,
-                      mask_mode=mask_mode)
+                      mask_mode=mask_mode, mask_shape=mask_shape)
 
 
 @app.command("run")
@@ -260,8 +263,9 @@ def run(
                                                             "(default: the bundle's, 0)."),
     threads: Optional[int] = typer.Option(None, help="ONNX Runtime intra-op threads (default: physical cores)."),
     mask_shape: Optional[str] = typer.Option(None, help="Random masks: reference (the reference defect's real "
-                                                        "mask, moved/mirrored/rescaled) or procedural (the "
-                                                        "type's shape family). Default: the bundle's, reference."),
+                                                        "mask, moved/mirrored/rescaled), procedural (the type's "
+                                                        "shape family) or generated (G proposes the defect and its "
+                                                        "mask). Default: the bundle's."),
     scale: Optional[float] = typer.Option(None, help="Patch-mode bundles: data px per model px of the window, for "
                                                      "images taken at another scale (default: the bundle's)."),
     variants: int = typer.Option(1, help="Generate K different defects for each target (different latent inits)."),

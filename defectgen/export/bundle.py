@@ -49,7 +49,7 @@ from defectgen.runtime.bundle.manifest import (
     RunDefaults,
     finalize_manifest,
 )
-from defectgen.runtime.bundle.sections import MASK_MODES
+from defectgen.runtime.bundle.sections import MASK_MODES, MASK_SHAPES
 
 log = logging.getLogger("defectgen.export")
 
@@ -340,12 +340,13 @@ def _progress_to_stderr() -> None:
         log.propagate = False
 
 
-def check_run_defaults(steps: int | None, guide_weight: float | None,
-                       mask_mode: str | None = None) -> dict[str, Any]:
-    """The manifest's recommended run settings from `export --steps / --guide-weight / --mask-mode` (None: not set).
+def check_run_defaults(steps: int | None, guide_weight: float | None, mask_mode: str | None = None,
+                       mask_shape: str | None = None) -> dict[str, Any]:
+    """The manifest's recommended run settings from `export --steps / --guide-weight / --mask-mode /
+    --mask-shape` (None: not set).
 
     Raises:
-        BundleError: steps < 1, a guide weight outside [0, 1] or an unknown mask mode.
+        BundleError: steps < 1, a guide weight outside [0, 1], an unknown mask mode or mask shape.
     """
     run_defaults: dict[str, Any] = {}
     if steps is not None:
@@ -362,12 +363,17 @@ def check_run_defaults(steps: int | None, guide_weight: float | None,
         if mask_mode not in MASK_MODES:
             raise BundleError(choice_error("--mask-mode", mask_mode, MASK_MODES))
         run_defaults["mask_mode"] = mask_mode
+    if mask_shape is not None:
+        if mask_shape not in MASK_SHAPES:
+            raise BundleError(choice_error("--mask-shape", mask_shape, MASK_SHAPES))
+        run_defaults["mask_shape"] = mask_shape
     return run_defaults
 
 
 def export_bundle_cli(*, gan: Path, encoder: Path, out: Path, data: Path | None, spaces: list[str] | None,
                       batch: list[int], opset: int, verify: bool, zip_: bool, steps: int | None = None,
-                      guide_weight: float | None = None, mask_mode: str | None = None) -> Path:
+                      guide_weight: float | None = None, mask_mode: str | None = None,
+                      mask_shape: str | None = None) -> Path:
     """`defectgen export`: load the checkpoints, then `export_bundle`.
 
     Args:
@@ -380,8 +386,8 @@ def export_bundle_cli(*, gan: Path, encoder: Path, out: Path, data: Path | None,
         opset: ONNX opset.
         verify: run the parity check.
         zip_: also write `OUT.zip`.
-        steps, guide_weight, mask_mode: the bundle's recommended `defectgen run --steps / --guide-weight /
-            --mask-mode` (None: 10 / 0 / target).
+        steps, guide_weight, mask_mode, mask_shape: the bundle's recommended `defectgen run --steps /
+            --guide-weight / --mask-mode / --mask-shape` (None: 10 / 0 / target / reference).
 
     Returns:
         The bundle folder.
@@ -389,7 +395,7 @@ def export_bundle_cli(*, gan: Path, encoder: Path, out: Path, data: Path | None,
     Raises:
         DefectgenError: unreadable checkpoints, mismatched encoder, bad options, failed verification.
     """
-    run_defaults = check_run_defaults(steps, guide_weight, mask_mode)
+    run_defaults = check_run_defaults(steps, guide_weight, mask_mode, mask_shape)
     from defectgen.training.checkpoint import (
         defect_types,
         load_discriminator,

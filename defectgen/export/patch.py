@@ -142,7 +142,7 @@ def load_patch_run(run: str | os.PathLike[str]) -> PatchRun:
 def export_patch_cli(*, run: Path, out: Path, data: Path | None, spaces: list[str] | None, batch: list[int],
                      opset: int, verify: bool, zip_: bool, steps: int | None = None,
                      guide_weight: float | None = None, encoder: Path | None = None,
-                     mask_mode: str | None = None) -> Path:
+                     mask_mode: str | None = None, mask_shape: str | None = None) -> Path:
     """`defectgen export --patch RUN [--encoder E_RUN]`: a patch-mode bundle (module docstring).
 
     Args:
@@ -151,15 +151,15 @@ def export_patch_cli(*, run: Path, out: Path, data: Path | None, spaces: list[st
         out: bundle folder to write.
         data: dataset for the native-scale bank and real-window parity (default: the one the run trained on).
         spaces, batch, opset, verify, zip_: as for `defectgen export`.
-        steps, guide_weight, mask_mode: the bundle's recommended `defectgen run --steps / --guide-weight /
-            --mask-mode`.
+        steps, guide_weight, mask_mode, mask_shape: the bundle's recommended `defectgen run --steps /
+            --guide-weight / --mask-mode / --mask-shape`.
 
     Returns:
         The bundle folder.
     """
     from defectgen.export.bundle import _progress_to_stderr, check_run_defaults, export_bundle
 
-    run_defaults = check_run_defaults(steps, guide_weight, mask_mode)
+    run_defaults = check_run_defaults(steps, guide_weight, mask_mode, mask_shape)
     _progress_to_stderr()
     pr = load_patch_run(run)
     E = None

@@ -52,7 +52,8 @@ def bundle_dir(nets, tmp_path_factory):
     (out / "stale.onnx").write_bytes(b"old")
     G, E, D = nets
     export_bundle(G, E, D, out=out, spaces=SPACES, batches=[BATCH], data_root=data, types=TINY_TYPES,
-                  verify=True, run_defaults={"steps": 5, "guide_weight": 1.0, "mask_mode": "generated"})
+                  verify=True, run_defaults={"steps": 5, "guide_weight": 1.0, "mask_mode": "generated",
+                                                  "mask_shape": "generated"})
     return out
 
 
@@ -81,20 +82,21 @@ def test_layout_replaces_old_bundle_and_loads(bundle_dir):
 
     assert b.defaults.steps == 5 and b.defaults.guide_weight == 1.0 and b.defaults.mask_mode == "generated"
     s = resolve_settings(b)
-    assert (s.inversion.steps, s.guide_weight, s.mask_mode) == (5, 1.0, "generated")
-    s = resolve_settings(b, steps=7, guide_weight=0.25, mask_mode="target")
-    assert (s.inversion.steps, s.guide_weight, s.mask_mode) == (7, 0.25, "target")
+    assert (s.inversion.steps, s.guide_weight, s.mask_mode, s.mask_shape) == (5, 1.0, "generated", "generated")
+    s = resolve_settings(b, steps=7, guide_weight=0.25, mask_mode="target", mask_shape="procedural")
+    assert (s.inversion.steps, s.guide_weight, s.mask_mode, s.mask_shape) == (7, 0.25, "target", "procedural")
 
 
 @pytest.mark.parametrize(("kw", "msg"), [({"steps": 0}, "--steps must be >= 1"),
                                          ({"guide_weight": 1.5}, "--guide-weight must be within"),
-                                         ({"mask_mode": "generatd"}, "did you mean 'generated'")])
+                                         ({"mask_mode": "generatd"}, "did you mean 'generated'"),
+                                         ({"mask_shape": "procedurl"}, "did you mean 'procedural'")])
 def test_recommended_run_settings_are_checked_before_export(kw, msg):
     from defectgen.export.bundle import check_run_defaults
 
-    assert check_run_defaults(None, None, None) == {}
+    assert check_run_defaults(None, None, None, None) == {}
     with pytest.raises(BundleError, match=msg):
-        check_run_defaults(**{"steps": None, "guide_weight": None, "mask_mode": None, **kw})
+        check_run_defaults(**{"steps": None, "guide_weight": None, "mask_mode": None, "mask_shape": None, **kw})
 
 
 def test_verify_report_passed_with_real_inputs_and_fd(bundle_dir):

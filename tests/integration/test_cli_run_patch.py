@@ -72,3 +72,32 @@ def test_scale_is_refused_for_a_whole_part_bundle(tmp_path: Path, run_bundle: Ca
     code, _, err = invoke("run", "--bundle", run_bundle(tmp_path / "b"), "--images", tmp_path / "images",
                           "--random-masks", 1, "--out", tmp_path / "out", "--scale", 2)
     assert code == 2 and "patch-mode bundles only" in err and not (tmp_path / "out").exists()
+
+
+def test_generated_targets_are_the_generators_own_proposals(setup: dict[str, Path], tmp_path: Path) -> None:
+    def run(out: Path, *extra: object) -> list[dict]:
+        code, _, err = invoke("run", "--bundle", setup["bundle"], "--images", setup["root"] / "images",
+                              "--random-masks", 1, "--mask-shape", "generated", "--out", out, "--steps", 2,
+                              "--backend", "ort-cpu", *extra)
+        assert code == 0, err
+        return sorted(jobs_log(out), key=lambda r: r["index"])
+
+    recs = run(tmp_path / "a", "--variants", 2)
+    assert len(recs) == 4 and all(r["mask_shape"] == "generated" and 0 <= r["proposal"] < 8 for r in recs)
+    masks = [read_mask(tmp_path / "a" / r["outputs"]["mask"]) for r in recs]
+    for rec, mask in zip(recs, masks, strict=True):
+        y0, x0, y1, x1 = rec["window"]["box"]
+        inside = np.zeros(mask.shape, bool)
+        inside[y0:y1, x0:x1] = True
+        assert mask[inside].any() and not mask[~inside].any()  # G's mask, within its window
+        src = read_image(setup["root"] / "images" / rec["inputs"]["image"])
+        out = read_image(tmp_path / "a" / rec["outputs"]["image"])
+        assert np.array_equal(out[~inside], src[~inside])
+    assert not np.array_equal(masks[0], masks[1])  # variants: two proposals, two targets
+    again = run(tmp_path / "b", "--variants", 2)
+    assert all(np.array_equal(m, read_mask(tmp_path / "b" / r["outputs"]["mask"]))
+               for m, r in zip(masks, again, strict=True))  # seeded
+    code, _, err = invoke("run", "--bundle", setup["bundle"], "--images", setup["root"] / "images",
+                          "--random-masks", 1, "--out", tmp_path / "ref", "--steps", 2, "--backend", "ort-cpu")
+    assert code == 0, err
+    assert all(r["proposal"] is None for r in jobs_log(tmp_path / "ref"))

@@ -176,3 +176,21 @@ def test_variants_start_from_different_latents(backend: OrtBackend, bundle: Bund
     assert not np.allclose(c0[1], c0[0]) and not np.allclose(c0[2], c0[1])
     again = init_latent(backend, bundle, batch, cfg, np.random.default_rng(5))
     assert np.array_equal(again[1:], c0[1:])  # a variant's start depends on (job seed, k) only
+
+
+@pytest.mark.parametrize("space", ["wplus", "w", "z"])
+def test_a_start_of_its_own_overrides_init_and_variant(backend: OrtBackend, bundle: Bundle, toy: ToyModel,
+                                                       space: str) -> None:
+    good, mask, stitched, types = toy.inputs(1)
+    rep = [np.repeat(a, 3, 0) for a in (good, mask, stitched)]
+    cfg = InversionConfig(space=space, init="wavg")
+    own = np.random.default_rng(3).standard_normal(toy.latent_shape(space)).astype(np.float32)
+    batch = InversionBatch(*rep, types * 3, variants=[(7, 0), (7, 1), (7, 2)], starts=[None, own, None])
+    c0 = init_latent(backend, bundle, batch, cfg, np.random.default_rng(0))
+    plain = init_latent(backend, bundle, InversionBatch(*rep, types * 3, variants=[(7, 0), (7, 1), (7, 2)]), cfg,
+                        np.random.default_rng(0))
+    assert np.array_equal(c0[1], own)  # variant 1 would start elsewhere: its own start wins
+    assert np.array_equal(c0[[0, 2]], plain[[0, 2]])
+    wrong = InversionBatch(*rep, types * 3, starts=[own[..., :1], None, None])
+    with pytest.raises(JobError, match="start latent has shape"):
+        init_latent(backend, bundle, wrong, cfg, np.random.default_rng(0))

@@ -11,6 +11,7 @@ from defectgen.errors import BundleError
 from defectgen.runtime.bundle.fields import get_field, require_type
 
 MASK_MODES = ("target", "generated")  # `run --mask-mode`: the output label
+MASK_SHAPES = ("reference", "procedural", "generated")  # `run --mask-shape`: how random targets are made
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class RunDefaults:
     feather_px: float = 3.0  # compositing feather, in model pixels
     detail: bool = True  # add the full-resolution guide's detail above the model's resolution
     guide_weight: float = 0.0  # share of the stitched real defect S in the output: (1 - g) G + g S
-    mask_shape: str = "reference"  # random targets: the reference defect's own mask, or "procedural" shapes
+    mask_shape: str = "reference"  # random targets: the reference's own mask, "procedural" shapes or G's "generated"
     mask_mode: str = "target"  # output label: the target mask, or "generated" (G's own mask within the target)
 
     @classmethod

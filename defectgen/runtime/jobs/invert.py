@@ -15,7 +15,8 @@ Rules (see `InversionConfig` for the knobs):
   layer-mean w. `wavg`: the type's `w_avg` (w, w+ broadcast to all layers; for z the origin, whose mapping is the
   closest thing to w_avg). `random`: z ~ N(0, I), mapped (and broadcast) for w / w+. A sample that is variant
   k > 0 of its job (`InversionBatch.variants`, `defectgen run --variants K`) starts from z ~ N(0, I) seeded by
-  (job seed, k) instead, whatever the init: K variants of one target become K different defects.
+  (job seed, k) instead, whatever the init: K variants of one target become K different defects. A sample
+  with a start of its own (`InversionBatch.starts`: G proposed its target, `propose`) starts there.
 - **Adam** on the latent, per-sample bias-corrected, with `lr_schedule="cosine"`: the StyleGAN2 projector's ramp,
   lr · ½(1 − cos(π · min(1, (1 − t) / rampdown))) · min(1, t / rampup), t = step / steps; rampup defaults to 0
   because with 5-20 steps a ramp-up would waste the first step.
@@ -114,11 +115,12 @@ class InversionBatch:
     stitched: np.ndarray  # (B,3,R,R) I with a real defect pasted into M (S); = good when there is no reference
     types: list[str]  # B defect type names
     variants: list[tuple[int, int]] | None = None  # per sample (job seed, variant k); k > 0 starts elsewhere
+    starts: list[np.ndarray | None] | None = None  # per sample: its own start latent in the run's space, or None
 
     def __post_init__(self) -> None:
         n = len(self.good)
-        if not n or len(self.mask) != n or len(self.stitched) != n or len(self.types) != n or (
-                self.variants is not None and len(self.variants) != n):
+        if not n or len(self.mask) != n or len(self.stitched) != n or len(self.types) != n or any(
+                x is not None and len(x) != n for x in (self.variants, self.starts)):
             msg = (f"inversion batch sizes disagree or are empty: good {len(self.good)}, mask {len(self.mask)}, "
                    f"stitched {len(self.stitched)}, types {len(self.types)}")
             raise JobError(msg)
@@ -152,21 +154,32 @@ class InversionResult:
         return self.final_terms.sum(-1)
 
 
+def latents_of(backend: Backend, bundle: Bundle, space: str, z: np.ndarray, types: list[str]) -> np.ndarray:
+    """Latents of `space` for z (B,Z): z itself, its mapped w, or that w broadcast to every layer (w+)."""
+    if space == "z":
+        return z
+    w = backend.map(z, bundle.type_onehot(types))
+    return w if space == "w" else np.repeat(w[:, None], bundle.num_ws, 1)
+
+
 def init_latent(backend: Backend, bundle: Bundle, batch: InversionBatch, config: InversionConfig,
                 rng: np.random.Generator) -> np.ndarray:
     """The starting latent for `config.init` in `config.space`; variants k > 0 start from a random latent drawn
-    from their (job seed, k), so K variants of one target are K different defects (module docstring).
+    from their (job seed, k), so K variants of one target are K different defects, and samples with a start of
+    their own start there (module docstring).
     """
     c0 = _configured_init(backend, bundle, batch, config, rng)
     picks = [i for i, (_, k) in enumerate(batch.variants or []) if k > 0]
     if picks:
         z = np.stack([np.random.default_rng([seed, k]).standard_normal(bundle.z_dim)
                       for seed, k in (batch.variants[i] for i in picks)]).astype(np.float32)  # type: ignore[index]
-        if config.space == "z":
-            c0[picks] = z
-        else:
-            w = backend.map(z, bundle.type_onehot([batch.types[i] for i in picks]))
-            c0[picks] = w if config.space == "w" else np.repeat(w[:, None], bundle.num_ws, 1)
+        c0[picks] = latents_of(backend, bundle, config.space, z, [batch.types[i] for i in picks])
+    for i, start in enumerate(batch.starts or []):
+        if start is not None:
+            if start.shape != c0.shape[1:]:
+                msg = f"sample {i}'s start latent has shape {start.shape}; {config.space} needs {c0.shape[1:]}"
+                raise JobError(msg)
+            c0[i] = start
     return c0
 
 

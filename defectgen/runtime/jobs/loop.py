@@ -72,7 +72,7 @@ class _Loop:
 
     def add(self, spec: JobSpec) -> None:
         try:
-            self.batch.append(prepare(spec, self.bundle, self.settings))
+            self.batch.append(prepare(spec, self.bundle, self.settings, self.backend))
         except DefectgenError as e:
             self.fail(spec, str(e))
             return
@@ -94,7 +94,8 @@ class _Loop:
         for i, p in enumerate(jobs):
             t0 = time.perf_counter()
             fields = {"reference": p.reference, "final_terms": result.final_terms[i], "history": objective[:, i],
-                      "steps_run": int(result.steps_run[i]), "window": p.window, "pixels": p.fmt.to_dict()}
+                      "steps_run": int(result.steps_run[i]), "window": p.window, "pixels": p.fmt.to_dict(),
+                      "proposal": p.proposal}
             if result.failed[i]:
                 ran = int(np.isfinite(objective[:, i]).sum())
                 self.fail(p.spec, f"objective became non-finite (NaN/inf) at evaluation {ran} of {p.spec.source} "

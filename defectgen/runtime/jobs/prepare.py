@@ -12,7 +12,7 @@ import dataclasses
 import functools
 import hashlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -28,6 +28,7 @@ from defectgen.runtime.jobs.compose import (
     model_inputs,
 )
 from defectgen.runtime.jobs.invert import InversionBatch, InversionResult, invert
+from defectgen.runtime.jobs.propose import propose_target
 from defectgen.runtime.jobs.settings import RunSettings
 from defectgen.runtime.jobs.sources import JobSpec, relpath
 
@@ -36,7 +37,7 @@ RANDOM_MASK_MAX_SIDE = 512
 STITCH_FEATHER_PX = 0  # full-resolution pixels: see `prepare`
 
 # child stream ids of a job's seed: one per random decision, so adding one never shifts the others
-_RNG_MASK, _RNG_REFERENCE, _RNG_STITCH = 0, 1, 2
+_RNG_MASK, _RNG_REFERENCE, _RNG_STITCH, _RNG_PROPOSAL = 0, 1, 2, 3
 
 
 @dataclass
@@ -56,7 +57,8 @@ class Prepared:
     window: dict[str, Any] | None = None  # patch mode: the window's box, scale and whether it was enlarged
     native: np.ndarray | None = None  # the image as stored (gray / RGBA / 16 bit), what the output is made of
     fmt: PixelFormat = RGB8
-    extra: dict[str, Any] = field(default_factory=dict)
+    start: np.ndarray | None = None  # the inversion's start latent when G proposed the target (`propose`)
+    proposal: int | None = None  # which of G's draws became the target (`propose`), else None
 
 
 def job_rng(spec: JobSpec, stream: int) -> np.random.Generator:
@@ -163,19 +165,23 @@ def job_crop(bundle: Bundle, mask: np.ndarray, settings: RunSettings) -> tuple[C
                   "enlarged": enlarged}
 
 
-def prepare(spec: JobSpec, bundle: Bundle, settings: RunSettings) -> Prepared:
+def prepare(spec: JobSpec, bundle: Bundle, settings: RunSettings, backend: Backend | None = None) -> Prepared:
     """Read a job's files and build the model inputs `I`, `M`, `S` for its crop.
+
+    With `mask_shape` "generated" a random target is G's own proposal (`propose.propose_target`): the window is
+    placed as for a "reference" target, then G draws the defect and its mask there; that needs the `backend`.
 
     Raises:
         DataError: missing/corrupt image or mask, mask size mismatch.
-        JobError: empty mask, a mask that vanishes at model resolution, a bad reference defect.
+        JobError: empty mask, a mask that vanishes at model resolution, a bad reference defect, no proposal.
     """
     t0 = time.perf_counter()
     native, fmt = read_native(spec.image)
     image = to_rgb8(native, spec.image)
     ref = _reference(spec, bundle)
+    proposing = spec.mask is None and settings.mask_shape == "generated"
     moved = None
-    if spec.mask is None and ref is not None and settings.mask_shape == "reference":
+    if spec.mask is None and ref is not None and settings.mask_shape in ("reference", "generated"):
         ref_scale = None if bundle.patch is None else (settings.scale or bundle.patch.scale) / bundle.patch.scale
         moved, mask = _reference_target(spec, image, ref[0], ref[1], ref_scale)
     else:
@@ -183,6 +189,17 @@ def prepare(spec: JobSpec, bundle: Bundle, settings: RunSettings) -> Prepared:
     crop, window = job_crop(bundle, mask, settings)
     res = bundle.resolution
     good, mask_m = model_inputs(image, mask, crop, res)
+    start, proposal_draw = None, None
+    if proposing:  # the placed target only chose the window: G draws the defect and its mask in it
+        if backend is None:
+            msg = "--mask-shape generated needs the model to propose targets: prepare was given no backend"
+            raise JobError(msg)
+        rng = np.random.default_rng([spec.seed, _RNG_PROPOSAL, spec.variant])
+        proposal = propose_target(backend, bundle, space=settings.inversion.space, defect_type=spec.defect_type,
+                                  good_m=good, crop=crop, shape=mask.shape, rng=rng)
+        mask, start, moved = proposal.mask, proposal.latent, None
+        mask_m = model_inputs(image, mask, crop, res)[1]
+        proposal_draw = proposal.draw
     if ref is None:  # no real defect to imitate: S = I, the def/pix terms only smooth
         guide, stitched, ref_name = crop.of(image), good.copy(), None
     else:
@@ -199,7 +216,7 @@ def prepare(spec: JobSpec, bundle: Bundle, settings: RunSettings) -> Prepared:
         stitched = to_model(guide, res)
     return Prepared(spec=spec, image=image, mask=mask, crop=crop, good=good, mask_m=mask_m, stitched=stitched,
                     guide=guide, reference=ref_name, seconds=time.perf_counter() - t0, window=window,
-                    native=native, fmt=fmt)
+                    native=native, fmt=fmt, start=start, proposal=proposal_draw)
 
 
 def batch_seed(jobs: list[Prepared]) -> int:
@@ -216,9 +233,11 @@ def batch_seed(jobs: list[Prepared]) -> int:
 def inversion_batch(jobs: list[Prepared]) -> InversionBatch:
     """The model inputs of prepared jobs, stacked for one `invert` call."""
     variants = [(p.spec.seed, p.spec.variant) for p in jobs]
+    starts = [p.start for p in jobs]
     return InversionBatch(good=np.stack([p.good for p in jobs]), mask=np.stack([p.mask_m for p in jobs]),
                           stitched=np.stack([p.stitched for p in jobs]), types=[p.spec.defect_type for p in jobs],
-                          variants=variants if any(k for _, k in variants) else None)
+                          variants=variants if any(k for _, k in variants) else None,
+                          starts=starts if any(s is not None for s in starts) else None)
 
 
 def invert_batch(backend: Backend, bundle: Bundle, jobs: list[Prepared], settings: RunSettings) -> InversionResult:

@@ -55,13 +55,15 @@ class JobRecord:
     window: dict[str, Any] | None = None  # patch mode: {"box": [y0, x0, y1, x1], "scale", "enlarged"}
     variant: int = 0  # k of `--variants K`
     pixels: dict[str, Any] | None = None  # the input's {"channels", "bits", "source"}; outputs keep them, as PNG
+    proposal: int | None = None  # `--mask-shape generated`: which of G's draws became the target
 
     @classmethod
     def of(cls, spec: JobSpec, settings: RunSettings, *, status: str, error: str | None = None,
            outputs: tuple[str, str] | None = None, reference: str | None = None,
            final_terms: np.ndarray | None = None, history: np.ndarray | None = None, steps_run: int | None = None,
            seconds: float = 0.0, backend: str = "", base: Path | None = None,
-           window: dict[str, Any] | None = None, pixels: dict[str, Any] | None = None) -> JobRecord:
+           window: dict[str, Any] | None = None, pixels: dict[str, Any] | None = None,
+           proposal: int | None = None) -> JobRecord:
         """The record of a finished or failed job; mask paths are written relative to `base`."""
         inv = settings.inversion
         mask = "random" if spec.mask is None else relpath(spec.mask, base or spec.mask.parent)
@@ -75,7 +77,7 @@ class JobRecord:
             final_terms=None if final_terms is None else dict(zip(LOSS_TERMS, map(_num, final_terms), strict=True)),
             objective=None if history is None else [_num(v) for v in history],
             steps_run=steps_run, time_s=round(seconds, 4), backend=backend, window=window, variant=spec.variant,
-            pixels=pixels,
+            pixels=pixels, proposal=proposal,
         )
 
     def to_line(self) -> str:

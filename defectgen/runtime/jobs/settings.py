@@ -13,10 +13,8 @@ from typing import Any
 from defectgen.errors import JobError, choice_error
 from defectgen.runtime.bundle.loader import Bundle
 from defectgen.runtime.bundle.manifest import LOSS_TERMS
-from defectgen.runtime.bundle.sections import MASK_MODES
+from defectgen.runtime.bundle.sections import MASK_MODES, MASK_SHAPES
 from defectgen.runtime.jobs.invert import InversionConfig
-
-MASK_SHAPES = ("reference", "procedural")
 
 
 @dataclass(frozen=True)
@@ -33,7 +31,9 @@ class RunSettings:
             image alone; 1: the stitched real defect, i.e. warped copy-paste with colour matching).
         mask_shape: random targets (`mask: null` jobs) take the reference defect's own mask, moved and
             mirrored ("reference": real label geometry), or a shape drawn from the type's procedural
-            family ("procedural"); jobs without a reference always draw procedurally.
+            family ("procedural"), or the generator's own proposal of a defect and its mask in a window placed
+            as for "reference" ("generated", `propose`: the inversion then starts from that latent); jobs without
+            a reference draw procedurally, or place the window with a procedural shape.
         scale: patch-mode bundles: data px per model px of the window (None: the bundle's own pixel scale).
     """
 

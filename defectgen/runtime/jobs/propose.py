@@ -1,0 +1,84 @@
+"""Random targets the generator draws itself (`--mask-shape generated`): G proposes the defect *and* its mask.
+
+Inverting G onto a borrowed shape (a real defect's mask moved to the part) asks it for a defect of a shape it
+may not draw; it then spreads a faint layer over twice the target's area. A free sample of G has its own,
+exact mask and the contrast of real defects, so for random targets we let G propose: draw `PROPOSAL_DRAWS`
+latents of the job's type over the job's good window, keep the first whose mask is a whole defect (at least
+`MIN_MODEL_PX` model pixels, not cut by the window's edge), and make that mask the job's target. The inversion
+then starts from that latent: its steps pull the appearance toward the stitched real defect and keep the mask
+on the target, and the output label is exact.
+
+Randomness: the draws come from the job's seed and its variant number, so variants propose different defects
+and a job's proposal does not depend on its batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from defectgen.errors import JobError
+from defectgen.runtime.backends import Backend
+from defectgen.runtime.bundle import Bundle
+from defectgen.runtime.jobs.compose import Crop, upsample
+from defectgen.runtime.jobs.invert import latents_of
+
+PROPOSAL_DRAWS = 8  # latents drawn per job; the first whole defect among them is kept
+MIN_MODEL_PX = 4  # a proposal's mask must cover at least this many model pixels
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """The kept draw: its mask at full resolution and its latent in the run's space (the inversion's start)."""
+
+    mask: np.ndarray  # uint8 HxW {0,1}, zero outside the crop
+    latent: np.ndarray  # (*latent shape) float32 in the run's space
+    draw: int  # which of the draws was kept (recorded in jobs.jsonl)
+
+
+def whole_defects(mask_logit: np.ndarray) -> np.ndarray:
+    """(B,) which drawn masks (B,1,R,R logits) are whole defects: >= `MIN_MODEL_PX` px, none on the edge."""
+    m = mask_logit[:, 0] > 0
+    edge = m[:, [0, -1], :].any((1, 2)) | m[:, :, [0, -1]].any((1, 2))
+    return (m.sum((1, 2)) >= MIN_MODEL_PX) & ~edge
+
+
+def propose_target(backend: Backend, bundle: Bundle, *, space: str, defect_type: str, good_m: np.ndarray,
+                   crop: Crop, shape: tuple[int, int], rng: np.random.Generator) -> Proposal:
+    """G's proposal for one job's window (module docstring).
+
+    Args:
+        backend, bundle: the engine and its bundle.
+        space: the run's latent space (the returned latent is in it).
+        defect_type: the job's defect type.
+        good_m: (3,R,R) the good window at model resolution, in [-1, 1].
+        crop: where the window sits in the full image.
+        shape: (H, W) of the full image.
+        rng: the job's proposal stream.
+
+    Raises:
+        JobError: none of the draws drew a defect of at least `MIN_MODEL_PX` px.
+    """
+    n = PROPOSAL_DRAWS
+    z = rng.standard_normal((n, bundle.z_dim)).astype(np.float32)
+    types = [defect_type] * n
+    latent = latents_of(backend, bundle, space, z, types)
+    onehot = bundle.type_onehot(types) if space == "z" else None
+    _, logit = backend.synthesize(space, latent, onehot, good=np.repeat(good_m[None], n, 0))
+    whole = whole_defects(logit)
+    sizes = (logit[:, 0] > 0).sum((1, 2))
+    if whole.any():
+        pick = int(np.argmax(whole))
+    elif sizes.max() >= MIN_MODEL_PX:  # only edge-cut draws: the largest still gives a defect inside the window
+        pick = int(np.argmax(sizes))
+    else:
+        msg = (f"the generator drew no {defect_type} defect of >= {MIN_MODEL_PX} px in {n} proposals "
+               f"(use --mask-shape reference or procedural)")
+        raise JobError(msg)
+    full = np.zeros(shape, np.uint8)
+    crop.of(full)[...] = upsample(logit[pick], crop.size)[:, :, 0] > 0
+    if not full.any():
+        msg = f"the generator's {defect_type} proposal vanished at the image's resolution"
+        raise JobError(msg)
+    return Proposal(mask=full, latent=np.ascontiguousarray(latent[pick], np.float32), draw=pick)

@@ -1,0 +1,72 @@
+"""G proposes random targets (`--mask-shape generated`): the first whole drawn defect becomes the target, at the
+window's place in the full image, and its latent the inversion's start."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from defectgen.errors import JobError
+from defectgen.runtime.backends.ort import OrtBackend
+from defectgen.runtime.bundle import Bundle
+from defectgen.runtime.jobs.compose import Crop
+from defectgen.runtime.jobs.propose import MIN_MODEL_PX, PROPOSAL_DRAWS, propose_target, whole_defects
+
+
+class Drawn(OrtBackend):
+    """The toy bundle's engine, but synthesis returns the masks (logits) given here, one per draw."""
+
+    def __init__(self, bundle: Bundle, logits: np.ndarray) -> None:
+        super().__init__(bundle, threads=1)
+        self.logits, self.calls = logits, []
+
+    def synthesize(self, space, latent, type_onehot=None, good=None):  # type: ignore[no-untyped-def]
+        self.calls.append((space, latent.copy(), None if good is None else good.copy()))
+        return np.zeros((len(latent), 3, *self.logits.shape[-2:]), np.float32), self.logits
+
+
+def _logits(res: int, boxes: list[tuple[int, int, int, int] | None]) -> np.ndarray:
+    out = np.full((PROPOSAL_DRAWS, 1, res, res), -1.0, np.float32)
+    for i, box in enumerate(boxes):
+        if box is not None:
+            y0, x0, y1, x1 = box
+            out[i, 0, y0:y1, x0:x1] = 1.0
+    return out
+
+
+def test_whole_defects_need_size_and_no_edge() -> None:
+    logits = _logits(8, [(0, 2, 3, 5), (2, 2, 4, 4), (3, 3, 4, 4), (2, 2, 5, 5)])
+    assert whole_defects(logits)[:4].tolist() == [False, True, False, True]  # edge / 4 px / 1 px / 9 px
+    assert MIN_MODEL_PX == 4
+
+
+@pytest.mark.parametrize("space", ["wplus", "w", "z"])
+def test_first_whole_defect_becomes_the_target(bundle: Bundle, space: str) -> None:
+    r = bundle.resolution
+    drawn = Drawn(bundle, _logits(r, [None, (0, 0, 3, 3), (2, 3, 5, 6), (1, 1, 4, 4)]))
+    good = np.random.default_rng(0).uniform(-1, 1, (3, r, r)).astype(np.float32)
+    crop = Crop(10, 20, 10 + r, 20 + r)
+    p = propose_target(drawn, bundle, space=space, defect_type="crack", good_m=good, crop=crop, shape=(40, 60),
+                       rng=np.random.default_rng(1))
+    assert p.draw == 2  # 0 drew nothing, 1 touches the window's edge
+    want = np.zeros((40, 60), np.uint8)
+    want[12:15, 23:26] = 1
+    assert np.array_equal(p.mask, want)  # at the window's place, nothing outside it
+    drawn_space, latents, goods = drawn.calls[0]
+    assert drawn_space == space and np.array_equal(p.latent, latents[2]) and np.array_equal(goods[2], good)
+    again = propose_target(drawn, bundle, space=space, defect_type="crack", good_m=good, crop=crop, shape=(40, 60),
+                           rng=np.random.default_rng(1))
+    other = propose_target(drawn, bundle, space=space, defect_type="crack", good_m=good, crop=crop, shape=(40, 60),
+                           rng=np.random.default_rng(2))
+    assert np.array_equal(again.latent, p.latent) and not np.allclose(other.latent, p.latent)  # seeded draws
+
+
+def test_edge_cut_draws_are_the_fallback_and_nothing_is_an_error(bundle: Bundle) -> None:
+    r = bundle.resolution
+    good = np.zeros((3, r, r), np.float32)
+    kw = {"space": "w", "defect_type": "hole", "good_m": good, "crop": Crop.full((r, r)), "shape": (r, r),
+          "rng": np.random.default_rng(0)}
+    p = propose_target(Drawn(bundle, _logits(r, [(0, 0, 2, 2), (0, 0, 3, 3)])), bundle, **kw)
+    assert p.draw == 1  # only edge-cut draws: the largest
+    with pytest.raises(JobError, match="drew no hole defect"):
+        propose_target(Drawn(bundle, _logits(r, [None, (1, 1, 2, 2)])), bundle, **kw)
