@@ -144,7 +144,8 @@ def end_to_end(backend: Backend, bundle: Bundle, jobs: BenchJobs, config: Invers
                ) -> tuple[InversionResult, list[np.ndarray]]:
     """One end-to-end run: `invert` (init + steps + synthesis), then `compose_output` at full resolution."""
     result = invert(backend, bundle, jobs.batch, config=config)
-    finals = [compose_output(p, result.image[i], result.mask_logit[i], jobs.settings, bundle.resolution)[0]
+    finals = [compose_output(p, result.image[i], result.mask_logit[i], jobs.settings, bundle.resolution,
+                             layered=bundle.patch is not None)[0]
               for i, p in enumerate(jobs.prepared)]
     return result, finals
 

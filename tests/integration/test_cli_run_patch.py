@@ -101,3 +101,4 @@ def test_generated_targets_are_the_generators_own_proposals(setup: dict[str, Pat
                           "--random-masks", 1, "--out", tmp_path / "ref", "--steps", 2, "--backend", "ort-cpu")
     assert code == 0, err
     assert all(r["proposal"] is None for r in jobs_log(tmp_path / "ref"))
+

@@ -148,3 +148,54 @@ def test_patch_window_grows_for_a_large_target_and_is_cut_to_a_small_image() -> 
     small[5:10, 20:30] = 1
     crop, _ = Crop.around(small, 32)
     assert crop.size == (20, 32) and crop.of(small).sum() == small.sum()
+
+
+def test_hard_composite_recovers_the_layer_where_the_mask_is_on() -> None:
+    from defectgen.runtime.jobs.output import hard_composite
+
+    rng = np.random.default_rng(0)
+    good, colour = rng.uniform(-1, 1, (2, 3, 8, 8)).astype(np.float32)
+    logit = rng.normal(0, 3, (1, 8, 8)).astype(np.float32)
+    a = 1 / (1 + np.exp(-logit))
+    soft = a * colour + (1 - a) * good  # what the synthesis graph returns
+    hard = hard_composite(soft, logit, good)
+    on = np.broadcast_to(logit > 0, hard.shape)
+    assert on.any() and (~on).any()
+    np.testing.assert_allclose(hard[on], colour[on], atol=1e-5)
+    assert np.array_equal(hard[~on], good[~on])
+
+
+@pytest.mark.parametrize("layered", [True, False])
+def test_generated_labels_say_where_pixels_changed(layered: bool) -> None:
+    """`--mask-mode generated`: the composite follows G's label, not the larger target; a layered G's pixels
+    are its hard composite, so target pixels away from the label keep the input."""
+    from pathlib import Path
+
+    from defectgen.runtime.jobs.compose import Crop
+    from defectgen.runtime.jobs.invert import InversionConfig
+    from defectgen.runtime.jobs.output import compose_output
+    from defectgen.runtime.jobs.prepare import Prepared
+    from defectgen.runtime.jobs.settings import RunSettings
+    from defectgen.runtime.jobs.sources import JobSpec
+
+    r, rng = 16, np.random.default_rng(1)
+    image = rng.integers(40, 200, (r, r, 3), dtype=np.uint8)
+    target = np.zeros((r, r), np.uint8)
+    target[2:14, 2:14] = 1
+    logit = np.full((1, r, r), -4.0, np.float32)
+    logit[0, 6:9, 6:9] = 4.0  # G's mask: a 3x3 core of the 12x12 target
+    good = (image.transpose(2, 0, 1).astype(np.float32) / 127.5 - 1.0)
+    a = 1 / (1 + np.exp(-logit))
+    soft = (a * -1.0 + (1 - a) * good).astype(np.float32)  # a black layer, smoothly composited
+    spec = JobSpec(index=0, key="k", id="0" * 16, seed=0, image=Path("x.png"), mask=None, defect_type="crack")
+    p = Prepared(spec=spec, image=image, mask=target, crop=Crop.full(target.shape), good=good, mask_m=target[None],
+                 stitched=good, guide=image, reference=None)
+    settings = RunSettings(inversion=InversionConfig(), mask_mode="generated", feather_px=1.0, detail=False)
+    out, label = compose_output(p, soft, logit, settings, r, layered=layered)
+    assert np.array_equal(label, (logit[0] > 0).astype(np.uint8))
+    away = dilate(label, 1) == 0
+    if layered:
+        assert np.array_equal(out[away], image[away])  # only the label (and its 1 px feather) changed
+        assert (out[label > 0] == 0).all()  # the layer at full strength: black
+    else:  # a whole-part G's image is used as it is, but only around the label
+        assert np.array_equal(out[dilate(label, 2) == 0], image[dilate(label, 2) == 0])
