@@ -149,7 +149,8 @@ def train_patch(
     ckpt_every: Optional[int] = typer.Option(None, help="Steps between checkpoints (default 200)."),
     augment: Optional[str] = typer.Option(None, help="DiffAugment ops on every D input, comma list of "
                                                      "translation, flip, flipv, color; '' for none (default "
-                                                     "translation,color)."),
+                                                     "translation,color; with --resume it changes the run's "
+                                                     "augmentation from there on)."),
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in --out."),
 ) -> None:
     """Train the layered patch generator (defect layer over real good windows, native pixel scale)."""

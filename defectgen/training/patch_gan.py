@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -308,32 +309,35 @@ def _check_cfg(cfg: TrainPatchConfig) -> None:
     parse_policy(cfg.augment)
 
 
-def _resolve(cfg: TrainPatchConfig, out: Path, resume: bool) -> tuple[TrainPatchConfig, Checkpoint | None]:
-    """(cfg, g_cfg, d_cfg, checkpoint or None): a resume keeps the saved options except this call's budget."""
+def _resolve(cfg: TrainPatchConfig, out: Path, resume: bool,
+             override: Sequence[str] = ()) -> tuple[TrainPatchConfig, Checkpoint | None]:
+    """(cfg, checkpoint or None): a resume keeps the saved options except this call's budget and `override`."""
     ck = None
     if resume:
         ck = read_checkpoint(out / CKPT_NAME)
         if ck.meta.get("kind") != KIND:
             msg = f"{ck.path} is a {ck.meta.get('kind')!r} checkpoint, not a patch run"
             raise ConfigError(msg)
-        cfg = from_dict(TrainPatchConfig, {**ck.configs["train_patch"], "steps": cfg.steps, "minutes": cfg.minutes})
+        keep = {k: getattr(cfg, k) for k in ("steps", "minutes", *override)}
+        cfg = from_dict(TrainPatchConfig, {**ck.configs["train_patch"], **keep})
     _check_cfg(cfg)
     return cfg, ck
 
 
 def train_patch(cfg: TrainPatchConfig, out: str | os.PathLike[str], *, resume: bool = False, tiny: bool = False,
-                progress: bool = True) -> PatchResult:
+                progress: bool = True, override: Sequence[str] = ()) -> PatchResult:
     """Train (or resume) the layered patch GAN; see the module docstring for the run folder.
 
     Args:
         cfg: Training options (`cfg.data` is the MVTec-layout folder).
         out: Run folder.
-        resume: Continue from `out/checkpoint.safetensors`; its options win except `steps` and `minutes`.
+        resume: Continue from `out/checkpoint.safetensors`; its options win except `steps`, `minutes` and the
+            fields named in `override` (fine-tuning, e.g. D's augmentation from here on).
         tiny: Toy-sized nets (tests and smoke runs).
         progress: Show the tqdm bar.
     """
     out = Path(out)
-    cfg, ck = _resolve(cfg, out, resume)
+    cfg, ck = _resolve(cfg, out, resume, override)
     prepare_run_dir(out, resume)
     data = load_patch_data(cfg.data, window=cfg.window, scale=cfg.scale, held_in=cfg.held_in,
                            per_defect=cfg.per_defect, per_good=cfg.per_good, seed=cfg.seed)
@@ -360,7 +364,8 @@ def train_patch(cfg: TrainPatchConfig, out: str | os.PathLike[str], *, resume: b
 
 def train_patch_cli(*, data: Path, out: Path, resume: bool, **options: Any) -> None:
     """Entry of `defectgen train patch`: keyword options are TrainPatchConfig fields (None = default)."""
-    cfg = TrainPatchConfig(data=str(data), **{k: v for k, v in options.items() if v is not None})
-    result = train_patch(cfg, out, resume=resume)
+    given = {k: v for k, v in options.items() if v is not None}
+    cfg = TrainPatchConfig(data=str(data), **given)
+    result = train_patch(cfg, out, resume=resume, override=[k for k in ("augment",) if k in given])
     print(f"trained to step {result.step} -> {out / CKPT_NAME} (samples: {out / 'samples'}, "
           f"report: {out / 'report.json'})")

@@ -97,7 +97,14 @@ def test_cli_writes_checkpoint_samples_and_report(data, tmp_path):
     assert r.exit_code == 2 and "--resume" in r.output
     r = runner.invoke(app, ["train", "patch", "--data", str(data), "--out", str(out), "--steps", "3", "--resume"])
     assert r.exit_code == 0, r.output
-    assert read_checkpoint(out).step == 3
+    ck = read_checkpoint(out)
+    assert ck.step == 3 and ck.configs["train_patch"]["augment"] == "translation"  # the saved options win
+    # ... except --augment given on a resume: fine-tuning with another augmentation from here on
+    r = runner.invoke(app, ["train", "patch", "--data", str(data), "--out", str(out), "--steps", "4", "--resume",
+                            "--augment", "flip"])
+    assert r.exit_code == 0, r.output
+    ck = read_checkpoint(out)
+    assert ck.step == 4 and ck.configs["train_patch"]["augment"] == "flip"
 
 
 @pytest.mark.parametrize(("args", "message"), [(["--window", "48"], "--window"),
