@@ -29,7 +29,8 @@ from defectgen.runtime.backends import Backend, load_backend, plan_chunks, resol
 from defectgen.runtime.bundle import Bundle
 from defectgen.runtime.jobs.invert import InversionBatch, InversionConfig, InversionResult, invert
 from defectgen.runtime.jobs.output import compose_output
-from defectgen.runtime.jobs.prepare import Prepared, inversion_batch, prepare
+from defectgen.runtime.jobs.prepare import Prepared, inversion_batch, prepare, proposal_rng
+from defectgen.runtime.jobs.propose import propose_target
 from defectgen.runtime.jobs.settings import RunSettings, resolve_settings
 from defectgen.runtime.jobs.sources import JobSpec, check_types, image_jobs
 
@@ -69,7 +70,8 @@ def example_specs(bundle: Bundle, n: int, *, seed: int = 0, types: Sequence[str]
 
 
 def make_jobs(bundle: Bundle, n: int, *, seed: int = 0, types: Sequence[str] | None = None,
-              parts: Sequence[Path] | None = None, settings: RunSettings | None = None) -> BenchJobs:
+              parts: Sequence[Path] | None = None, settings: RunSettings | None = None,
+              backend: Backend | None = None) -> BenchJobs:
     """`n` realistic jobs (`example_specs`) through the runtime's own `prepare`.
 
     Args:
@@ -79,12 +81,21 @@ def make_jobs(bundle: Bundle, n: int, *, seed: int = 0, types: Sequence[str] | N
         types: defect types to cycle through (default: every non-"good" type of the bundle).
         parts: good-part image files to use instead of the shipped example parts.
         settings: run settings (default: the bundle's recommended ones).
+        backend: the engine G proposes targets with (`--mask-shape generated`); None: a one-thread ONNX
+            Runtime CPU backend when the settings need one.
 
     Returns:
         The prepared jobs.
     """
     settings = settings or resolve_settings(bundle)
-    prepared = [prepare(s, bundle, settings) for s in example_specs(bundle, n, seed=seed, types=types, parts=parts)]
+    specs = example_specs(bundle, n, seed=seed, types=types, parts=parts)
+    if backend is None and settings.mask_shape == "generated":
+        from defectgen.runtime.backends.ort import OrtBackend
+
+        with OrtBackend(bundle, threads=1) as be:
+            prepared = [prepare(s, bundle, settings, be) for s in specs]
+    else:
+        prepared = [prepare(s, bundle, settings, backend) for s in specs]
     return BenchJobs(prepared=prepared, settings=settings, batch=inversion_batch(prepared))
 
 
@@ -142,7 +153,13 @@ def time_step(backend: Backend, bundle: Bundle, jobs: BenchJobs, *, space: str =
 
 def end_to_end(backend: Backend, bundle: Bundle, jobs: BenchJobs, config: InversionConfig,
                ) -> tuple[InversionResult, list[np.ndarray]]:
-    """One end-to-end run: `invert` (init + steps + synthesis), then `compose_output` at full resolution."""
+    """One end-to-end run: G's target proposals (jobs that have one: the same draws again), `invert` (init +
+    steps + synthesis), then `compose_output` at full resolution.
+    """
+    for p in jobs.prepared:
+        if p.proposal is not None:
+            propose_target(backend, bundle, space=config.space, defect_type=p.spec.defect_type, good_m=p.good,
+                           crop=p.crop, shape=p.mask.shape, rng=proposal_rng(p.spec))
     result = invert(backend, bundle, jobs.batch, config=config)
     finals = [compose_output(p, result.image[i], result.mask_logit[i], jobs.settings, bundle.resolution,
                              layered=bundle.patch is not None)[0]
@@ -230,7 +247,7 @@ def run_bench(bundle_path: str | os.PathLike[str] | None = None, *, batches: Seq
     rows_step, rows_e2e = [], []
     with load_backend(bundle, name, **({"threads": threads} if threads else {})) as be:
         for b in batches:
-            jobs = make_jobs(bundle, b, seed=b, settings=settings)
+            jobs = make_jobs(bundle, b, seed=b, settings=settings, backend=be)
             row = time_step(be, bundle, jobs, space=space, repeats=repeats, budget_s=10 if quick else 60)
             row.update(step_graph_flops(bundle, space, b))
             row["share_of_ceiling"] = step_share(row["flops"], row["median_s"], ceiling)
@@ -251,8 +268,10 @@ def run_bench(bundle_path: str | os.PathLike[str] | None = None, *, batches: Seq
             "bundle": {"source": str(bundle.source), "resolution": bundle.resolution, "space": space},
             "backend": name, "threads": threads, "ceiling": ceiling, "step": rows_step, "end_to_end": rows_e2e,
             "profile": prof,
-            "notes": ["end to end = encoder init + K Adam steps + synthesis + feathered full-resolution composite; "
-                      "jobs are prepared by the runtime's `prepare` as in `defectgen run` (not timed); early stop off"]}
+            "notes": ["end to end = G's target proposals (random targets with --mask-shape generated) + encoder init "
+                      "+ K Adam steps + synthesis + feathered full-resolution composite; jobs are otherwise prepared "
+                      "by the runtime's `prepare` as in `defectgen run` (reading, placing, stitching: not timed); "
+                      "early stop off"]}
 
 
 def _ms(s: float | None) -> str:

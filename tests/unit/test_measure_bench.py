@@ -112,10 +112,12 @@ def test_run_bench_quick_on_toy_bundle(toy: Path) -> None:
     assert "load avg" in stamp_line(r["machine"])
 
 
-def test_bench_and_run_give_the_model_identical_inputs(toy: Path, tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("mask_shape", ["reference", "generated"])
+def test_bench_and_run_give_the_model_identical_inputs(toy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       mask_shape: str) -> None:
     """The same jobs through `defectgen run` (the demo's source) and `defectgen bench` reach `invert` with
-    identical model inputs and inversion settings (bench only turns early stopping off)."""
+    identical model inputs and inversion settings (bench only turns early stopping off), G's proposed targets
+    and their start latents included."""
     import defectgen.measure.bench as bench_mod
     import defectgen.runtime.jobs.prepare as prepare_mod
     from defectgen.runtime.backends import load_backend
@@ -132,7 +134,8 @@ def test_bench_and_run_give_the_model_identical_inputs(toy: Path, tmp_path: Path
     monkeypatch.setattr(prepare_mod, "invert", recording("run", prepare_mod.invert))
     monkeypatch.setattr(bench_mod, "invert", recording("bench", bench_mod.invert))
     bundle = Bundle.load(toy)
-    request = make_request(bundle=bundle, source=Source("examples", EXAMPLES), types=None, seed=3, batch=4)
+    request = make_request(bundle=bundle, source=Source("examples", EXAMPLES), types=None, seed=3, batch=4,
+                           mask_shape=mask_shape)
     run_request(request, out=tmp_path / "out", backend="ort-cpu", progress=False)
     jobs = bench.make_jobs(bundle, 4, seed=3, settings=request.settings)
     with load_backend(bundle, "ort-cpu", threads=1) as be:
@@ -141,9 +144,16 @@ def test_bench_and_run_give_the_model_identical_inputs(toy: Path, tmp_path: Path
     assert run_batch.types == bench_batch.types and len(run_batch) == 4
     for name in ("good", "mask", "stitched"):
         np.testing.assert_array_equal(getattr(run_batch, name), getattr(bench_batch, name))
+    if mask_shape == "generated":
+        assert run_batch.starts is not None and all(s is not None for s in run_batch.starts)
+        for a, b in zip(run_batch.starts, bench_batch.starts, strict=True):
+            np.testing.assert_array_equal(a, b)
+    else:
+        assert run_batch.starts is None and bench_batch.starts is None
     assert bench_cfg.early_stop_patience == 0
     assert dataclasses.replace(bench_cfg, early_stop_patience=run_cfg.early_stop_patience, seed=run_cfg.seed) == run_cfg
-    assert bench.make_jobs(bundle, 4, seed=3).settings == request.settings  # bench's default: the bundle's
+    if mask_shape == "reference":
+        assert bench.make_jobs(bundle, 4, seed=3).settings == request.settings  # bench's default: the bundle's
 
 
 def test_cli_bench_quick_writes_json(toy: Path, tmp_path: Path) -> None:

@@ -66,6 +66,11 @@ def job_rng(spec: JobSpec, stream: int) -> np.random.Generator:
     return np.random.default_rng([spec.seed, stream])
 
 
+def proposal_rng(spec: JobSpec) -> np.random.Generator:
+    """The stream of G's proposal draws: per job *and* variant, so variants propose different defects."""
+    return np.random.default_rng([spec.seed, _RNG_PROPOSAL, spec.variant])
+
+
 @functools.lru_cache(maxsize=64)
 def _read_reference(image: str, mask: str) -> tuple[np.ndarray, np.ndarray]:
     # the bank holds a few small crops that every job reuses: read each once
@@ -194,9 +199,8 @@ def prepare(spec: JobSpec, bundle: Bundle, settings: RunSettings, backend: Backe
         if backend is None:
             msg = "--mask-shape generated needs the model to propose targets: prepare was given no backend"
             raise JobError(msg)
-        rng = np.random.default_rng([spec.seed, _RNG_PROPOSAL, spec.variant])
         proposal = propose_target(backend, bundle, space=settings.inversion.space, defect_type=spec.defect_type,
-                                  good_m=good, crop=crop, shape=mask.shape, rng=rng)
+                                  good_m=good, crop=crop, shape=mask.shape, rng=proposal_rng(spec))
         mask, start, moved = proposal.mask, proposal.latent, None
         mask_m = model_inputs(image, mask, crop, res)[1]
         proposal_draw = proposal.draw
