@@ -34,6 +34,22 @@ def erode(mask: np.ndarray, px: int) -> np.ndarray:
     return cv2.erode(m, _disk(int(px))) if px > 0 else m
 
 
+def drop_specks(mask: np.ndarray, min_px: float) -> np.ndarray:
+    """The {0,1} mask without its 8-connected pieces smaller than `min_px` pixels (stray specks of a drawn mask).
+
+    When every piece is smaller, the largest one stays, so a non-empty mask stays non-empty.
+    """
+    m = (mask > 0).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
+    if n <= 2:
+        return m
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    keep = np.flatnonzero(areas >= min_px) + 1
+    if not len(keep):
+        keep = np.array([int(np.argmax(areas)) + 1])
+    return np.isin(labels, keep).astype(np.uint8)
+
+
 def feather(mask: np.ndarray, px: int) -> np.ndarray:
     """Soft alpha for compositing: 1 on the whole mask, easing to 0 at `px` pixels outside it.
 

@@ -187,3 +187,18 @@ def test_place_reference_at_a_given_scale_ignores_the_crop_size():
     for scale, want in ((1.0, 60), (2.0, 240)):
         _, target = place_reference(good, part, ref, ref_mask, np.random.default_rng(1), ref_scale=scale)
         assert abs(int(target.sum()) - want) <= 0.1 * want
+
+
+def test_drop_specks_keeps_pieces_of_min_size_or_else_the_largest() -> None:
+    from defectgen.data.masks import drop_specks
+
+    m = np.zeros((20, 20), np.uint8)
+    m[2:6, 2:6] = 1  # 16 px
+    m[10, 10] = 1  # a 1 px speck
+    m[15:17, 15:17] = 1  # 4 px
+    out = drop_specks(m, 4)
+    assert out[2:6, 2:6].all() and out[15:17, 15:17].all() and out.sum() == 20
+    small = np.zeros((6, 6), np.uint8)
+    small[1, 1] = 1
+    small[3:5, 3] = 1  # 1 px and 2 px, both below 4: the larger stays, never empty
+    assert drop_specks(small, 4).sum() == 2 and drop_specks(small, 4)[3:5, 3].all()

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from defectgen.data.imageio import RGB8, PixelFormat, mask_to_model, to_model
-from defectgen.data.masks import dilate, feather
+from defectgen.data.masks import dilate, drop_specks, feather
 from defectgen.errors import JobError
 
 WINDOW_FILL = 0.75  # a target's box may fill this share of a patch window; the rest is surface context
@@ -143,6 +143,9 @@ def detail_layer(guide: np.ndarray, guide_m: np.ndarray) -> Detail:
     return Detail(guide.astype(np.float32) - low, low)
 
 
+MIN_PIECE_MODEL_PX = 2  # generated labels drop pieces smaller than this (model pixels)
+
+
 def feather_px(crop: Crop, res: int, model_px: float) -> int:
     """A feather width given in model pixels, in full-resolution pixels of `crop` (at least 1)."""
     return max(1, round(model_px * crop.scale(res)))
@@ -198,7 +201,9 @@ def alpha_for(mask: np.ndarray, crop: Crop, res: int, model_px: float) -> np.nda
 
 
 def generated_mask(mask_logit: np.ndarray, target: np.ndarray, crop: Crop, res: int, model_px: float) -> np.ndarray:
-    """`--mask-mode generated`: σ(G_mask) > 0.5 at full resolution, kept only within the dilated target mask.
+    """`--mask-mode generated`: σ(G_mask) > 0.5 at full resolution, kept only within the dilated target mask,
+    without specks smaller than `MIN_PIECE_MODEL_PX` model pixels (stray single pixels of G's mask head: with the
+    composite following the label, their pixels then stay as they were).
 
     Raises:
         JobError: nothing of the generated mask lies within the dilated target (the model drew no defect).
@@ -210,4 +215,5 @@ def generated_mask(mask_logit: np.ndarray, target: np.ndarray, crop: Crop, res: 
     if not out.any():
         msg = "generated mask is empty within the target region (try --mask-mode target or more --steps)"
         raise JobError(msg)
+    region[...] = drop_specks(region, MIN_PIECE_MODEL_PX * crop.scale(res) ** 2)
     return out

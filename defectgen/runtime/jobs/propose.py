@@ -4,7 +4,8 @@ Inverting G onto a borrowed shape (a real defect's mask moved to the part) asks 
 may not draw; it then spreads a faint layer over twice the target's area. A free sample of G has its own,
 exact mask and the contrast of real defects, so for random targets we let G propose: draw `PROPOSAL_DRAWS`
 latents of the job's type over the job's good window, keep the first whose mask is a whole defect (at least
-`MIN_MODEL_PX` model pixels, not cut by the window's edge), and make that mask the job's target. The inversion
+`MIN_MODEL_PX` model pixels, not cut by the window's edge), and make that mask, without stray specks, the job's
+target. The inversion
 then starts from that latent: its steps pull the appearance toward the stitched real defect and keep the mask
 on the target, and the output label is exact.
 
@@ -18,10 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from defectgen.data.masks import drop_specks
 from defectgen.errors import JobError
 from defectgen.runtime.backends import Backend
 from defectgen.runtime.bundle import Bundle
-from defectgen.runtime.jobs.compose import Crop, upsample
+from defectgen.runtime.jobs.compose import MIN_PIECE_MODEL_PX, Crop, upsample
 from defectgen.runtime.jobs.invert import latents_of
 
 PROPOSAL_DRAWS = 8  # latents drawn per job; the first whole defect among them is kept
@@ -77,7 +79,8 @@ def propose_target(backend: Backend, bundle: Bundle, *, space: str, defect_type:
                f"(use --mask-shape reference or procedural)")
         raise JobError(msg)
     full = np.zeros(shape, np.uint8)
-    crop.of(full)[...] = upsample(logit[pick], crop.size)[:, :, 0] > 0
+    drawn = (upsample(logit[pick], crop.size)[:, :, 0] > 0).astype(np.uint8)
+    crop.of(full)[...] = drop_specks(drawn, MIN_PIECE_MODEL_PX * crop.scale(bundle.resolution) ** 2)
     if not full.any():
         msg = f"the generator's {defect_type} proposal vanished at the image's resolution"
         raise JobError(msg)
