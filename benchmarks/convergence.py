@@ -5,7 +5,8 @@
     python benchmarks/convergence.py --quick --bundle B    # smoke test: 8 jobs, 20 steps, the bundle's first space
 
 Jobs: held-out good parts (freshly rendered procedural parts the model never saw, or `--images DIR`), a random
-target mask of every defect type in turn, a real defect from the bundle's bank stitched in, as `defectgen run`
+target mask of every defect type in turn (shaped like a real defect, `--mask-shape reference`: the inversion onto
+a given shape is what the encoder is for), a real defect from the bundle's bank stitched in, as `defectgen run`
 prepares them. Every run goes through the runtime's one loop (`invert`, ONNX Runtime CPU) with a constant
 learning rate (the bundle's default) and early stopping off, so the result after k steps is the prefix of one
 long run: a wrapper around the backend records the latent each step is evaluated at.
@@ -39,6 +40,7 @@ from defectgen.runtime.backends import load_backend
 from defectgen.runtime.bundle import Bundle
 from defectgen.runtime.bundle.manifest import LOSS_TERMS
 from defectgen.runtime.jobs.invert import InversionBatch, InversionConfig, invert
+from defectgen.runtime.jobs.settings import resolve_settings
 
 INITS = ("encoder", "wavg", "random")
 EVAL_STEPS = (0, 1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60, 70, 80, 100, 120, 150, 200)
@@ -212,7 +214,9 @@ def main() -> None:
     n_parts = -(-n_jobs // max(1, len(bundle.defect_types) - 1))  # each part gets every defect type, as in the demo
     with tempfile.TemporaryDirectory() as tmp:
         parts = held_out_parts(n_parts, bundle.resolution, a.images, Path(tmp))
-        jobs = bench.make_jobs(bundle, n_jobs, seed=2026, parts=parts)
+        # targets shaped like real defects, never G's own proposals: those would start every init at the proposal
+        jobs = bench.make_jobs(bundle, n_jobs, seed=2026, parts=parts,
+                               settings=resolve_settings(bundle, mask_shape="reference"))
     ref_at = min(100, steps)
     runs = []
     with load_backend(bundle, "ort-cpu", threads=a.threads) as be:
