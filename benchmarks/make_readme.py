@@ -74,7 +74,8 @@ from copy-paste. Each step is in `downstream/pipeline.py`; the figures in `downs
 - **Sources**, 500 images each, made once (seed 0) on the same good images in the same order: `defectgen` (the
   bundle's recommended run settings; for the shipped bundles G proposes each random target, defect and mask),
   `defectgen_g1` (`--guide-weight 1 --mask-mode target`: the held-in reference pasted into the same targets,
-  i.e. copy-paste through defectgen's pipeline and masks), `defectgen_g0` (`--guide-weight 0`: the generator alone), `copypaste`, `draem`, `cutpaste`, `mix`
+  i.e. copy-paste through defectgen's pipeline and masks), `defectgen_g0` (`--guide-weight 0`: the generator
+  alone), `copypaste`, `draem`, `cutpaste`, `mix`
   (even jobs from defectgen, odd from copy-paste), `real` (the held-in defects themselves, a reference). A
   defectgen variant with the same guide weight as the main row is the same set and is reported as `= defectgen`.
 - **Segmenter**: one U-Net (8 channels, 4 levels, 128 px, 500 Adam steps of 16 images, half good half

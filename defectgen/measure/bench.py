@@ -10,6 +10,7 @@ clock starts; early stopping is off while timing, so every run does exactly K st
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -46,6 +47,13 @@ class BenchJobs:
 
     def __len__(self) -> int:
         return len(self.prepared)
+
+    def as_given_targets(self) -> BenchJobs:
+        """The same targets as given masks: no proposal to redraw, every sample starts from the configured init
+        (for a reference method that inverts onto the targets, e.g. idinvert's w_avg start).
+        """
+        prepared = [dataclasses.replace(p, start=None, proposal=None) for p in self.prepared]
+        return BenchJobs(prepared=prepared, settings=self.settings, batch=inversion_batch(prepared))
 
 
 def example_specs(bundle: Bundle, n: int, *, seed: int = 0, types: Sequence[str] | None = None,

@@ -148,6 +148,9 @@ def test_bench_and_run_give_the_model_identical_inputs(toy: Path, tmp_path: Path
         assert run_batch.starts is not None and all(s is not None for s in run_batch.starts)
         for a, b in zip(run_batch.starts, bench_batch.starts, strict=True):
             np.testing.assert_array_equal(a, b)
+        given = jobs.as_given_targets()  # a reference method's view: same targets, its own init, nothing to redraw
+        assert given.batch.starts is None and all(p.proposal is None for p in given.prepared)
+        np.testing.assert_array_equal(given.batch.mask, jobs.batch.mask)
     else:
         assert run_batch.starts is None and bench_batch.starts is None
     assert bench_cfg.early_stop_patience == 0

@@ -213,7 +213,8 @@ def generated_mask(mask_logit: np.ndarray, target: np.ndarray, crop: Crop, res: 
     region = crop.of(out)
     region[...] = (logit > 0).astype(np.uint8) & dilate(crop.of(target), feather_px(crop, res, model_px))
     if not out.any():
-        msg = "generated mask is empty within the target region (try --mask-mode target or more --steps)"
+        msg = ("generated mask is empty within the target region: G's mask left it during the steps "
+               "(try --mask-mode target or other --steps)")
         raise JobError(msg)
     region[...] = drop_specks(region, MIN_PIECE_MODEL_PX * crop.scale(res) ** 2)
     return out

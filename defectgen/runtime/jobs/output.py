@@ -21,7 +21,8 @@ def hard_composite(image_m: np.ndarray, mask_logit: np.ndarray, good_m: np.ndarr
     of `a`); where `a > 0.5` the colour is `(image − (1 − a)·good) / a`, an exact inverse with a divisor >= 0.5.
     """
     logit = np.asarray(mask_logit, np.float32)
-    a = 1.0 / (1.0 + np.exp(-logit))
+    with np.errstate(over="ignore"):  # exp(-logit) overflows to inf far outside the mask: a = 0 there, as it should
+        a = 1.0 / (1.0 + np.exp(-logit))
     colour = (np.asarray(image_m, np.float32) - (1.0 - a) * good_m) / np.maximum(a, 0.5)
     return np.where(logit > 0, colour, good_m).astype(np.float32)
 
