@@ -169,7 +169,8 @@ def init_latent(backend: Backend, bundle: Bundle, batch: InversionBatch, config:
     their own start there (module docstring).
     """
     c0 = _configured_init(backend, bundle, batch, config, rng)
-    picks = [i for i, (_, k) in enumerate(batch.variants or []) if k > 0]
+    own = [s is not None for s in batch.starts] if batch.starts is not None else [False] * len(batch)
+    picks = [i for i, (_, k) in enumerate(batch.variants or []) if k > 0 and not own[i]]
     if picks:
         z = np.stack([np.random.default_rng([seed, k]).standard_normal(bundle.z_dim)
                       for seed, k in (batch.variants[i] for i in picks)]).astype(np.float32)  # type: ignore[index]
