@@ -54,6 +54,7 @@ class ToyModel:
         self.Gi, self.Gm = mat(nw, 3 * r2), mat(nw, r2)
         self.P = {s: mat(7 * r2 + (t if s == "z" else 0), K * self.n_latent(s), scale=2.0) for s in ("wplus", "w", "z")}
         self.w_avg = {ty: np.tanh(self.C[i]).astype(np.float32) for i, ty in enumerate(self.types)}
+        self.Dc, self.Dt = mat(4 * r2, 1), mat(t, 1)  # drawn last: the other weights stay as they were
 
     def n_latent(self, space: str) -> int:
         return {"wplus": self.num_ws * self.w_dim, "w": self.w_dim, "z": self.z_dim}[space]
@@ -65,6 +66,10 @@ class ToyModel:
     def encode(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
         x = np.concatenate([image, mask], 1).reshape(len(image), -1)
         return np.tanh(x @ self.E).reshape(-1, self.num_ws, self.w_dim)
+
+    def critic(self, image: np.ndarray, mask: np.ndarray, onehot: np.ndarray) -> np.ndarray:
+        x = np.concatenate([image, mask], 1).reshape(len(image), -1)
+        return (x @ self.Dc + onehot @ self.Dt)[:, 0]
 
     def map(self, z: np.ndarray, onehot: np.ndarray) -> np.ndarray:
         return np.tanh(z @ self.A + onehot @ self.C)
@@ -209,6 +214,16 @@ def build_step(m: ToyModel, space: str, batch: int, path: Path, nan_above: float
     g.save(path, ins, [("terms", [batch, K]), ("grad", [batch, *m.latent_shape(space)])])
 
 
+def build_critic(m: ToyModel, path: Path) -> None:
+    """A linear "realness" of (image, mask, type): enough to run the critic's I/O path."""
+    g, r, t = _Graph(), m.res, len(m.types)
+    x = _flat(g, g.op("Concat", "image", "mask", axis=1), 4 * r * r)
+    score = g.op("Add", g.op("MatMul", x, g.const(m.Dc)), g.op("MatMul", "type_onehot", g.const(m.Dt)))
+    g.output(score, "score")
+    g.save(path, [("image", ["B", 3, r, r]), ("mask", ["B", 1, r, r]), ("type_onehot", ["B", t])],
+           [("score", ["B", 1])])
+
+
 def io_specs(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """Declared I/O read back from the ONNX file (what the exporter's describe_onnx_io does)."""
     model = onnx.load(path, load_external_data=False)
@@ -228,11 +243,12 @@ def _write_png(path: Path, arr: np.ndarray) -> None:
 
 def make_toy_bundle(out: Path, *, model: ToyModel | None = None, spaces: tuple[str, ...] = ("wplus", "w", "z"),
                     batches: tuple[int, ...] = (1, 4), nan_above: float | None = None,
-                    zip_path: Path | None = None, patch_scale: float | None = None) -> Path:
+                    zip_path: Path | None = None, patch_scale: float | None = None,
+                    critic: bool = True) -> Path:
     """Write a complete, valid bundle folder (and optionally a zip of it); returns the folder.
 
     With `patch_scale`, a patch-mode bundle: window = the model's resolution at that pixel scale, a synthesis
-    that draws over the good window (an input), no encoder (init wavg).
+    that draws over the good window (an input), no encoder (init wavg) and, unless `critic` is False, a critic.
     """
     m = model or ToyModel()
     out.mkdir(parents=True, exist_ok=True)
@@ -240,6 +256,8 @@ def make_toy_bundle(out: Path, *, model: ToyModel | None = None, spaces: tuple[s
     builders: list[tuple[str, FileEntry, object]] = [] if layered else [
         ("encoder.onnx", FileEntry(role="encoder"), lambda p: build_encoder(m, p))]
     builders.append(("mapping.onnx", FileEntry(role="mapping"), lambda p: build_mapping(m, p)))
+    if layered and critic:
+        builders.append(("critic.onnx", FileEntry(role="critic"), lambda p: build_critic(m, p)))
     for s in spaces:
         builders.append((f"synthesis_{s}.onnx", FileEntry(role="synthesis", space=s),
                          lambda p, s=s: build_synthesis(m, s, p, layered)))

@@ -285,7 +285,7 @@ def _real_or_none(data_root: str | os.PathLike[str] | None, types: list[str], re
 
 def _export_graphs(G: nn.Module, E: nn.Module | None, D: nn.Module, dims: ModelDims, folder: Path,
                    spaces: list[str], batches: list[int], opset: int) -> list[GraphResult]:
-    todo = plan(spaces, batches, encoder=E is not None)
+    todo = plan(spaces, batches, encoder=E is not None, critic=dims.layered)
     log.info("exporting %d graphs (res %d, spaces %s, step batches %s, opset %d)", len(todo), dims.resolution,
              ",".join(spaces), ",".join(map(str, batches)), opset)
     results = []

@@ -6,13 +6,15 @@
 | mapping | `mapping.onnx` | symbolic `B` | same, `G.mapping(z, type_onehot)` |
 | synthesis | `synthesis_<space>.onnx` | symbolic `B` | same, `G.synthesis(to_wplus(latent)[, good])` |
 | step | `step_<space>_b<B>.onnx` | fixed | `make_fx` of `objective.make_step`, then dynamo on the GraphModule |
+| critic | `critic.onnx` | symbolic `B` | same, `objective.critic_score(D, image, mask, type_onehot)`; patch only |
 
 Every function takes the frozen nets, the model sizes and an output path, writes one finished ONNX file
 (`onnx_tools.finish_graph`: simplified, checked, policy-clean, with metadata) and returns a `GraphResult`. The
 `@logged` decorator prints one progress line per graph (time, size, node count, top ops) and re-raises
 failures with the graph's name. Dependencies are explicit: nothing here reads a checkpoint or the manifest.
 A layered (patch) G (`ModelDims.layered`) adds the good window as the synthesis graphs' second input; a bundle
-without an encoder simply skips the `encoder` row (`plan(..., encoder=False)`).
+without an encoder simply skips the `encoder` row (`plan(..., encoder=False)`); only a patch bundle has a
+critic (it ranks G's target proposals; `plan(..., critic=True)`).
 """
 
 from __future__ import annotations
@@ -36,7 +38,16 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from defectgen import __version__
 from defectgen.export import onnx_tools
-from defectgen.export.objective import check_space, freeze, is_layered, make_step, synthesize, to_wplus, w_avg_table
+from defectgen.export.objective import (
+    check_space,
+    critic_score,
+    freeze,
+    is_layered,
+    make_step,
+    synthesize,
+    to_wplus,
+    w_avg_table,
+)
 from defectgen.runtime.bundle.manifest import FORMAT, FORMAT_VERSION, LOSS_TERMS
 
 log = logging.getLogger("defectgen.export")
@@ -126,6 +137,8 @@ def example_inputs(kind: str, dims: ModelDims, *, space: str | None = None, batc
 
     if kind == "encoder":
         return {"image": img(), "mask": mask}
+    if kind == "critic":
+        return {"image": img(), "mask": mask, "type_onehot": onehot}
     if kind == "mapping":
         return {"z": torch.randn(b, dims.z_dim, generator=g), "type_onehot": onehot}
     latent = torch.randn(*dims.latent_shape(check_space(space or ""), b), generator=g)
@@ -158,6 +171,15 @@ class _Mapping(nn.Module):
 
     def forward(self, z: Tensor, type_onehot: Tensor) -> Tensor:
         return self.G.mapping(z, type_onehot)
+
+
+class _Critic(nn.Module):
+    def __init__(self, D: nn.Module) -> None:
+        super().__init__()
+        self.D = D
+
+    def forward(self, image: Tensor, mask: Tensor, type_onehot: Tensor) -> Tensor:
+        return critic_score(self.D, image, mask, type_onehot)
 
 
 class _Synthesis(nn.Module):
@@ -339,6 +361,16 @@ def export_step(G: nn.Module, E: nn.Module | None, D: nn.Module, *, dims: ModelD
     return _finish("step", model, path, meta, fixed=True, space=space, batch=batch)
 
 
+@logged
+def export_critic(G: nn.Module | None, E: nn.Module | None, D: nn.Module, *, dims: ModelDims, path: Path,
+                  opset: int, space: str | None = None, batch: int | None = None) -> GraphResult:
+    """`critic.onnx`: (image, mask, type_onehot) -> score [B, 1], D's per-sample realness, symbolic batch."""
+    freeze(D)
+    inputs = example_inputs("critic", dims)
+    model = _export(_Critic(D), inputs, ["score"], opset, dynamic_batch=True)
+    return _finish("critic", model, path, _metadata("critic", dims, opset=opset), fixed=False)
+
+
 @dataclass(frozen=True)
 class GraphKind:
     """One row of the export table."""
@@ -356,24 +388,26 @@ GRAPHS: dict[str, GraphKind] = {
     "synthesis": GraphKind(export_synthesis, lambda s, b: f"synthesis_{s}.onnx", True, False,
                            ("image", "mask_logit")),
     "step": GraphKind(export_step, lambda s, b: f"step_{s}_b{b}.onnx", True, True, ("terms", "grad")),
+    "critic": GraphKind(export_critic, lambda s, b: "critic.onnx", False, False, ("score",)),
 }
 
 
-def plan(spaces: list[str], batches: list[int], *,
-         encoder: bool = True) -> list[tuple[str, str | None, int | None, str]]:
+def plan(spaces: list[str], batches: list[int], *, encoder: bool = True,
+         critic: bool = False) -> list[tuple[str, str | None, int | None, str]]:
     """Every graph a bundle with these spaces and step batches holds: `(kind, space, batch, file name)`.
 
     Args:
         spaces: latent spaces.
         batches: fixed step batch sizes.
         encoder: include the encoder graph (False: a bundle that never starts from an encoder).
+        critic: include D's score (a patch bundle: it ranks G's target proposals).
 
     Returns:
         The list in export order (cheap forward graphs first).
     """
     out: list[tuple[str, str | None, int | None, str]] = []
     for kind, spec in GRAPHS.items():
-        if kind == "encoder" and not encoder:
+        if (kind == "encoder" and not encoder) or (kind == "critic" and not critic):
             continue
         for space in (spaces if spec.per_space else [None]):
             for batch in (batches if spec.per_batch else [None]):

@@ -97,6 +97,17 @@ def synthesize(G: nn.Module, wp: Tensor, good: Tensor | None = None) -> tuple[Te
     return G.synthesis(wp, good)
 
 
+def critic_score(D: nn.Module, image: Tensor, mask: Tensor, type_onehot: Tensor) -> Tensor:
+    """D's realness logit [B, 1] of (composite, mask {0,1}) for the bundle's one-hot (over "good" + defect
+    types), each sample on its own: a patch D knows only the defect types, so the "good" column is dropped.
+    """
+    n = int(D.cfg.n_types)
+    if type_onehot.shape[1] < n:
+        msg = f"type_onehot has {type_onehot.shape[1]} columns, D judges {n} types"
+        raise ValueError(msg)
+    return D(image, mask, type_onehot[:, type_onehot.shape[1] - n:], per_sample=True)
+
+
 def _mse(a: Tensor, b: Tensor | float = 0.0) -> Tensor:
     """Per-sample mean squared difference over all non-batch dims -> (B,)."""
     return (a - b).square().flatten(1).mean(1)

@@ -12,7 +12,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from defectgen.export.objective import check_space, freeze, is_layered, make_step, synthesize, to_wplus
+from defectgen.export.objective import (
+    check_space,
+    critic_score,
+    freeze,
+    is_layered,
+    make_step,
+    synthesize,
+    to_wplus,
+)
 from defectgen.runtime.bundle.manifest import LOSS_TERMS
 
 
@@ -87,6 +95,11 @@ class TorchBackend:
             args.append(self._t(type_onehot))
         terms, grad = self._steps[space](*args)
         return self._np(terms), self._np(grad)
+
+    def critic(self, image: np.ndarray, mask: np.ndarray, type_onehot: np.ndarray) -> np.ndarray:
+        """D's per-sample realness score (B,) (`objective.critic_score`)."""
+        with torch.no_grad():
+            return self._np(critic_score(self.D, self._t(image), self._t(mask), self._t(type_onehot)))[:, 0]
 
     def step_batches(self, space: str) -> list[int]:
         """Batch sizes this backend mirrors (it runs any batch size)."""

@@ -131,6 +131,8 @@ def _real_feeds(g: GraphResult, dims: ModelDims, ref: TorchBackend, real: RealIn
         return {"image": r.defective, "mask": r.mask}
     if g.kind == "mapping":
         return {"z": rng.standard_normal((len(r.good), dims.z_dim)).astype(np.float32), "type_onehot": r.type_onehot}
+    if g.kind == "critic":  # real defective windows and their masks, as D judged in training
+        return {"image": r.defective, "mask": r.mask, "type_onehot": r.type_onehot}
     assert g.space is not None
     feeds = {"latent": _real_latent(ref, g.space, r, rng, dims)}
     if g.kind == "step":
@@ -147,6 +149,8 @@ def _torch_outputs(g: GraphResult, ref: TorchBackend, feeds: dict[str, np.ndarra
         return {"wplus": ref.encode(feeds["image"], feeds["mask"])}
     if g.kind == "mapping":
         return {"w": ref.map(feeds["z"], feeds["type_onehot"])}
+    if g.kind == "critic":
+        return {"score": ref.critic(feeds["image"], feeds["mask"], feeds["type_onehot"])[:, None]}
     assert g.space is not None
     onehot = feeds.get("type_onehot")
     if g.kind == "synthesis":

@@ -152,6 +152,25 @@ def test_runtime_backend_feeds_good_and_matches_torch(bundle_dir, nets):
         tb.encode(x["good"], x["mask"])
 
 
+def test_critic_is_ds_per_sample_score_on_the_defect_types(bundle_dir, nets):
+    G, D = nets
+    b = Bundle.load(bundle_dir)
+    assert b.has_critic and b.entry("critic.onnx").role == "critic"
+    report = json.loads((bundle_dir / "verify.json").read_text())
+    assert {("critic.onnx", "random"), ("critic.onnx", "real")} <= {(c["file"], c["inputs"]) for c in report["checks"]}
+    x = _feeds("critic", nets, None, 6, seed=2)
+    x["type_onehot"] = np.eye(len(TINY_TYPES), dtype=np.float32)[[1, 2, 1, 2, 1, 2]]  # defect types only
+    got = _sess(bundle_dir / "critic.onnx").run(None, x)[0][:, 0]
+    with torch.no_grad():  # the patch D sees the defect columns; each sample scored on its own
+        want = torch.cat([D(*(torch.from_numpy(v[i:i + 1]) for v in (x["image"], x["mask"])),
+                            torch.from_numpy(x["type_onehot"][i:i + 1, 1:])) for i in range(6)])[:, 0].numpy()
+    assert _rel(got, want) <= 1e-4
+    with load_backend(b, "ort-cpu") as ob:  # the runtime's call: order-independent scores
+        order = np.array([3, 0, 5, 1, 4, 2])
+        shuffled = ob.critic(*(v[order] for v in x.values()))
+    assert _rel(shuffled, got[order]) <= 1e-5
+
+
 def test_graphs_are_policy_clean(bundle_dir):
     for path in sorted(bundle_dir.glob("*.onnx")):
         model = onnx.load(str(path))

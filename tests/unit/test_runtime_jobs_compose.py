@@ -151,7 +151,7 @@ def test_patch_window_grows_for_a_large_target_and_is_cut_to_a_small_image() -> 
 
 
 def test_hard_composite_recovers_the_layer_where_the_mask_is_on() -> None:
-    from defectgen.runtime.jobs.output import hard_composite
+    from defectgen.runtime.jobs.compose import hard_composite
 
     rng = np.random.default_rng(0)
     good, colour = rng.uniform(-1, 1, (2, 3, 8, 8)).astype(np.float32)

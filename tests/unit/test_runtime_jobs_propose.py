@@ -1,7 +1,9 @@
-"""G proposes random targets (`--mask-shape generated`): the first whole drawn defect becomes the target, at the
-window's place in the full image, and its latent the inversion's start."""
+"""G proposes random targets (`--mask-shape generated`): the whole drawn defect D scores highest (without a critic:
+the first) becomes the target, at the window's place in the full image, and its latent the inversion's start."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -12,13 +14,21 @@ from defectgen.runtime.bundle import Bundle
 from defectgen.runtime.jobs.compose import Crop
 from defectgen.runtime.jobs.propose import MIN_MODEL_PX, PROPOSAL_DRAWS, propose_target, whole_defects
 
+if TYPE_CHECKING:
+    from toy_bundle import ToyModel
+
 
 class Drawn(OrtBackend):
-    """The toy bundle's engine, but synthesis returns the masks (logits) given here, one per draw."""
+    """The toy bundle's engine, but synthesis returns the masks (logits) given here, one per draw, and the critic
+    the given scores."""
 
-    def __init__(self, bundle: Bundle, logits: np.ndarray) -> None:
+    def __init__(self, bundle: Bundle, logits: np.ndarray, scores: np.ndarray | None = None) -> None:
         super().__init__(bundle, threads=1)
-        self.logits, self.calls = logits, []
+        self.logits, self.scores, self.calls, self.judged = logits, scores, [], []
+
+    def critic(self, image, mask, type_onehot):  # type: ignore[no-untyped-def]
+        self.judged.append((image.copy(), mask.copy(), type_onehot.copy()))
+        return self.scores
 
     def synthesize(self, space, latent, type_onehot=None, good=None):  # type: ignore[no-untyped-def]
         self.calls.append((space, latent.copy(), None if good is None else good.copy()))
@@ -70,3 +80,46 @@ def test_edge_cut_draws_are_the_fallback_and_nothing_is_an_error(bundle: Bundle)
     assert p.draw == 1  # only edge-cut draws: the largest
     with pytest.raises(JobError, match="drew no hole defect"):
         propose_target(Drawn(bundle, _logits(r, [None, (1, 1, 2, 2)])), bundle, **kw)
+
+
+@pytest.fixture
+def patch_bundle(tmp_path, toy: ToyModel, toy_bundle_factory) -> Bundle:  # type: ignore[no-untyped-def]
+    return Bundle.load(toy_bundle_factory(tmp_path / "bundle", model=toy, patch_scale=1.0))
+
+
+def test_the_critic_picks_the_most_real_whole_defect(patch_bundle: Bundle) -> None:
+    b, r = patch_bundle, patch_bundle.resolution
+    assert b.has_critic
+    logits = _logits(r, [(2, 2, 4, 4), (0, 0, 4, 4), (1, 1, 5, 5), (3, 3, 6, 6)])
+    scores = np.array([0.5, 9.0, 2.0, 1.0, 8.0, 8.0, 8.0, 8.0], np.float32)  # 1: edge-cut; 4..7: drew nothing
+    drawn = Drawn(b, logits, scores)
+    good = np.random.default_rng(0).uniform(-1, 1, (3, r, r)).astype(np.float32)
+    p = propose_target(drawn, b, space="wplus", defect_type="hole", good_m=good, crop=Crop.full((r, r)),
+                       shape=(r, r), rng=np.random.default_rng(0))
+    assert p.draw == 2 and p.score == 2.0  # the best-scored whole defect, not the first (0) nor the edge-cut (1)
+    image, mask, onehot = drawn.judged[0]
+    assert np.array_equal(mask, (logits > 0).astype(np.float32))  # D judges the binary mask ...
+    outside = np.broadcast_to(logits <= 0, image.shape)
+    assert np.array_equal(image[outside], np.broadcast_to(good, image.shape)[outside])  # ... on the hard composite
+    assert (onehot.argmax(1) == b.type_index("hole")).all()
+
+
+def test_real_critic_graph_scores_each_draw(patch_bundle: Bundle, toy: ToyModel) -> None:
+    r = patch_bundle.resolution
+    rng = np.random.default_rng(3)
+    image = rng.uniform(-1, 1, (5, 3, r, r)).astype(np.float32)
+    mask = (rng.uniform(0, 1, (5, 1, r, r)) > 0.7).astype(np.float32)
+    onehot = patch_bundle.type_onehot(["crack", "hole", "good", "crack", "hole"])
+    with OrtBackend(patch_bundle, threads=1) as ob:
+        got = ob.critic(image, mask, onehot)
+    assert got.shape == (5,) and np.allclose(got, toy.critic(image, mask, onehot), atol=1e-5)
+
+
+def test_without_a_critic_the_first_whole_defect_is_kept(tmp_path, toy: ToyModel, toy_bundle_factory) -> None:  # type: ignore[no-untyped-def]
+    b = Bundle.load(toy_bundle_factory(tmp_path / "bundle", model=toy, patch_scale=1.0, critic=False))
+    r = b.resolution
+    assert not b.has_critic
+    drawn = Drawn(b, _logits(r, [(2, 2, 4, 4), (1, 1, 5, 5)]), np.zeros(PROPOSAL_DRAWS, np.float32))
+    p = propose_target(drawn, b, space="w", defect_type="hole", good_m=np.zeros((3, r, r), np.float32),
+                       crop=Crop.full((r, r)), shape=(r, r), rng=np.random.default_rng(0))
+    assert p.draw == 0 and p.score is None and not drawn.judged

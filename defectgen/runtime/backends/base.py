@@ -61,6 +61,12 @@ class Backend(Protocol):
         """Fixed batch sizes of the exported step graphs for `space` (any batch size is accepted by `step`)."""
         ...
 
+    def critic(self, image: np.ndarray, mask: np.ndarray, type_onehot: np.ndarray) -> np.ndarray:
+        """D's realness score of (composite, mask {0,1}) windows of the given types -> (B,); higher: more real.
+        Only bundles with a critic graph (`Bundle.has_critic`) have one.
+        """
+        ...
+
     def close(self) -> None:
         """Free sessions, engines and device buffers. Safe to call twice."""
         ...
@@ -169,6 +175,11 @@ class GraphBackend(ABC):
 
     def step_batches(self, space: str) -> list[int]:
         return self.bundle.step_batches(space)
+
+    def critic(self, image: np.ndarray, mask: np.ndarray, type_onehot: np.ndarray) -> np.ndarray:
+        feeds = self._batch({"image": (image, self._image_shape), "mask": (mask, self._mask_shape),
+                             "type_onehot": (type_onehot, self._onehot_shape)})
+        return self._run_symbolic(self.bundle.graph_file("critic"), feeds)["score"][:, 0]
 
     # ---- helpers -----------------------------------------------------------------------------------------
     @property

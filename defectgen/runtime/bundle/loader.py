@@ -140,6 +140,11 @@ class Bundle:
         return bool(self.manifest.graph_files("encoder"))
 
     @property
+    def has_critic(self) -> bool:
+        """The bundle has D's realness score (`critic.onnx`), which ranks G's target proposals."""
+        return bool(self.manifest.graph_files("critic"))
+
+    @property
     def patch(self) -> PatchInfo | None:
         """Window and pixel scale of a patch-mode bundle (None: the model sees whole parts)."""
         return self.manifest.patch
@@ -200,7 +205,7 @@ class Bundle:
         return self.manifest.files[file]
 
     def graph_file(self, role: str, space: str | None = None) -> str:
-        """Relative name of the encoder / mapping / synthesis graph (for synthesis: of `space`).
+        """Relative name of the encoder / mapping / synthesis / critic graph (for synthesis: of `space`).
 
         Raises:
             BundleError: no such graph in this bundle.

@@ -36,8 +36,9 @@ READ_VERSIONS = (1, 2)  # 1: every graph embeds its own weights; the layout is o
 LOSS_TERMS = ("mask", "bg", "def", "pix", "dom", "prior")  # order of `terms` columns and of the `lambdas` input
 SPACES = ("wplus", "w", "z")
 # "weights": an ONNX external-data file (listed so its checksum is verified); "report": verify.json
-ROLES = ("encoder", "mapping", "synthesis", "step", "bank", "weights", "report", "other")
-GRAPH_ROLES = ("encoder", "mapping", "synthesis", "step")
+# "critic": D's realness score, optional (a patch bundle ranks G's target proposals with it)
+ROLES = ("encoder", "mapping", "synthesis", "step", "critic", "bank", "weights", "report", "other")
+GRAPH_ROLES = ("encoder", "mapping", "synthesis", "step", "critic")
 MANIFEST_NAME = "manifest.json"
 
 Dim = int | str  # a fixed size, or the name of a symbolic dimension ("B")
@@ -300,7 +301,7 @@ class Manifest:
         """The inputs and outputs a graph of this role must have (docs/bundle.md "Files").
 
         Args:
-            role: `encoder`, `mapping`, `synthesis` or `step`.
+            role: `encoder`, `mapping`, `synthesis`, `step` or `critic`.
             space: latent space, for `synthesis` and `step`.
             batch: the batch dimension: a name for symbolic graphs, the fixed size for step graphs.
 
@@ -319,6 +320,8 @@ class Manifest:
             return [img, msk], [TensorSpec("wplus", [b, self.num_ws, self.w_dim])]
         if role == "mapping":
             return [TensorSpec("z", [b, self.z_dim]), onehot], [TensorSpec("w", [b, self.w_dim])]
+        if role == "critic":
+            return [img, msk, onehot], [TensorSpec("score", [b, 1])]
         if space not in latent:
             msg = f"role {role!r} needs a latent space, one of {', '.join(SPACES)}; got {space!r}"
             raise BundleError(msg)

@@ -218,3 +218,17 @@ def generated_mask(mask_logit: np.ndarray, target: np.ndarray, crop: Crop, res: 
         raise JobError(msg)
     region[...] = drop_specks(region, MIN_PIECE_MODEL_PX * crop.scale(res) ** 2)
     return out
+
+
+def hard_composite(image_m: np.ndarray, mask_logit: np.ndarray, good_m: np.ndarray) -> np.ndarray:
+    """A layered G's composite as its D judged it in training: G's colour where its mask is on (σ > 0.5), the
+    good window elsewhere. Shapes broadcast: one window (3,R,R) or a batch (B,3,R,R).
+
+    The synthesis graph returns the smooth composite `a·colour + (1 − a)·good` (the inversion needs the gradient
+    of `a`); where `a > 0.5` the colour is `(image − (1 − a)·good) / a`, an exact inverse with a divisor >= 0.5.
+    """
+    logit = np.asarray(mask_logit, np.float32)
+    with np.errstate(over="ignore"):  # exp(-logit) overflows to inf far outside the mask: a = 0 there, as it should
+        a = 1.0 / (1.0 + np.exp(-logit))
+    colour = (np.asarray(image_m, np.float32) - (1.0 - a) * good_m) / np.maximum(a, 0.5)
+    return np.where(logit > 0, colour, good_m).astype(np.float32)

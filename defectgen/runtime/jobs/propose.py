@@ -3,11 +3,16 @@
 Inverting G onto a borrowed shape (a real defect's mask moved to the part) asks it for a defect of a shape it
 may not draw; it then spreads a faint layer over twice the target's area. A free sample of G has its own,
 exact mask and the contrast of real defects, so for random targets we let G propose: draw `PROPOSAL_DRAWS`
-latents of the job's type over the job's good window, keep the first whose mask is a whole defect (at least
-`MIN_MODEL_PX` model pixels, not cut by the window's edge), and make that mask, without stray specks, the job's
-target. The inversion
-then starts from that latent: its steps pull the appearance toward the stitched real defect and keep the mask
-on the target, and the output label is exact.
+latents of the job's type over the job's good window; among the whole defects (at least `MIN_MODEL_PX` model
+pixels, not cut by the window's edge) keep the one G's own discriminator scores most real (the bundle's critic
+graph: discriminator ranking, as in discriminator rejection sampling, Azadi et al. 2019; a bundle without a
+critic keeps the first), and make that mask, without stray specks, the job's target. The inversion then starts
+from that latent: its steps pull the appearance toward the stitched real defect and keep the mask on the target,
+and the output label is exact.
+
+Why rank: the draws D scores lowest are the fragmented, smeared or cut-off shapes that D learnt to tell from
+real defects; the top-scored are whole strokes, round holes and clustered prints (docs/design.md, "Who draws the
+target").
 
 Randomness: the draws come from the job's seed and its variant number, so variants propose different defects
 and a job's proposal does not depend on its batch.
@@ -23,10 +28,10 @@ from defectgen.data.masks import drop_specks
 from defectgen.errors import JobError
 from defectgen.runtime.backends import Backend
 from defectgen.runtime.bundle import Bundle
-from defectgen.runtime.jobs.compose import MIN_PIECE_MODEL_PX, Crop, upsample
+from defectgen.runtime.jobs.compose import MIN_PIECE_MODEL_PX, Crop, hard_composite, upsample
 from defectgen.runtime.jobs.invert import latents_of
 
-PROPOSAL_DRAWS = 8  # latents drawn per job; the first whole defect among them is kept
+PROPOSAL_DRAWS = 8  # latents drawn per job; the whole defect D scores highest among them is kept
 MIN_MODEL_PX = 4  # a proposal's mask must cover at least this many model pixels
 
 
@@ -37,6 +42,7 @@ class Proposal:
     mask: np.ndarray  # uint8 HxW {0,1}, zero outside the crop
     latent: np.ndarray  # (*latent shape) float32 in the run's space
     draw: int  # which of the draws was kept (recorded in jobs.jsonl)
+    score: float | None = None  # its critic score (None: the bundle has no critic)
 
 
 def whole_defects(mask_logit: np.ndarray) -> np.ndarray:
@@ -67,11 +73,16 @@ def propose_target(backend: Backend, bundle: Bundle, *, space: str, defect_type:
     types = [defect_type] * n
     latent = latents_of(backend, bundle, space, z, types)
     onehot = bundle.type_onehot(types) if space == "z" else None
-    _, logit = backend.synthesize(space, latent, onehot, good=np.repeat(good_m[None], n, 0))
+    goods = np.repeat(good_m[None], n, 0)
+    image, logit = backend.synthesize(space, latent, onehot, good=goods)
     whole = whole_defects(logit)
     sizes = (logit[:, 0] > 0).sum((1, 2))
+    scores = None
+    if bundle.has_critic:
+        scores = backend.critic(hard_composite(image, logit, goods), (logit > 0).astype(np.float32),
+                                bundle.type_onehot(types))
     if whole.any():
-        pick = int(np.argmax(whole))
+        pick = int(np.argmax(np.where(whole, scores, -np.inf))) if scores is not None else int(np.argmax(whole))
     elif sizes.max() >= MIN_MODEL_PX:  # only edge-cut draws: the largest still gives a defect inside the window
         pick = int(np.argmax(sizes))
     else:
@@ -84,4 +95,5 @@ def propose_target(backend: Backend, bundle: Bundle, *, space: str, defect_type:
     if not full.any():
         msg = f"the generator's {defect_type} proposal vanished at the image's resolution"
         raise JobError(msg)
-    return Proposal(mask=full, latent=np.ascontiguousarray(latent[pick], np.float32), draw=pick)
+    return Proposal(mask=full, latent=np.ascontiguousarray(latent[pick], np.float32), draw=pick,
+                    score=None if scores is None else float(scores[pick]))
