@@ -151,6 +151,9 @@ def train_patch(
                                                      "translation, flip, flipv, color; '' for none (default "
                                                      "translation,color; with --resume it changes the run's "
                                                      "augmentation from there on)."),
+    shape_weight: Optional[float] = typer.Option(None, help="Weight of a mask-only shape discriminator on G "
+                                                            "(default 0 = none; with --resume it adds one from "
+                                                            "there on)."),
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in --out."),
 ) -> None:
     """Train the layered patch generator (defect layer over real good windows, native pixel scale)."""
@@ -158,7 +161,7 @@ def train_patch(
 
     train_patch_cli(data=data, out=out, resume=resume, window=window, scale=scale, held_in=held_in,
                     minutes=minutes, steps=steps, batch=batch, seed=seed, sample_every=sample_every,
-                    ckpt_every=ckpt_every, augment=augment)
+                    ckpt_every=ckpt_every, augment=augment, shape_weight=shape_weight)
 
 
 @train_app.command("patch-encoder")

@@ -104,6 +104,7 @@ class TrainPatchConfig:
     augment: str = "translation,color"  # DiffAugment ops applied to all D inputs (image and mask together)
     ms_weight: float = 0.1          # mode-seeking weight (DFMGAN/MSGAN): different latents -> different defects
     ms_cap: float = 1.0             # the ratio |dx| / |dw| stops being rewarded above this (no reward for noise)
+    shape_weight: float = 0.0       # weight of a mask-only shape D's adversarial term on G (0: no shape D)
     per_defect: int = 64            # augmented windows cut per held-in defect image
     per_good: int = 8               # augmented windows cut per good training image
     log_every: int = 20             # steps between log.jsonl lines

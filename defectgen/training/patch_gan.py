@@ -2,7 +2,10 @@
 
 G draws a defect layer (colour + alpha) over a random *real* good window; D sees (composite, mask) against real
 defective windows of the held-in images, unpaired, with the same DiffAugment on both. Non-saturating loss +
-lazy R1, EMA generator, and a mode-seeking term so different latents give different defects.
+lazy R1, EMA generator, and a mode-seeking term so different latents give different defects. With
+`shape_weight` > 0 a second, mask-only D (`D_shape`: the same architecture at half the channels, its image input
+zeros) judges G's hard mask against the real masks: the joint D can pass a fake on its colours alone, this one
+judges nothing but the shape (thickness, branching, how many pieces).
 
 Run folder: `config.json`, `held_in.json` (the only defective files the run saw), `checkpoint.safetensors`
 (kind "patch"; see checkpoint.py), `log.jsonl`, `samples/NNNNNN.png` (the learning curve: fixed z and good
@@ -16,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,15 +65,20 @@ class PatchState:
     types: list[str]
     held_in: dict[str, list[str]]
     step: int = 0
+    D_shape: PatchDiscriminator | None = None  # mask-only D (`cfg.shape_weight` > 0)
+    opt_D_shape: torch.optim.Optimizer | None = None
 
     def configs(self) -> dict[str, dict[str, Any]]:
         return {"patch_generator": to_dict(self.g_cfg), "patch_discriminator": to_dict(self.d_cfg),
                 "train_patch": to_dict(self.cfg)}
 
     def save(self, out: Path) -> Path:
-        return _save(out / CKPT_NAME, kind=KIND, step=self.step,
-                     modules={"G": self.G, "G_ema": self.G_ema, "D": self.D},
-                     optimizers={"opt_G": self.opt_G, "opt_D": self.opt_D}, configs=self.configs(),
+        modules: dict[str, torch.nn.Module] = {"G": self.G, "G_ema": self.G_ema, "D": self.D}
+        optimizers = {"opt_G": self.opt_G, "opt_D": self.opt_D}
+        if self.D_shape is not None and self.opt_D_shape is not None:
+            modules["D_shape"], optimizers["opt_D_shape"] = self.D_shape, self.opt_D_shape
+        return _save(out / CKPT_NAME, kind=KIND, step=self.step, modules=modules, optimizers=optimizers,
+                     configs=self.configs(),
                      extra={"defect_types": self.types, "held_in": self.held_in, "scale": self.cfg.scale})
 
 
@@ -92,6 +100,11 @@ def model_configs(window: int, n_types: int, tiny: bool = False) -> tuple[PatchG
     return PatchGeneratorConfig(window=window, n_types=n_types), PatchDiscriminatorConfig(res=window, n_types=n_types)
 
 
+def shape_d_config(d_cfg: PatchDiscriminatorConfig) -> PatchDiscriminatorConfig:
+    """The mask-only D: the joint D's architecture at half its channels (a shape needs less than a texture)."""
+    return replace(d_cfg, channel_base=max(d_cfg.channel_base // 2, 16), channel_max=max(d_cfg.channel_max // 2, 8))
+
+
 def _adam(params: Any, lr: float, betas: tuple[float, float], interval: int | None) -> torch.optim.Adam:
     if interval:  # lazy regularisation: compensate lr and betas for the extra R1 steps (StyleGAN2 appendix)
         ratio = interval / (interval + 1)
@@ -107,9 +120,13 @@ def build_state(cfg: TrainPatchConfig, g_cfg: PatchGeneratorConfig, d_cfg: Patch
     G_ema = PatchGenerator(g_cfg).eval()
     G_ema.load_state_dict(G.state_dict())
     set_trainable(G_ema, False)
-    return PatchState(G=G, G_ema=G_ema, D=D, opt_G=_adam(G.parameters(), cfg.lr_g, cfg.betas, None),
-                      opt_D=_adam(D.parameters(), cfg.lr_d, cfg.betas, cfg.r1_interval), cfg=cfg, g_cfg=g_cfg,
-                      d_cfg=d_cfg, types=types, held_in=held_in)
+    st = PatchState(G=G, G_ema=G_ema, D=D, opt_G=_adam(G.parameters(), cfg.lr_g, cfg.betas, None),
+                    opt_D=_adam(D.parameters(), cfg.lr_d, cfg.betas, cfg.r1_interval), cfg=cfg, g_cfg=g_cfg,
+                    d_cfg=d_cfg, types=types, held_in=held_in)
+    if cfg.shape_weight > 0:
+        st.D_shape = PatchDiscriminator(shape_d_config(d_cfg))
+        st.opt_D_shape = _adam(st.D_shape.parameters(), cfg.lr_d, cfg.betas, cfg.r1_interval)
+    return st
 
 
 def restore_state(ck: Checkpoint, cfg: TrainPatchConfig) -> PatchState:
@@ -121,6 +138,9 @@ def restore_state(ck: Checkpoint, cfg: TrainPatchConfig) -> PatchState:
         getattr(st, name).load_state_dict(ck.state_dict(name))
     load_optimizer(st.opt_G, ck, "opt_G")
     load_optimizer(st.opt_D, ck, "opt_D")
+    if st.D_shape is not None and st.opt_D_shape is not None and ck.has("D_shape"):
+        st.D_shape.load_state_dict(ck.state_dict("D_shape"))  # else a fresh one: fine-tuning adds it
+        load_optimizer(st.opt_D_shape, ck, "opt_D_shape")
     st.step = ck.step
     return st
 
@@ -173,8 +193,29 @@ def _d_phase(st: PatchState, fake: tuple[torch.Tensor, ...], real: tuple[torch.T
     return stats
 
 
+def _shape_phase(st: PatchState, f_mask: torch.Tensor, r_mask: torch.Tensor, c_fake: torch.Tensor,
+                 c_real: torch.Tensor, do_r1: bool) -> dict[str, float]:
+    """The mask-only D's step: G's hard masks against the real ones, image input zeros, same augmentation."""
+    assert st.D_shape is not None and st.opt_D_shape is not None
+    cfg = st.cfg
+    st.opt_D_shape.zero_grad(set_to_none=True)
+    zeros = torch.zeros(f_mask.shape[0], 3, *f_mask.shape[2:])
+    d_fake = st.D_shape(*augment(zeros, f_mask, cfg.augment), c_fake)
+    loss, stats = d_loss(st.D_shape, d_fake, zeros, r_mask, c_real, cfg.augment, do_r1=do_r1,
+                         r1_gamma=cfg.r1_gamma, r1_interval=cfg.r1_interval)
+    loss.backward()
+    st.opt_D_shape.step()
+    return {f"shape_{k}": v for k, v in stats.items()}
+
+
+def _shape_adv(st: PatchState, alpha: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    assert st.D_shape is not None
+    zeros = torch.zeros(alpha.shape[0], 3, *alpha.shape[2:])
+    return F.softplus(-st.D_shape(*augment(zeros, alpha, st.cfg.augment), c)).mean()
+
+
 def patch_step(st: PatchState, data: PatchData) -> dict[str, float]:
-    """One D step (+ lazy R1), one G step (adversarial + mode seeking), EMA and the w_avg update."""
+    """One D step (+ lazy R1; + the shape D's), one G step (adversarial + shape + mode seeking), EMA, w_avg."""
     cfg, step = st.cfg, st.step
     torch.manual_seed(step_seed(cfg.seed, step, 0))
     idx = torch.randint(len(data.defects), (cfg.batch,))
@@ -190,6 +231,10 @@ def patch_step(st: PatchState, data: PatchData) -> dict[str, float]:
     do_r1 = cfg.r1_interval > 0 and cfg.r1_gamma > 0 and step % cfg.r1_interval == 0
     stats = _d_phase(st, (f_img, f_mask, c), real, do_r1)
     st.opt_D.step()
+    if st.D_shape is not None:
+        set_trainable(st.D_shape, True)
+        stats.update(_shape_phase(st, f_mask, real[1], c, real[2], do_r1))
+        set_trainable(st.D_shape, False)
 
     set_trainable(st.G, True)
     set_trainable(st.D, False)
@@ -200,6 +245,10 @@ def patch_step(st: PatchState, data: PatchData) -> dict[str, float]:
     # maximise the diversity ratio, clipped: a constant gradient near collapse (1/ratio explodes exactly
     # there) and no reward for noise once latents already differ by `ms_cap`
     loss = adv - cfg.ms_weight * ratio.clamp(max=cfg.ms_cap).mean()
+    if st.D_shape is not None:
+        shape = _shape_adv(st, alpha, c)
+        loss = loss + cfg.shape_weight * shape
+        stats["loss_G_shape"] = shape.item()
     loss.backward()
     st.opt_G.step()
     st.G.mapping.update_w_avg(w.detach(), c)
@@ -255,9 +304,10 @@ def plot_curves(log_path: Path, png: Path) -> None:
     import matplotlib.pyplot as plt
 
     lines = [json.loads(s) for s in log_path.read_text().splitlines() if s.strip()]
-    keys = ["loss_D", "loss_G", "loss_R1", "D_real", "D_fake", "ms_ratio", "mask_fake", "mask_real"]
+    groups = (["loss_D", "loss_G", "loss_R1", "shape_loss_D", "loss_G_shape"],
+              ["D_real", "D_fake", "shape_D_real", "shape_D_fake"], ["ms_ratio", "mask_fake", "mask_real"])
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for ax, group in zip(axes, (keys[:3], keys[3:5], keys[5:]), strict=True):
+    for ax, group in zip(axes, groups, strict=True):
         for k in group:
             pts = [(r["step"], r[k]) for r in lines if k in r]
             if pts:
@@ -284,7 +334,9 @@ def _report(st: PatchState, data: PatchData, out: Path, wall_s: float) -> dict[s
                               "real_mask_coverage": round(float(data.masks[data.types == t].mean()), 4)}
     rep = {"kind": KIND, "step": st.step, "windows_seen": st.step * st.cfg.batch,
            "wall_s_this_call": round(wall_s, 1), "threads": torch.get_num_threads(), "defect_types": st.types,
-           "params": {"G": count_params(st.G), "D": count_params(st.D)}, "per_type": per_type,
+           "params": {"G": count_params(st.G), "D": count_params(st.D),
+                      **({"D_shape": count_params(st.D_shape)} if st.D_shape is not None else {})},
+           "per_type": per_type,
            "n_good_windows": int(data.goods.shape[0]), "curves": "report.png"}
     write_json(out / "report.json", rep)
     plot_curves(out / "log.jsonl", out / "report.png")
@@ -297,6 +349,9 @@ def _report(st: PatchState, data: PatchData, out: Path, wall_s: float) -> dict[s
 def _check_cfg(cfg: TrainPatchConfig) -> None:
     if cfg.batch < 2 or cfg.batch % 2:
         msg = f"--batch must be even and >= 2 (fakes come in pairs), got {cfg.batch}"
+        raise ConfigError(msg)
+    if cfg.shape_weight < 0:
+        msg = f"--shape-weight must be >= 0, got {cfg.shape_weight}"
         raise ConfigError(msg)
     if not 0.25 <= cfg.scale <= 16 or cfg.steps < 1 or (cfg.minutes is not None and cfg.minutes <= 0):
         msg = f"need 0.25 <= --scale <= 16, --steps >= 1, --minutes > 0; got {cfg.scale}, {cfg.steps}, {cfg.minutes}"
@@ -332,7 +387,7 @@ def train_patch(cfg: TrainPatchConfig, out: str | os.PathLike[str], *, resume: b
         cfg: Training options (`cfg.data` is the MVTec-layout folder).
         out: Run folder.
         resume: Continue from `out/checkpoint.safetensors`; its options win except `steps`, `minutes` and the
-            fields named in `override` (fine-tuning, e.g. D's augmentation from here on).
+            fields named in `override` (fine-tuning, e.g. D's augmentation or a shape D from here on).
         tiny: Toy-sized nets (tests and smoke runs).
         progress: Show the tqdm bar.
     """
@@ -366,6 +421,6 @@ def train_patch_cli(*, data: Path, out: Path, resume: bool, **options: Any) -> N
     """Entry of `defectgen train patch`: keyword options are TrainPatchConfig fields (None = default)."""
     given = {k: v for k, v in options.items() if v is not None}
     cfg = TrainPatchConfig(data=str(data), **given)
-    result = train_patch(cfg, out, resume=resume, override=[k for k in ("augment",) if k in given])
+    result = train_patch(cfg, out, resume=resume, override=[k for k in ("augment", "shape_weight") if k in given])
     print(f"trained to step {result.step} -> {out / CKPT_NAME} (samples: {out / 'samples'}, "
           f"report: {out / 'report.json'})")

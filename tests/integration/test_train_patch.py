@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 from defectgen.cli import app
 from defectgen.data.procedural import make_dataset
 from defectgen.errors import DataError
+from defectgen.nets.patch import PatchDiscriminator
+from defectgen.training import patch_gan
 from defectgen.training.checkpoint import read_checkpoint
 from defectgen.training.config import TrainPatchConfig
 from defectgen.training.patch_data import MIN_DEFECT_PX, load_patch_data
@@ -105,6 +107,47 @@ def test_cli_writes_checkpoint_samples_and_report(data, tmp_path):
     assert r.exit_code == 0, r.output
     ck = read_checkpoint(out)
     assert ck.step == 4 and ck.configs["train_patch"]["augment"] == "flip"
+
+
+def test_shape_d_judges_masks_only_and_can_join_a_resumed_run(data, tmp_path):
+    train_patch(cfg(data, 2), tmp_path / "run", tiny=True, progress=False)
+    assert not read_checkpoint(tmp_path / "run").has("D_shape")
+    tuned = train_patch(cfg(data, 4, shape_weight=0.5), tmp_path / "run", resume=True, tiny=True, progress=False,
+                        override=["shape_weight"])
+    ck = read_checkpoint(tmp_path / "run")
+    assert ck.has("D_shape") and ck.configs["train_patch"]["shape_weight"] == 0.5
+    last = tuned.history[-1]
+    assert all(np.isfinite(last[k]) for k in ("shape_loss_D", "shape_D_real", "shape_D_fake", "loss_G_shape"))
+    st = tuned.state
+    assert st.D_shape is not None and sum(p.numel() for p in st.D_shape.parameters()) < sum(
+        p.numel() for p in st.D.parameters())  # half the channels
+    # resuming keeps it; in a step it sees masks (real and G's) but no pixels: its image input is flat
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    real_forward = PatchDiscriminator.forward
+
+    def spy(self, image, mask, type_onehot, **kw):  # type: ignore[no-untyped-def]
+        if self is st_shape[0]:
+            seen.append((image.detach().clone(), mask.detach().clone()))
+        return real_forward(self, image, mask, type_onehot, **kw)
+
+    st_shape: list[object] = []
+    original = patch_gan.patch_step
+
+    def step(st, data):  # type: ignore[no-untyped-def]
+        st_shape[:] = [st.D_shape]
+        return original(st, data)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(PatchDiscriminator, "forward", spy)
+        mp.setattr(patch_gan, "patch_step", step)
+        again = train_patch(cfg(data, 5), tmp_path / "run", resume=True, tiny=True, progress=False)
+    assert again.state.D_shape is not None and again.step == 5
+    assert len(seen) >= 2  # its own step and G's
+    for image, mask in seen:
+        assert torch.all(image.flatten(2).std(2) == 0) and mask.sum() > 0
+    r = runner.invoke(app, ["train", "patch", "--data", str(data), "--out", str(tmp_path / "bad"), "--window",
+                            str(P), "--shape-weight", "-1"])
+    assert r.exit_code == 2 and "--shape-weight must be >= 0" in r.output
 
 
 @pytest.mark.parametrize(("args", "message"), [(["--window", "48"], "--window"),
