@@ -273,6 +273,9 @@ def run(
     scale: Optional[float] = typer.Option(None, help="Patch-mode bundles: data px per model px of the window, for "
                                                      "images taken at another scale (default: the bundle's)."),
     variants: int = typer.Option(1, help="Generate K different defects for each target (different latent inits)."),
+    proposals: Optional[int] = typer.Option(None, help="--mask-shape generated: latents G draws per target; its "
+                                                       "discriminator keeps the most real whole defect (default "
+                                                       "32; fewer is faster)."),
 ) -> None:
     """Generate defective images with exact masks (torch-free edge runtime). Rerun to resume.
 
@@ -284,7 +287,7 @@ def run(
                    random_masks=random_masks, types=_csv(types), space=space, steps=steps, lr=lr,
                    lambdas=lambda_ or [], init=init, backend=backend, shard=shard, seed=seed, batch=batch,
                    mask_mode=mask_mode, retry_failed=retry_failed, detail=detail, guide_weight=guide_weight,
-                   threads=threads, mask_shape=mask_shape, scale=scale, variants=variants)
+                   threads=threads, mask_shape=mask_shape, scale=scale, variants=variants, proposals=proposals)
     raise typer.Exit(code)
 
 

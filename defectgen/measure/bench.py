@@ -30,8 +30,7 @@ from defectgen.runtime.backends import Backend, load_backend, plan_chunks, resol
 from defectgen.runtime.bundle import Bundle
 from defectgen.runtime.jobs.invert import InversionBatch, InversionConfig, InversionResult, invert
 from defectgen.runtime.jobs.output import compose_output
-from defectgen.runtime.jobs.prepare import Prepared, inversion_batch, prepare, proposal_rng
-from defectgen.runtime.jobs.propose import propose_target
+from defectgen.runtime.jobs.prepare import Prepared, inversion_batch, prepare, propose
 from defectgen.runtime.jobs.settings import RunSettings, resolve_settings
 from defectgen.runtime.jobs.sources import JobSpec, check_types, image_jobs
 
@@ -166,8 +165,8 @@ def end_to_end(backend: Backend, bundle: Bundle, jobs: BenchJobs, config: Invers
     """
     for p in jobs.prepared:
         if p.proposal is not None:
-            propose_target(backend, bundle, space=config.space, defect_type=p.spec.defect_type, good_m=p.good,
-                           crop=p.crop, shape=p.mask.shape, rng=proposal_rng(p.spec))
+            propose(backend, bundle, p.spec, dataclasses.replace(jobs.settings, inversion=config), good_m=p.good,
+                    crop=p.crop, shape=p.mask.shape)
     result = invert(backend, bundle, jobs.batch, config=config)
     finals = [compose_output(p, result.image[i], result.mask_logit[i], jobs.settings, bundle.resolution,
                              layered=bundle.patch is not None)[0]

@@ -82,8 +82,10 @@ def test_generated_targets_are_the_generators_own_proposals(setup: dict[str, Pat
         assert code == 0, err
         return sorted(jobs_log(out), key=lambda r: r["index"])
 
-    recs = run(tmp_path / "a", "--variants", 2)
-    assert len(recs) == 4 and all(r["mask_shape"] == "generated" and 0 <= r["proposal"] < 8 for r in recs)
+    recs = run(tmp_path / "a", "--variants", 2, "--proposals", 6)
+    assert len(recs) == 4 and all(r["mask_shape"] == "generated" for r in recs)
+    for r in recs:  # the kept draw of 6, and the toy critic's score of it
+        assert 0 <= r["proposal"]["draw"] < 6 and r["proposal"]["draws"] == 6 and np.isfinite(r["proposal"]["score"])
     masks = [read_mask(tmp_path / "a" / r["outputs"]["mask"]) for r in recs]
     for rec, mask in zip(recs, masks, strict=True):
         y0, x0, y1, x1 = rec["window"]["box"]
@@ -94,11 +96,14 @@ def test_generated_targets_are_the_generators_own_proposals(setup: dict[str, Pat
         out = read_image(tmp_path / "a" / rec["outputs"]["image"])
         assert np.array_equal(out[~inside], src[~inside])
     assert not np.array_equal(masks[0], masks[1])  # variants: two proposals, two targets
-    again = run(tmp_path / "b", "--variants", 2)
+    again = run(tmp_path / "b", "--variants", 2, "--proposals", 6)
     assert all(np.array_equal(m, read_mask(tmp_path / "b" / r["outputs"]["mask"]))
                for m, r in zip(masks, again, strict=True))  # seeded
     code, _, err = invoke("run", "--bundle", setup["bundle"], "--images", setup["root"] / "images",
                           "--random-masks", 1, "--out", tmp_path / "ref", "--steps", 2, "--backend", "ort-cpu")
     assert code == 0, err
     assert all(r["proposal"] is None for r in jobs_log(tmp_path / "ref"))
+    code, _, err = invoke("run", "--bundle", setup["bundle"], "--images", setup["root"] / "images",
+                          "--random-masks", 1, "--mask-shape", "generated", "--out", tmp_path / "bad", "--proposals", 0)
+    assert code == 2 and "--proposals must be >= 1" in err and not (tmp_path / "bad").exists()
 

@@ -35,8 +35,8 @@ class Drawn(OrtBackend):
         return np.zeros((len(latent), 3, *self.logits.shape[-2:]), np.float32), self.logits
 
 
-def _logits(res: int, boxes: list[tuple[int, int, int, int] | None]) -> np.ndarray:
-    out = np.full((PROPOSAL_DRAWS, 1, res, res), -1.0, np.float32)
+def _logits(res: int, boxes: list[tuple[int, int, int, int] | None], n: int = PROPOSAL_DRAWS) -> np.ndarray:
+    out = np.full((n, 1, res, res), -1.0, np.float32)
     for i, box in enumerate(boxes):
         if box is not None:
             y0, x0, y1, x1 = box
@@ -91,7 +91,8 @@ def test_the_critic_picks_the_most_real_whole_defect(patch_bundle: Bundle) -> No
     b, r = patch_bundle, patch_bundle.resolution
     assert b.has_critic
     logits = _logits(r, [(2, 2, 4, 4), (0, 0, 4, 4), (1, 1, 5, 5), (3, 3, 6, 6)])
-    scores = np.array([0.5, 9.0, 2.0, 1.0, 8.0, 8.0, 8.0, 8.0], np.float32)  # 1: edge-cut; 4..7: drew nothing
+    scores = np.full(PROPOSAL_DRAWS, 8.0, np.float32)  # 4 and on drew nothing
+    scores[:4] = [0.5, 9.0, 2.0, 1.0]  # 1 is cut by the edge
     drawn = Drawn(b, logits, scores)
     good = np.random.default_rng(0).uniform(-1, 1, (3, r, r)).astype(np.float32)
     p = propose_target(drawn, b, space="wplus", defect_type="hole", good_m=good, crop=Crop.full((r, r)),
@@ -123,3 +124,11 @@ def test_without_a_critic_the_first_whole_defect_is_kept(tmp_path, toy: ToyModel
     p = propose_target(drawn, b, space="w", defect_type="hole", good_m=np.zeros((3, r, r), np.float32),
                        crop=Crop.full((r, r)), shape=(r, r), rng=np.random.default_rng(0))
     assert p.draw == 0 and p.score is None and not drawn.judged
+
+
+def test_draws_is_the_number_of_latents_drawn(bundle: Bundle) -> None:
+    r = bundle.resolution
+    drawn = Drawn(bundle, _logits(r, [None, None, (2, 2, 4, 4)], n=3))
+    p = propose_target(drawn, bundle, space="wplus", defect_type="crack", good_m=np.zeros((3, r, r), np.float32),
+                       crop=Crop.full((r, r)), shape=(r, r), rng=np.random.default_rng(0), draws=3)
+    assert p.draw == 2 and drawn.calls[0][1].shape[0] == 3 and drawn.calls[0][2].shape[0] == 3

@@ -83,6 +83,15 @@ class Crop:
 def model_inputs(image: np.ndarray, mask: np.ndarray, crop: Crop, res: int) -> tuple[np.ndarray, np.ndarray]:
     """The crop of `image` and `mask` at model resolution: float32 (3,R,R) in [-1,1] and (1,R,R) in {0,1}.
 
+    Raises:
+        JobError: the target mask vanishes when shrunk to the model (`model_mask`).
+    """
+    return to_model(crop.of(image), res), model_mask(mask, crop, res)
+
+
+def model_mask(mask: np.ndarray, crop: Crop, res: int) -> np.ndarray:
+    """The crop of `mask` at model resolution, (1,R,R) in {0,1}, covering every target pixel.
+
     The model mask must *cover* the target: wherever the model is told "background" it reproduces the good
     image, and the composite would paste that over a defect pixel. A nearest-neighbour shrink samples one pixel
     per model cell (OpenCV: the cell's top-left one) and can drop thin cracks, so the mask is first grown by
@@ -92,14 +101,13 @@ def model_inputs(image: np.ndarray, mask: np.ndarray, crop: Crop, res: int) -> t
     Raises:
         JobError: the target mask vanishes when shrunk to the model (cannot happen for a non-empty mask).
     """
-    good_m = to_model(crop.of(image), res)
     scale = crop.scale(res)
     grow = math.ceil(math.sqrt(2.0) * scale) if scale > 1.0 else 0
     mask_m = mask_to_model(dilate(crop.of(mask), grow), res)
     if not mask_m.any():
         msg = f"target mask ({int(crop.of(mask).sum())} px) is empty at the model's {res}x{res} resolution"
         raise JobError(msg)
-    return good_m, mask_m
+    return mask_m
 
 
 def upsample(chw: np.ndarray, size: tuple[int, int]) -> np.ndarray:

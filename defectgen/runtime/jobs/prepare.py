@@ -26,9 +26,10 @@ from defectgen.runtime.bundle import Bundle
 from defectgen.runtime.jobs.compose import (
     Crop,
     model_inputs,
+    model_mask,
 )
 from defectgen.runtime.jobs.invert import InversionBatch, InversionResult, invert
-from defectgen.runtime.jobs.propose import propose_target
+from defectgen.runtime.jobs.propose import Proposal, propose_target
 from defectgen.runtime.jobs.settings import RunSettings
 from defectgen.runtime.jobs.sources import JobSpec, relpath
 
@@ -58,7 +59,7 @@ class Prepared:
     native: np.ndarray | None = None  # the image as stored (gray / RGBA / 16 bit), what the output is made of
     fmt: PixelFormat = RGB8
     start: np.ndarray | None = None  # the inversion's start latent when G proposed the target (`propose`)
-    proposal: int | None = None  # which of G's draws became the target (`propose`), else None
+    proposal: dict[str, Any] | None = None  # G's proposal (`propose`): {"draw", "draws", "score"}, else None
 
 
 def job_rng(spec: JobSpec, stream: int) -> np.random.Generator:
@@ -66,9 +67,14 @@ def job_rng(spec: JobSpec, stream: int) -> np.random.Generator:
     return np.random.default_rng([spec.seed, stream])
 
 
-def proposal_rng(spec: JobSpec) -> np.random.Generator:
-    """The stream of G's proposal draws: per job *and* variant, so variants propose different defects."""
-    return np.random.default_rng([spec.seed, _RNG_PROPOSAL, spec.variant])
+def propose(backend: Backend, bundle: Bundle, spec: JobSpec, settings: RunSettings, *, good_m: np.ndarray,
+            crop: Crop, shape: tuple[int, int]) -> Proposal:
+    """G's proposal for a job (`propose.propose_target`), drawn from its own stream: per job *and* variant, so
+    variants propose different defects and the same job always proposes the same one.
+    """
+    return propose_target(backend, bundle, space=settings.inversion.space, defect_type=spec.defect_type,
+                          good_m=good_m, crop=crop, shape=shape, draws=settings.proposals,
+                          rng=np.random.default_rng([spec.seed, _RNG_PROPOSAL, spec.variant]))
 
 
 @functools.lru_cache(maxsize=64)
@@ -194,16 +200,15 @@ def prepare(spec: JobSpec, bundle: Bundle, settings: RunSettings, backend: Backe
     crop, window = job_crop(bundle, mask, settings)
     res = bundle.resolution
     good, mask_m = model_inputs(image, mask, crop, res)
-    start, proposal_draw = None, None
+    start, proposal_record = None, None
     if proposing:  # the placed target only chose the window: G draws the defect and its mask in it
         if backend is None:
             msg = "--mask-shape generated needs the model to propose targets: prepare was given no backend"
             raise JobError(msg)
-        proposal = propose_target(backend, bundle, space=settings.inversion.space, defect_type=spec.defect_type,
-                                  good_m=good, crop=crop, shape=mask.shape, rng=proposal_rng(spec))
+        proposal = propose(backend, bundle, spec, settings, good_m=good, crop=crop, shape=mask.shape)
         mask, start, moved = proposal.mask, proposal.latent, None
-        mask_m = model_inputs(image, mask, crop, res)[1]
-        proposal_draw = proposal.draw
+        mask_m = model_mask(mask, crop, res)
+        proposal_record = {"draw": proposal.draw, "draws": settings.proposals, "score": proposal.score}
     if ref is None:  # no real defect to imitate: S = I, the def/pix terms only smooth
         guide, stitched, ref_name = crop.of(image), good.copy(), None
     else:
@@ -220,7 +225,7 @@ def prepare(spec: JobSpec, bundle: Bundle, settings: RunSettings, backend: Backe
         stitched = to_model(guide, res)
     return Prepared(spec=spec, image=image, mask=mask, crop=crop, good=good, mask_m=mask_m, stitched=stitched,
                     guide=guide, reference=ref_name, seconds=time.perf_counter() - t0, window=window,
-                    native=native, fmt=fmt, start=start, proposal=proposal_draw)
+                    native=native, fmt=fmt, start=start, proposal=proposal_record)
 
 
 def batch_seed(jobs: list[Prepared]) -> int:

@@ -31,7 +31,7 @@ from defectgen.runtime.bundle import Bundle
 from defectgen.runtime.jobs.compose import MIN_PIECE_MODEL_PX, Crop, hard_composite, upsample
 from defectgen.runtime.jobs.invert import latents_of
 
-PROPOSAL_DRAWS = 8  # latents drawn per job; the whole defect D scores highest among them is kept
+PROPOSAL_DRAWS = 32  # latents drawn per job; the whole defect D scores highest among them is kept
 MIN_MODEL_PX = 4  # a proposal's mask must cover at least this many model pixels
 
 
@@ -53,7 +53,8 @@ def whole_defects(mask_logit: np.ndarray) -> np.ndarray:
 
 
 def propose_target(backend: Backend, bundle: Bundle, *, space: str, defect_type: str, good_m: np.ndarray,
-                   crop: Crop, shape: tuple[int, int], rng: np.random.Generator) -> Proposal:
+                   crop: Crop, shape: tuple[int, int], rng: np.random.Generator,
+                   draws: int = PROPOSAL_DRAWS) -> Proposal:
     """G's proposal for one job's window (module docstring).
 
     Args:
@@ -64,11 +65,12 @@ def propose_target(backend: Backend, bundle: Bundle, *, space: str, defect_type:
         crop: where the window sits in the full image.
         shape: (H, W) of the full image.
         rng: the job's proposal stream.
+        draws: latents to draw (`run --proposals`).
 
     Raises:
         JobError: none of the draws drew a defect of at least `MIN_MODEL_PX` px.
     """
-    n = PROPOSAL_DRAWS
+    n = draws
     z = rng.standard_normal((n, bundle.z_dim)).astype(np.float32)
     types = [defect_type] * n
     latent = latents_of(backend, bundle, space, z, types)

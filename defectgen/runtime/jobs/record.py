@@ -55,7 +55,7 @@ class JobRecord:
     window: dict[str, Any] | None = None  # patch mode: {"box": [y0, x0, y1, x1], "scale", "enlarged"}
     variant: int = 0  # k of `--variants K`
     pixels: dict[str, Any] | None = None  # the input's {"channels", "bits", "source"}; outputs keep them, as PNG
-    proposal: int | None = None  # `--mask-shape generated`: which of G's draws became the target
+    proposal: dict[str, Any] | None = None  # `--mask-shape generated`: {"draw": k, "draws": n, "score": D's}
 
     @classmethod
     def of(cls, spec: JobSpec, settings: RunSettings, *, status: str, error: str | None = None,
@@ -63,7 +63,7 @@ class JobRecord:
            final_terms: np.ndarray | None = None, history: np.ndarray | None = None, steps_run: int | None = None,
            seconds: float = 0.0, backend: str = "", base: Path | None = None,
            window: dict[str, Any] | None = None, pixels: dict[str, Any] | None = None,
-           proposal: int | None = None) -> JobRecord:
+           proposal: dict[str, Any] | None = None) -> JobRecord:
         """The record of a finished or failed job; mask paths are written relative to `base`."""
         inv = settings.inversion
         mask = "random" if spec.mask is None else relpath(spec.mask, base or spec.mask.parent)

@@ -15,6 +15,7 @@ from defectgen.runtime.bundle.loader import Bundle
 from defectgen.runtime.bundle.manifest import LOSS_TERMS
 from defectgen.runtime.bundle.sections import MASK_MODES, MASK_SHAPES
 from defectgen.runtime.jobs.invert import InversionConfig
+from defectgen.runtime.jobs.propose import PROPOSAL_DRAWS
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ class RunSettings:
             as for "reference" ("generated", `propose`: the inversion then starts from that latent); jobs without
             a reference draw procedurally, or place the window with a procedural shape.
         scale: patch-mode bundles: data px per model px of the window (None: the bundle's own pixel scale).
+        proposals: latents G draws per proposed target ("generated" shape); more draws, a stricter choice by
+            its discriminator and a slower proposal.
     """
 
     inversion: InversionConfig
@@ -45,6 +48,7 @@ class RunSettings:
     guide_weight: float = 0.0
     mask_shape: str = "reference"
     scale: float | None = None
+    proposals: int = PROPOSAL_DRAWS
 
     def identity(self) -> dict[str, Any]:
         """The settings that decide a job's result, flat, for `run.json` (batching pads: it is left out)."""
@@ -52,18 +56,20 @@ class RunSettings:
         return {"space": inv.space, "steps": inv.steps, "lr": inv.lr, "init": inv.init, "lambdas": inv.lambdas,
                 "mask_mode": self.mask_mode, "feather_px": self.feather_px, "detail": self.detail,
                 "guide_weight": self.guide_weight, "mask_shape": self.mask_shape,
+                **({"proposals": self.proposals} if self.mask_shape == "generated" else {}),
                 **({"scale": self.scale} if self.scale is not None else {})}
 
 
 def resolve_settings(bundle: Bundle, *, space: str | None = None, steps: int | None = None, lr: float | None = None,
                      init: str | None = None, lambdas: dict[str, float] | None = None, mask_mode: str | None = None,
                      batch: int | None = None, detail: bool | None = None, guide_weight: float | None = None,
-                     mask_shape: str | None = None, scale: float | None = None, **inversion: Any) -> RunSettings:
+                     mask_shape: str | None = None, scale: float | None = None, proposals: int | None = None,
+                     **inversion: Any) -> RunSettings:
     """Merge options (None: the bundle's `RunDefaults`) and validate them against the bundle.
 
     Args:
         bundle: the loaded bundle.
-        space, steps, lr, init, lambdas, mask_mode, batch, detail, guide_weight, mask_shape, scale: the run
+        space, steps, lr, init, lambdas, mask_mode, batch, detail, guide_weight, mask_shape, scale, proposals: the run
             options (`batch` None: the largest exported step batch until `pick_batch` knows how many jobs there
             are; `scale` only for patch-mode bundles).
         **inversion: further `InversionConfig` fields (e.g. `early_stop_patience=0` for timing).
@@ -73,7 +79,7 @@ def resolve_settings(bundle: Bundle, *, space: str | None = None, steps: int | N
 
     Raises:
         BundleError: unknown space, λ name or a batch size the bundle has no step graph for.
-        JobError: bad init, steps, lr, λ value, mask mode, mask shape, guide weight or scale.
+        JobError: bad init, steps, lr, λ value, mask mode, mask shape, guide weight, scale or proposals.
     """
     d = bundle.defaults
     if scale is not None and (bundle.patch is None or not scale > 0):
@@ -99,11 +105,15 @@ def resolve_settings(bundle: Bundle, *, space: str | None = None, steps: int | N
     if not 0.0 <= guide_weight <= 1.0:  # also refuses NaN
         msg = f"--guide-weight must be within [0, 1], got {guide_weight}"
         raise JobError(msg)
+    proposals = PROPOSAL_DRAWS if proposals is None else proposals
+    if proposals < 1:
+        msg = f"--proposals must be >= 1, got {proposals}"
+        raise JobError(msg)
     lam = bundle.lambda_vector(config.lambdas)
     config = dataclasses.replace(config, lambdas={t: float(f"{v:.7g}") for t, v in zip(LOSS_TERMS, lam, strict=True)})
     return RunSettings(inversion=config, mask_mode=mask_mode, feather_px=float(d.feather_px), batch=batch,
                        detail=d.detail if detail is None else detail, guide_weight=guide_weight,
-                       mask_shape=mask_shape, scale=scale)
+                       mask_shape=mask_shape, scale=scale, proposals=proposals)
 
 
 def pick_batch(batches: list[int], jobs: int) -> int:
