@@ -38,6 +38,7 @@ def test_default_bundle_validates_and_names_its_types():
     assert b.defect_types[0] == "good" and set(b.defect_types[1:]) == {"crack", "cut", "hole", "print"}
     assert b.spaces == ["wplus", "w", "z"] and all(b.step_batches(s) == [1, 4, 8] for s in b.spaces)
     assert b.patch is not None and b.has_encoder and b.defaults.init == "encoder"
+    assert b.has_critic and b.defaults.mask_shape == "generated"  # D ranks G's proposals
     assert b.defaults.guide_weight == 0.0  # the generator's pixels are the output
     size = sum(p.stat().st_size for p in default_bundle_path().rglob("*") if p.is_file())
     assert size <= 25e6, f"the embedded bundle is {size / 1e6:.1f} MB, over the 25 MB package budget"
