@@ -28,7 +28,8 @@ class Drawn(OrtBackend):
 
     def critic(self, image, mask, type_onehot):  # type: ignore[no-untyped-def]
         self.judged.append((image.copy(), mask.copy(), type_onehot.copy()))
-        return self.scores
+        drawn = (self.logits > 0).astype(np.float32)  # which draw each judged mask is
+        return np.array([self.scores[next(i for i, d in enumerate(drawn) if np.array_equal(d, m))] for m in mask])
 
     def synthesize(self, space, latent, type_onehot=None, good=None):  # type: ignore[no-untyped-def]
         self.calls.append((space, latent.copy(), None if good is None else good.copy()))
@@ -99,8 +100,9 @@ def test_the_critic_picks_the_most_real_whole_defect(patch_bundle: Bundle) -> No
                        shape=(r, r), rng=np.random.default_rng(0))
     assert p.draw == 2 and p.score == 2.0  # the best-scored whole defect, not the first (0) nor the edge-cut (1)
     image, mask, onehot = drawn.judged[0]
-    assert np.array_equal(mask, (logits > 0).astype(np.float32))  # D judges the binary mask ...
-    outside = np.broadcast_to(logits <= 0, image.shape)
+    whole = logits[[0, 2, 3]]  # D judges the whole draws only, their binary masks ...
+    assert np.array_equal(mask, (whole > 0).astype(np.float32))
+    outside = np.broadcast_to(whole <= 0, image.shape)
     assert np.array_equal(image[outside], np.broadcast_to(good, image.shape)[outside])  # ... on the hard composite
     assert (onehot.argmax(1) == b.type_index("hole")).all()
 

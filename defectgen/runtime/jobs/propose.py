@@ -79,12 +79,14 @@ def propose_target(backend: Backend, bundle: Bundle, *, space: str, defect_type:
     image, logit = backend.synthesize(space, latent, onehot, good=goods)
     whole = whole_defects(logit)
     sizes = (logit[:, 0] > 0).sum((1, 2))
-    scores = None
-    if bundle.has_critic:
-        scores = backend.critic(hard_composite(image, logit, goods), (logit > 0).astype(np.float32),
-                                bundle.type_onehot(types))
-    if whole.any():
-        pick = int(np.argmax(np.where(whole, scores, -np.inf))) if scores is not None else int(np.argmax(whole))
+    score = None
+    if whole.any() and bundle.has_critic:  # D judges the whole draws only: the others are never kept
+        cand = np.flatnonzero(whole)
+        scores = backend.critic(hard_composite(image[cand], logit[cand], goods[cand]),
+                                (logit[cand] > 0).astype(np.float32), bundle.type_onehot(types[:len(cand)]))
+        pick, score = int(cand[np.argmax(scores)]), float(scores.max())
+    elif whole.any():
+        pick = int(np.argmax(whole))
     elif sizes.max() >= MIN_MODEL_PX:  # only edge-cut draws: the largest still gives a defect inside the window
         pick = int(np.argmax(sizes))
     else:
@@ -97,5 +99,4 @@ def propose_target(backend: Backend, bundle: Bundle, *, space: str, defect_type:
     if not full.any():
         msg = f"the generator's {defect_type} proposal vanished at the image's resolution"
         raise JobError(msg)
-    return Proposal(mask=full, latent=np.ascontiguousarray(latent[pick], np.float32), draw=pick,
-                    score=None if scores is None else float(scores[pick]))
+    return Proposal(mask=full, latent=np.ascontiguousarray(latent[pick], np.float32), draw=pick, score=score)
