@@ -49,10 +49,12 @@ class BenchJobs:
 
     def as_given_targets(self) -> BenchJobs:
         """The same targets as given masks: no proposal to redraw, every sample starts from the configured init
-        (for a reference method that inverts onto the targets, e.g. idinvert's w_avg start).
+        and is labelled with its target (mask mode "target"), as a reference method that inverts onto the targets
+        does (idinvert from w_avg: its G mask may end up anywhere, and it has no G-mask label to give).
         """
         prepared = [dataclasses.replace(p, start=None, proposal=None) for p in self.prepared]
-        return BenchJobs(prepared=prepared, settings=self.settings, batch=inversion_batch(prepared))
+        settings = dataclasses.replace(self.settings, mask_mode="target")
+        return BenchJobs(prepared=prepared, settings=settings, batch=inversion_batch(prepared))
 
 
 def example_specs(bundle: Bundle, n: int, *, seed: int = 0, types: Sequence[str] | None = None,

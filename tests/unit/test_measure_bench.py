@@ -150,6 +150,7 @@ def test_bench_and_run_give_the_model_identical_inputs(toy: Path, tmp_path: Path
             np.testing.assert_array_equal(a, b)
         given = jobs.as_given_targets()  # a reference method's view: same targets, its own init, nothing to redraw
         assert given.batch.starts is None and all(p.proposal is None for p in given.prepared)
+        assert given.settings.mask_mode == "target"  # labelled with its targets, whatever G's mask does
         np.testing.assert_array_equal(given.batch.mask, jobs.batch.mask)
     else:
         assert run_batch.starts is None and bench_batch.starts is None
