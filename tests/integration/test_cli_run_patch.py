@@ -97,6 +97,10 @@ def test_generated_targets_are_the_generators_own_proposals(setup: dict[str, Pat
         out = read_image(tmp_path / "a" / rec["outputs"]["image"])
         assert np.array_equal(out[~inside], src[~inside])
     assert not np.array_equal(masks[0], masks[1])  # variants: two proposals, two targets
+    code, _, err = invoke("run", "--bundle", setup["bundle"], "--images", setup["root"] / "images",
+                          "--random-masks", 1, "--mask-shape", "generated", "--out", tmp_path / "a", "--steps", 2,
+                          "--variants", 2, "--proposals", 5)
+    assert code == 2 and "proposals" in err  # run.json pins the number of proposals
     again = run(tmp_path / "b", "--variants", 2, "--proposals", 6)
     assert all(np.array_equal(m, read_mask(tmp_path / "b" / r["outputs"]["mask"]))
                for m, r in zip(masks, again, strict=True))  # seeded
