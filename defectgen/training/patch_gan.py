@@ -4,8 +4,8 @@ G draws a defect layer (colour + alpha) over a random *real* good window; D sees
 defective windows of the held-in images, unpaired, with the same DiffAugment on both. Non-saturating loss +
 lazy R1, EMA generator, and a mode-seeking term so different latents give different defects. With
 `shape_weight` > 0 a second, mask-only D (`D_shape`: the same architecture at half the channels, its image input
-zeros) judges G's hard mask against the real masks: the joint D can pass a fake on its colours alone, this one
-judges nothing but the shape (thickness, branching, how many pieces).
+zeros, no colour augmentation) judges G's hard mask against the real masks: the joint D can pass a fake on its
+colours alone, this one judges nothing but the shape (thickness, branching, how many pieces).
 
 Run folder: `config.json`, `held_in.json` (the only defective files the run saw), `checkpoint.safetensors`
 (kind "patch"; see checkpoint.py), `log.jsonl`, `samples/NNNNNN.png` (the learning curve: fixed z and good
@@ -69,8 +69,11 @@ class PatchState:
     opt_D_shape: torch.optim.Optimizer | None = None
 
     def configs(self) -> dict[str, dict[str, Any]]:
-        return {"patch_generator": to_dict(self.g_cfg), "patch_discriminator": to_dict(self.d_cfg),
-                "train_patch": to_dict(self.cfg)}
+        out = {"patch_generator": to_dict(self.g_cfg), "patch_discriminator": to_dict(self.d_cfg),
+               "train_patch": to_dict(self.cfg)}
+        if self.D_shape is not None:
+            out["patch_shape_discriminator"] = to_dict(self.D_shape.cfg)
+        return out
 
     def save(self, out: Path) -> Path:
         modules: dict[str, torch.nn.Module] = {"G": self.G, "G_ema": self.G_ema, "D": self.D}
@@ -138,8 +141,10 @@ def restore_state(ck: Checkpoint, cfg: TrainPatchConfig) -> PatchState:
         getattr(st, name).load_state_dict(ck.state_dict(name))
     load_optimizer(st.opt_G, ck, "opt_G")
     load_optimizer(st.opt_D, ck, "opt_D")
-    if st.D_shape is not None and st.opt_D_shape is not None and ck.has("D_shape"):
-        st.D_shape.load_state_dict(ck.state_dict("D_shape"))  # else a fresh one: fine-tuning adds it
+    if st.D_shape is not None and ck.has("D_shape"):  # else a fresh one: fine-tuning adds it
+        st.D_shape = PatchDiscriminator(from_dict(PatchDiscriminatorConfig, ck.configs["patch_shape_discriminator"]))
+        st.D_shape.load_state_dict(ck.state_dict("D_shape"))
+        st.opt_D_shape = _adam(st.D_shape.parameters(), cfg.lr_d, cfg.betas, cfg.r1_interval)
         load_optimizer(st.opt_D_shape, ck, "opt_D_shape")
     st.step = ck.step
     return st
@@ -193,6 +198,11 @@ def _d_phase(st: PatchState, fake: tuple[torch.Tensor, ...], real: tuple[torch.T
     return stats
 
 
+def shape_policy(policy: str) -> str:
+    """The shape D's augmentation: the run's ops without `color`, so its image input stays zeros."""
+    return ",".join(op for op in parse_policy(policy) if op != "color")
+
+
 def _shape_phase(st: PatchState, f_mask: torch.Tensor, r_mask: torch.Tensor, c_fake: torch.Tensor,
                  c_real: torch.Tensor, do_r1: bool) -> dict[str, float]:
     """The mask-only D's step: G's hard masks against the real ones, image input zeros, same augmentation."""
@@ -200,8 +210,9 @@ def _shape_phase(st: PatchState, f_mask: torch.Tensor, r_mask: torch.Tensor, c_f
     cfg = st.cfg
     st.opt_D_shape.zero_grad(set_to_none=True)
     zeros = torch.zeros(f_mask.shape[0], 3, *f_mask.shape[2:])
-    d_fake = st.D_shape(*augment(zeros, f_mask, cfg.augment), c_fake)
-    loss, stats = d_loss(st.D_shape, d_fake, zeros, r_mask, c_real, cfg.augment, do_r1=do_r1,
+    policy = shape_policy(cfg.augment)
+    d_fake = st.D_shape(*augment(zeros, f_mask, policy), c_fake)
+    loss, stats = d_loss(st.D_shape, d_fake, zeros, r_mask, c_real, policy, do_r1=do_r1,
                          r1_gamma=cfg.r1_gamma, r1_interval=cfg.r1_interval)
     loss.backward()
     st.opt_D_shape.step()
@@ -211,7 +222,7 @@ def _shape_phase(st: PatchState, f_mask: torch.Tensor, r_mask: torch.Tensor, c_f
 def _shape_adv(st: PatchState, alpha: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     assert st.D_shape is not None
     zeros = torch.zeros(alpha.shape[0], 3, *alpha.shape[2:])
-    return F.softplus(-st.D_shape(*augment(zeros, alpha, st.cfg.augment), c)).mean()
+    return F.softplus(-st.D_shape(*augment(zeros, alpha, shape_policy(st.cfg.augment)), c)).mean()
 
 
 def patch_step(st: PatchState, data: PatchData) -> dict[str, float]:

@@ -110,5 +110,8 @@ def test_generated_targets_are_the_generators_own_proposals(setup: dict[str, Pat
     assert all(r["proposal"] is None for r in jobs_log(tmp_path / "ref"))
     code, _, err = invoke("run", "--bundle", setup["bundle"], "--images", setup["root"] / "images",
                           "--random-masks", 1, "--mask-shape", "generated", "--out", tmp_path / "bad", "--proposals", 0)
-    assert code == 2 and "--proposals must be >= 1" in err and not (tmp_path / "bad").exists()
+    assert code == 2 and "--proposals must be within [1, 1024]" in err and not (tmp_path / "bad").exists()
+    code, _, err = invoke("run", "--bundle", setup["bundle"], "--images", setup["root"] / "images",
+                          "--random-masks", 1, "--mask-shape", "reference", "--out", tmp_path / "bad", "--proposals", 8)
+    assert code == 2 and "--mask-shape generated only" in err and not (tmp_path / "bad").exists()
 

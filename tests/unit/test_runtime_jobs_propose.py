@@ -134,3 +134,17 @@ def test_draws_is_the_number_of_latents_drawn(bundle: Bundle) -> None:
     p = propose_target(drawn, bundle, space="wplus", defect_type="crack", good_m=np.zeros((3, r, r), np.float32),
                        crop=Crop.full((r, r)), shape=(r, r), rng=np.random.default_rng(0), draws=3)
     assert p.draw == 2 and drawn.calls[0][1].shape[0] == 3 and drawn.calls[0][2].shape[0] == 3
+
+
+def test_a_non_finite_score_never_wins(patch_bundle: Bundle) -> None:
+    r = patch_bundle.resolution
+    logits = _logits(r, [(2, 2, 4, 4), (1, 1, 5, 5)])
+    kw = {"space": "w", "defect_type": "crack", "good_m": np.zeros((3, r, r), np.float32), "crop": Crop.full((r, r)),
+          "shape": (r, r), "rng": np.random.default_rng(0)}
+    scores = np.full(PROPOSAL_DRAWS, -1.0, np.float32)
+    scores[:2] = [np.nan, 0.5]
+    p = propose_target(Drawn(patch_bundle, logits, scores), patch_bundle, **kw)
+    assert p.draw == 1 and p.score == 0.5
+    scores[:2] = [np.nan, np.inf]  # nothing usable: the first whole draw, no score to record
+    p = propose_target(Drawn(patch_bundle, logits, scores), patch_bundle, **kw)
+    assert p.draw == 0 and p.score is None

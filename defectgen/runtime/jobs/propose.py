@@ -80,12 +80,16 @@ def propose_target(backend: Backend, bundle: Bundle, *, space: str, defect_type:
     whole = whole_defects(logit)
     sizes = (logit[:, 0] > 0).sum((1, 2))
     score = None
+    scores = None
     if whole.any() and bundle.has_critic:  # D judges the whole draws only: the others are never kept
         cand = np.flatnonzero(whole)
         scores = backend.critic(hard_composite(image[cand], logit[cand], goods[cand]),
-                                (logit[cand] > 0).astype(np.float32), bundle.type_onehot(types[:len(cand)]))
-        pick, score = int(cand[np.argmax(scores)]), float(scores.max())
-    elif whole.any():
+                                (logit[cand] > 0).astype(np.float32), bundle.type_onehot([defect_type] * len(cand)))
+        scores = np.where(np.isfinite(scores), scores, -np.inf)  # a non-finite score never wins
+    if scores is not None and np.isfinite(scores).any():
+        best = int(np.argmax(scores))
+        pick, score = int(cand[best]), float(scores[best])
+    elif whole.any():  # no critic (or no usable score): the first whole draw
         pick = int(np.argmax(whole))
     elif sizes.max() >= MIN_MODEL_PX:  # only edge-cut draws: the largest still gives a defect inside the window
         pick = int(np.argmax(sizes))

@@ -17,6 +17,8 @@ from defectgen.runtime.bundle.sections import MASK_MODES, MASK_SHAPES
 from defectgen.runtime.jobs.invert import InversionConfig
 from defectgen.runtime.jobs.propose import PROPOSAL_DRAWS
 
+MAX_PROPOSALS = 1024  # all proposals of a job go through one synthesis call
+
 
 @dataclass(frozen=True)
 class RunSettings:
@@ -105,9 +107,12 @@ def resolve_settings(bundle: Bundle, *, space: str | None = None, steps: int | N
     if not 0.0 <= guide_weight <= 1.0:  # also refuses NaN
         msg = f"--guide-weight must be within [0, 1], got {guide_weight}"
         raise JobError(msg)
+    if proposals is not None and mask_shape != "generated":
+        msg = f"--proposals applies to --mask-shape generated only (this run's mask shape is {mask_shape!r})"
+        raise JobError(msg)
     proposals = PROPOSAL_DRAWS if proposals is None else proposals
-    if proposals < 1:
-        msg = f"--proposals must be >= 1, got {proposals}"
+    if not 1 <= proposals <= MAX_PROPOSALS:
+        msg = f"--proposals must be within [1, {MAX_PROPOSALS}], got {proposals}"
         raise JobError(msg)
     lam = bundle.lambda_vector(config.lambdas)
     config = dataclasses.replace(config, lambdas={t: float(f"{v:.7g}") for t, v in zip(LOSS_TERMS, lam, strict=True)})
