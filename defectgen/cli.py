@@ -275,7 +275,7 @@ def run(
     variants: int = typer.Option(1, help="Generate K different defects for each target (different latent inits)."),
     proposals: Optional[int] = typer.Option(None, help="--mask-shape generated: latents G draws per target; its "
                                                        "discriminator keeps the most real whole defect (default "
-                                                       "32; fewer is faster)."),
+                                                       "8; more is stricter and slower)."),
 ) -> None:
     """Generate defective images with exact masks (torch-free edge runtime). Rerun to resume.
 

@@ -31,7 +31,7 @@ from defectgen.runtime.bundle import Bundle
 from defectgen.runtime.jobs.compose import MIN_PIECE_MODEL_PX, Crop, hard_composite, upsample
 from defectgen.runtime.jobs.invert import latents_of
 
-PROPOSAL_DRAWS = 32  # latents drawn per job; the whole defect D scores highest among them is kept
+PROPOSAL_DRAWS = 8  # latents drawn per job; the whole defect D scores highest among them is kept
 MIN_MODEL_PX = 4  # a proposal's mask must cover at least this many model pixels
 
 
