@@ -140,6 +140,8 @@ def train_patch(
     out: Path = typer.Option(..., help="Run folder (checkpoints, logs, sample grids)."),
     window: Optional[int] = typer.Option(None, help="Window side P in model px (default 32)."),
     scale: Optional[float] = typer.Option(None, help="Data px per model px (default 1 = native)."),
+    design: Optional[str] = typer.Option(None, help="layered (a defect layer over the real good window, the "
+                                                    "default) or full (G draws the whole window)."),
     held_in: Optional[int] = typer.Option(None, help="Defect images per type to train on (default: first third)."),
     minutes: Optional[float] = typer.Option(None, help="Wall-clock budget of this call."),
     steps: Optional[int] = typer.Option(None, help="Total steps (default 100000)."),
@@ -156,10 +158,10 @@ def train_patch(
                                                             "there on)."),
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in --out."),
 ) -> None:
-    """Train the layered patch generator (defect layer over real good windows, native pixel scale)."""
+    """Train the patch generator (by default a defect layer over real good windows, native pixel scale)."""
     from defectgen.training.patch_gan import train_patch_cli
 
-    train_patch_cli(data=data, out=out, resume=resume, window=window, scale=scale, held_in=held_in,
+    train_patch_cli(data=data, out=out, resume=resume, window=window, scale=scale, design=design, held_in=held_in,
                     minutes=minutes, steps=steps, batch=batch, seed=seed, sample_every=sample_every,
                     ckpt_every=ckpt_every, augment=augment, shape_weight=shape_weight)
 

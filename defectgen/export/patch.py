@@ -55,7 +55,10 @@ class _GoodFirstMapping(nn.Module):
 
 
 class _CompositeSynthesis(nn.Module):
-    """(w+ or w, good window) -> (smooth composite of the defect layer over `good`, mask logit)."""
+    """(w+ or w, good window) -> (smooth composite of the defect layer over `good`, mask logit).
+
+    A full G's image is its own window (the good window is an input it ignores).
+    """
 
     def __init__(self, synthesis: nn.Module) -> None:
         super().__init__()
@@ -67,7 +70,7 @@ class _CompositeSynthesis(nn.Module):
 
     def forward(self, latent: Tensor, good: Tensor) -> tuple[Tensor, Tensor]:
         colour, mask_logit = self.inner(latent, good)
-        image, _ = composite(good, colour, mask_logit, hard=False)
+        image, _ = composite(good, colour, mask_logit, hard=False, layered=self.inner.cfg.layered)
         return image, mask_logit
 
 
@@ -135,7 +138,8 @@ def load_patch_run(run: str | os.PathLike[str]) -> PatchRun:
     types = [GOOD, *ck.meta["defect_types"]]
     configs = {**ck.configs, "held_in": held_in, "checkpoint_step": ck.step}
     return PatchRun(G=LayeredG(G), D=D, types=types, held_in=held_in,
-                    patch=PatchInfo(window=int(G.cfg.window), scale=scale), configs=configs,
+                    patch=PatchInfo(window=int(G.cfg.window), scale=scale,
+                                    design="layered" if G.cfg.layered else "full"), configs=configs,
                     data=train.get("data") or None)
 
 

@@ -171,7 +171,7 @@ def end_to_end(backend: Backend, bundle: Bundle, jobs: BenchJobs, config: Invers
                     crop=p.crop, shape=p.mask.shape)
     result = invert(backend, bundle, jobs.batch, config=config)
     finals = [compose_output(p, result.image[i], result.mask_logit[i], jobs.settings, bundle.resolution,
-                             layered=bundle.patch is not None)[0]
+                             patch_design=bundle.patch_design)[0]
               for i, p in enumerate(jobs.prepared)]
     return result, finals
 

@@ -1,4 +1,4 @@
-"""Layered patch generator and its discriminator: a defect *layer* drawn over a real good window, P x P px.
+"""Patch generators and their discriminator: P x P px windows at the data's native pixel scale.
 
 Patch mode (docs/design.md "Resolution and patch mode"): G works on P x P windows at the data's native pixel scale
 and draws only the defect: a colour layer and an alpha/mask logit, composited over the *real* good window,
@@ -9,6 +9,10 @@ good/defective images.
 Built from `nets/stylegan.py`'s modules (mapping with per-type `w_avg`, modulated convs in the non-fused
 form, const noise, separate colour and mask heads, `unbind` for w+), so with frozen weights the backward of
 an inversion objective holds only Conv/ConvTranspose and elementwise ops, like the whole-part G.
+
+The other design, a *full* patch G (`layered=False`), draws the whole window, surface and defect, and never sees
+the good window: an inversion's background term must make it reproduce the part. It exists to measure the
+layered design against (docs/design.md "Resolution and patch mode").
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ class PatchGeneratorConfig:
     channel_max: int = 128
     noise: bool = False  # per-layer noise off: with the hard alpha, per-pixel noise flipped logits near 0 into
     #                      speckled masks (measured: speckle at 150 steps with noise, solid shapes without)
+    layered: bool = True  # True: a defect layer over the real good window; False: a full G draws the window
 
     def __post_init__(self) -> None:
         _check_window(self.window)
@@ -92,16 +97,18 @@ def hard_alpha(mask_logit: Tensor) -> Tensor:
     return (mask_logit > 0).to(soft.dtype) + (soft - soft.detach())  # parenthesised: exactly 0 or 1
 
 
-def composite(good: Tensor, colour: Tensor, mask_logit: Tensor, hard: bool = False) -> tuple[Tensor, Tensor]:
+def composite(good: Tensor, colour: Tensor, mask_logit: Tensor, hard: bool = False,
+              layered: bool = True) -> tuple[Tensor, Tensor]:
     """(a * colour + (1 - a) * good, a) with a = sigmoid(mask_logit), or its straight-through threshold.
 
     One function for training, sampling and the exported graphs, so what D judged is what the runtime pastes.
-    `hard=False` keeps a smooth alpha for inversion objectives; alpha 0 returns `good` exactly.
+    `hard=False` keeps a smooth alpha for inversion objectives; alpha 0 returns `good` exactly. A full G
+    (`layered=False`) drew the whole window: its image is `colour` itself, `good` plays no part.
     """
     assert_shape(good, [None, 3, None, None], "good")
     assert_shape(mask_logit, [good.shape[0], 1, good.shape[2], good.shape[3]], "mask_logit")
     a = hard_alpha(mask_logit) if hard else torch.sigmoid(mask_logit)  # [B, 1, P, P]
-    return good + a * (colour - good), a
+    return (good + a * (colour - good) if layered else colour), a
 
 
 # --------------------------------------------------------------------------------------------- generator
@@ -110,16 +117,18 @@ def composite(good: Tensor, colour: Tensor, mask_logit: Tensor, hard: bool = Fal
 class PatchSynthesisBlock(nn.Module):
     """One doubling: up-conv, + good-window features at the new side, conv, colour and mask heads."""
 
-    def __init__(self, cin: int, cout: int, w_dim: int, res: int, noise: bool):
+    def __init__(self, cin: int, cout: int, w_dim: int, res: int, noise: bool, layered: bool = True):
         super().__init__()
         self.conv0 = StyledConv(cin, cout, w_dim, res, up=True, noise=noise)
-        self.from_good = EqualConv2d(3, cout, 1, act=False)
+        self.from_good = EqualConv2d(3, cout, 1, act=False) if layered else None
         self.conv1 = StyledConv(cout, cout, w_dim, res, noise=noise)
         self.to_rgb = ToRGB(cout, w_dim)
         self.to_mask = ToMask(cout, w_dim)
 
     def forward(self, x, good, rgb, mask, w0, w1, w2, noise_mode="const"):
-        x = self.conv0(x, w0, noise_mode) + self.from_good(good)  # [B, Cout, R, R]
+        x = self.conv0(x, w0, noise_mode)  # [B, Cout, R, R]
+        if self.from_good is not None:
+            x = x + self.from_good(good)
         x = self.conv1(x, w1, noise_mode)
         return x, self.to_rgb(x, w2, rgb), self.to_mask(x, w2, mask)
 
@@ -132,13 +141,14 @@ class PatchSynthesis(nn.Module):
         self.cfg = cfg
         c4 = cfg.channels(4)
         self.const = nn.Parameter(torch.randn(1, c4, 4, 4))
-        self.from_good = EqualConv2d(3, c4, 1, act=False)
+        self.from_good = EqualConv2d(3, c4, 1, act=False) if cfg.layered else None
         self.conv1 = StyledConv(c4, c4, cfg.w_dim, 4, noise=cfg.noise)
         self.to_rgb1 = ToRGB(c4, cfg.w_dim, up=False)
         self.to_mask1 = ToMask(c4, cfg.w_dim, up=False)
         sides = [2**i for i in range(3, int(math.log2(cfg.window)) + 1)]
         self.blocks = nn.ModuleList(
-            [PatchSynthesisBlock(cfg.channels(r // 2), cfg.channels(r), cfg.w_dim, r, cfg.noise) for r in sides]
+            [PatchSynthesisBlock(cfg.channels(r // 2), cfg.channels(r), cfg.w_dim, r, cfg.noise, cfg.layered)
+             for r in sides]
         )
         self.register_buffer("down_kernel", ops.fir_kernel(3), persistent=False)
 
@@ -157,8 +167,11 @@ class PatchSynthesis(nn.Module):
         check_noise_mode(noise_mode)
         p = self.cfg.window
         assert_shape(good, [latent.shape[0], 3, p, p], "good")
-        ws, goods = split_latent(latent, self.num_ws, self.cfg.w_dim), self.pyramid(good)
-        x = self.const.expand(latent.shape[0], -1, -1, -1) + self.from_good(goods[0])  # [B, C4, 4, 4]
+        ws = split_latent(latent, self.num_ws, self.cfg.w_dim)
+        goods = self.pyramid(good) if self.cfg.layered else [None] * (len(self.blocks) + 1)  # a full G: unseen
+        x = self.const.expand(latent.shape[0], -1, -1, -1)  # [B, C4, 4, 4]
+        if self.from_good is not None:
+            x = x + self.from_good(goods[0])
         x = self.conv1(x, ws[0], noise_mode)
         rgb, mask = self.to_rgb1(x, ws[1]), self.to_mask1(x, ws[1])
         for i, block in enumerate(self.blocks):
@@ -168,7 +181,7 @@ class PatchSynthesis(nn.Module):
 
 
 class PatchGenerator(nn.Module):
-    """Mapping + layered synthesis; `forward` returns (composite, alpha, colour, mask logit)."""
+    """Mapping + patch synthesis; `forward` returns (composite, alpha, colour, mask logit)."""
 
     def __init__(self, cfg: PatchGeneratorConfig):
         super().__init__()
@@ -192,8 +205,12 @@ class PatchGenerator(nn.Module):
     def forward(self, z: Tensor, type_onehot: Tensor, good: Tensor, *, hard: bool = True,
                 truncation_psi: float = 1.0, noise_mode: str = "const") -> tuple[Tensor, Tensor, Tensor, Tensor]:
         colour, logit = self.synthesis(self.mapping(z, type_onehot, truncation_psi), good, noise_mode)
-        image, alpha = composite(good, colour, logit, hard=hard)
+        image, alpha = self.compose(good, colour, logit, hard=hard)
         return image, alpha, colour, logit
+
+    def compose(self, good: Tensor, colour: Tensor, mask_logit: Tensor, hard: bool = False) -> tuple[Tensor, Tensor]:
+        """`composite` for this G's design (layered or full)."""
+        return composite(good, colour, mask_logit, hard=hard, layered=self.cfg.layered)
 
     def mean_latent(self, type_id: int, n: int = 4096) -> Tensor:
         return self.mapping.mean_latent(type_id, n)

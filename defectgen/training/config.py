@@ -84,11 +84,12 @@ class TrainEncoderConfig:
 
 @dataclass(frozen=True)
 class TrainPatchConfig:
-    """Options of `defectgen train patch` (layered patch G; model shapes live in nets/patch.py)."""
+    """Options of `defectgen train patch` (patch G and D; model shapes live in nets/patch.py)."""
 
     data: str = ""                  # MVTec-layout category folder
     window: int = 32                # P: window side in model px
     scale: float = 1.0              # data px per model px (1 = native resolution)
+    design: str = "layered"         # "layered": defect layer over the real good window; "full": G draws it all
     held_in: int | None = None      # defect images per type to train on; None = first third (ceil(n / 3))
     steps: int = 100_000            # total optimisation steps (a --minutes budget usually ends a call first)
     minutes: float | None = None    # wall-clock budget of this call; None = run to `steps`

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from defectgen.errors import DataError
 from defectgen.nets.encoder import Encoder, EncoderConfig
-from defectgen.nets.patch import PatchDiscriminator, PatchDiscriminatorConfig, PatchGenerator, composite
+from defectgen.nets.patch import PatchDiscriminator, PatchDiscriminatorConfig, PatchGenerator
 from defectgen.training.checkpoint import CKPT_NAME, Checkpoint, load_optimizer, read_checkpoint, restore_rng
 from defectgen.training.checkpoint import save_checkpoint as _save
 from defectgen.training.common import RunLogger, prepare_run_dir, run_budgeted, step_seed
@@ -164,7 +164,7 @@ def losses(st: PatchEncoderState, x: Windows, wp: torch.Tensor) -> dict[str, tor
     cfg, G = st.cfg, st.run.G
     w_hat = encoder_start(st.E, G, x, cfg.type_start)  # [B, L, W]
     colour, logit = G.synthesis(w_hat, x.goods, noise_mode="const")
-    rec, alpha = composite(x.goods, colour, logit)  # soft alpha: the inversion objective's composite
+    rec, alpha = G.compose(x.goods, colour, logit)  # soft alpha: the inversion objective's composite
     terms = {"pix": (rec - x.images).square().mean(),
              "mask": F.binary_cross_entropy_with_logits(logit, x.masks),
              "latent": (w_hat[:len(wp)] - wp).square().mean() if len(wp) else torch.zeros(())}
@@ -242,7 +242,7 @@ def write_samples(st: PatchEncoderState, win: Windows, path: Path) -> None:
     colour, logit = st.run.G.synthesis(encoder_start(st.E, st.run.G, sel, st.cfg.type_start), sel.goods,
                                        noise_mode="const")
     write_grid(path, [pair_cells(sel.images, sel.masks),
-                      pair_cells(composite(sel.goods, colour, logit)[0], (logit > 0).float())])
+                      pair_cells(st.run.G.compose(sel.goods, colour, logit)[0], (logit > 0).float())])
 
 
 # --------------------------------------------------------------------------------------------- entry

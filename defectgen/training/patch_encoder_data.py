@@ -21,7 +21,7 @@ import torch
 
 from defectgen.data.imageio import from_model
 from defectgen.errors import DataError
-from defectgen.nets.patch import PatchGenerator, composite
+from defectgen.nets.patch import PatchGenerator
 from defectgen.training.dataset import open_category
 from defectgen.training.losses import onehot
 from defectgen.training.patch_data import MIN_DEFECT_PX, defect_windows, good_windows
@@ -121,7 +121,7 @@ def g_samples(G: PatchGenerator, goods: torch.Tensor, types: torch.Tensor,
     """G's composite + hard mask on `goods` (const noise, as the runtime), and the w+ [B, L, W] that drew them."""
     wp = G.wplus(z, onehot(types, G.cfg.n_types))
     colour, logit = G.synthesis(wp, goods, noise_mode="const")
-    image, _ = composite(goods, colour, logit, hard=True)
+    image, _ = G.compose(goods, colour, logit, hard=True)
     return Windows(image, (logit > 0).float(), goods, types), wp
 
 

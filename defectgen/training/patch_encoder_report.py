@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from defectgen.nets.encoder import Encoder
-from defectgen.nets.patch import PatchGenerator, composite
+from defectgen.nets.patch import PatchGenerator
 from defectgen.training.patch_encoder_data import Windows
 from defectgen.training.report import iou, pair_cells, psnr, tile
 
@@ -56,7 +56,7 @@ def psnr_in_mask(a: torch.Tensor, b: torch.Tensor, m: torch.Tensor) -> torch.Ten
 @torch.no_grad()
 def scores(G: PatchGenerator, latent: torch.Tensor, win: Windows) -> dict[str, torch.Tensor]:
     colour, logit = G.synthesis(latent, win.goods, noise_mode="const")
-    image, _ = composite(win.goods, colour, logit)  # smooth alpha: the exported synthesis' composite
+    image, _ = G.compose(win.goods, colour, logit)  # smooth alpha: the exported synthesis' composite
     return {"mask_iou": iou((logit > 0).float(), win.masks), "psnr_db": psnr(image, win.images),
             "psnr_mask_db": psnr_in_mask(image, win.images, win.masks)}
 
@@ -103,7 +103,7 @@ def example_rows(E: Encoder, G: PatchGenerator, win: Windows, n: int, type_start
     cols = [pair_cells(sel.images, sel.masks)]
     for init in INITS:
         colour, logit = G.synthesis(start_latent(E, G, sel, init, type_start), sel.goods, noise_mode="const")
-        cols.append(pair_cells(composite(sel.goods, colour, logit)[0], (logit > 0).float()))
+        cols.append(pair_cells(G.compose(sel.goods, colour, logit)[0], (logit > 0).float()))
     return [list(row) for row in zip(*cols, strict=True)]
 
 

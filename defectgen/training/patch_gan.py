@@ -33,7 +33,6 @@ from defectgen.nets.patch import (
     PatchDiscriminatorConfig,
     PatchGenerator,
     PatchGeneratorConfig,
-    composite,
 )
 from defectgen.nets.stylegan import count_params
 from defectgen.training.augment import augment, parse_policy
@@ -93,14 +92,19 @@ class PatchResult:
     state: PatchState
 
 
-def model_configs(window: int, n_types: int, tiny: bool = False) -> tuple[PatchGeneratorConfig,
-                                                                          PatchDiscriminatorConfig]:
+DESIGNS = ("layered", "full")
+
+
+def model_configs(window: int, n_types: int, tiny: bool = False,
+                  design: str = "layered") -> tuple[PatchGeneratorConfig, PatchDiscriminatorConfig]:
     """Default nets at window `window`; `tiny` = 8-16 channels and 16-dim latents (tests, smoke runs)."""
+    layered = design == "layered"
     if tiny:
         return (PatchGeneratorConfig(window=window, z_dim=16, w_dim=16, n_types=n_types, mapping_layers=2,
-                                     channel_base=128, channel_max=16),
+                                     channel_base=128, channel_max=16, layered=layered),
                 PatchDiscriminatorConfig(res=window, n_types=n_types, channel_base=128, channel_max=16))
-    return PatchGeneratorConfig(window=window, n_types=n_types), PatchDiscriminatorConfig(res=window, n_types=n_types)
+    return (PatchGeneratorConfig(window=window, n_types=n_types, layered=layered),
+            PatchDiscriminatorConfig(res=window, n_types=n_types))
 
 
 def shape_d_config(d_cfg: PatchDiscriminatorConfig) -> PatchDiscriminatorConfig:
@@ -182,7 +186,7 @@ def _generate(G: PatchGenerator, z: torch.Tensor, c: torch.Tensor, good: torch.T
     """(composite, hard alpha, w) with fresh noise, as in training; D sees the binary alpha as the mask."""
     w = G.mapping(z, c)
     colour, logit = G.synthesis(w, good, noise_mode="random")
-    image, alpha = composite(good, colour, logit, hard=True)
+    image, alpha = G.compose(good, colour, logit, hard=True)
     return image, alpha, w
 
 
@@ -361,6 +365,9 @@ def _check_cfg(cfg: TrainPatchConfig) -> None:
     if cfg.batch < 2 or cfg.batch % 2:
         msg = f"--batch must be even and >= 2 (fakes come in pairs), got {cfg.batch}"
         raise ConfigError(msg)
+    if cfg.design not in DESIGNS:
+        msg = f"--design must be one of {', '.join(DESIGNS)}, got {cfg.design!r}"
+        raise ConfigError(msg)
     if cfg.shape_weight < 0:
         msg = f"--shape-weight must be >= 0, got {cfg.shape_weight}"
         raise ConfigError(msg)
@@ -411,7 +418,8 @@ def train_patch(cfg: TrainPatchConfig, out: str | os.PathLike[str], *, resume: b
         st = restore_state(ck, cfg)
         restore_rng(ck)
     else:
-        st = build_state(cfg, *model_configs(cfg.window, len(data.type_names), tiny), data.type_names, data.held_in)
+        st = build_state(cfg, *model_configs(cfg.window, len(data.type_names), tiny, cfg.design), data.type_names,
+                         data.held_in)
         write_json(out / "config.json", {**st.configs(), "defect_types": st.types, "held_in": data.held_in,
                                          "n_defect_windows": len(data.defects), "n_good_windows": len(data.goods)})
         write_json(out / "held_in.json", data.held_in)

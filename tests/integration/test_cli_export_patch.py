@@ -67,6 +67,31 @@ def test_train_export_run_round_trip(run_dir, tmp_path):
     assert all(np.isfinite(j["objective"]).all() for j in jobs)
 
 
+def test_full_design_trains_exports_and_runs(run_dir, tmp_path):
+    """`train patch --design full`: a G that draws the whole window; the bundle records the design, its
+    synthesis graph still takes the good window (the step graph's background term needs it), and `run` pastes
+    G's own pixels where its mask is on."""
+    import onnx
+
+    data = run_dir.parent / "data"
+    code, out, err = invoke("train", "patch", "--data", data, "--out", tmp_path / "run", "--window", P,
+                            "--steps", 2, "--batch", 4, "--held-in", 1, "--seed", 0, "--design", "full")
+    assert code == 0, out + err
+    code, out, err = invoke("export", "--patch", tmp_path / "run", "--out", tmp_path / "bundle", "--spaces",
+                            "wplus", "--batch", 2, "--steps", 2)
+    assert code == 0, out + err
+    b = Bundle.load(tmp_path / "bundle")
+    assert b.manifest.patch.design == "full" and b.patch_design == "full"
+    assert json.loads((tmp_path / "bundle" / "verify.json").read_text())["passed"]
+    synthesis = onnx.load(tmp_path / "bundle" / "synthesis_wplus.onnx")
+    assert [i.name for i in synthesis.graph.input] == ["latent", "good"]
+    code, out, err = invoke("run", "--bundle", tmp_path / "bundle", "--mvtec", data, "--random-masks", 1,
+                            "--types", "crack,hole", "--steps", 2, "--out", tmp_path / "out", "--seed", 0,
+                            "--mask-shape", "generated", "--mask-mode", "generated")
+    assert code == 0, out + err
+    assert all(j["status"] == "ok" for j in jobs_log(tmp_path / "out"))
+
+
 def test_export_needs_exactly_one_model_kind(run_dir, tmp_path):
     line = _one_line_error(*invoke("export", "--out", tmp_path / "b"))
     assert "--gan and --encoder" in line and "--patch" in line

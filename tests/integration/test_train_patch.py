@@ -157,7 +157,8 @@ def test_shape_d_judges_masks_only_and_can_join_a_resumed_run(data, tmp_path):
 @pytest.mark.parametrize(("args", "message"), [(["--window", "48"], "--window"),
                                                 (["--batch", "3"], "--batch must be even"),
                                                 (["--held-in", "9"], "--held-in 9"),
-                                                (["--augment", "translation,colour"], "'color'")])
+                                                (["--augment", "translation,colour"], "'color'"),
+                                                (["--design", "stacked"], "--design must be one of")])
 def test_cli_bad_input_is_one_line(data, tmp_path, args, message):
     r = runner.invoke(app, ["train", "patch", "--data", str(data), "--out", str(tmp_path / "r"), *args])
     assert r.exit_code == 2, r.output

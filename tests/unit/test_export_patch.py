@@ -90,7 +90,7 @@ def test_bundle_loads_with_patch_info_no_encoder_and_good_input(bundle_dir):
         assert names == ["latent", "good", *(["type_onehot"] if space == "z" else [])]
         assert [i.name for i in _sess(bundle_dir / f"synthesis_{space}.onnx").get_inputs()] == names
     raw = json.loads((bundle_dir / "manifest.json").read_text())
-    assert raw["patch"] == {"window": P, "scale": 1.0}
+    assert raw["patch"] == {"window": P, "scale": 1.0, "design": "layered"}
 
 
 def test_verify_report_passed_on_random_and_real_windows(bundle_dir):

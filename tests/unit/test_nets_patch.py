@@ -65,6 +65,24 @@ def test_good_window_steers_the_colour():
     assert not torch.allclose(g.synthesis(w, goods())[0], g.synthesis(w, -goods())[0])
 
 
+def test_full_design_draws_the_whole_window_without_seeing_the_good_one():
+    """A full patch G (`layered=False`): its image is its own window, whatever the good window holds; its
+    composite is that window (mask aside), and it has no good-window features to train."""
+    torch.manual_seed(0)
+    g_cfg, _ = model_configs(16, T, tiny=True, design="full")
+    g = PatchGenerator(g_cfg)
+    assert not g_cfg.layered and not any("from_good" in n for n, _ in g.named_parameters())
+    z, c = torch.randn(2, 16), onehot([0, 1])
+    img_a, alpha_a, colour_a, _ = g(z, c, goods(), hard=False)
+    img_b, alpha_b, _, _ = g(z, c, -goods(), hard=False)
+    assert torch.equal(img_a, img_b) and torch.equal(img_a, colour_a) and torch.equal(alpha_a, alpha_b)
+    logit = torch.randn(2, 1, 16, 16)
+    for hard in (False, True):
+        assert torch.equal(composite(goods(), colour_a, logit, hard=hard, layered=False)[0], colour_a)
+    layered, _ = nets()
+    assert any("from_good" in n for n, _ in layered.named_parameters())
+
+
 def test_composite_math():
     good, colour = goods(), goods() * -0.5
     off = torch.full((2, 1, 16, 16), -1e4)

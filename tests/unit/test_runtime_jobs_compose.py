@@ -165,6 +165,19 @@ def test_hard_composite_recovers_the_layer_where_the_mask_is_on() -> None:
     assert np.array_equal(hard[~on], good[~on])
 
 
+def test_hard_composite_of_a_full_g_takes_its_window_where_the_mask_is_on() -> None:
+    from defectgen.runtime.jobs.compose import hard_composite
+
+    rng = np.random.default_rng(0)
+    good, window = rng.uniform(-1, 1, (2, 3, 8, 8)).astype(np.float32)
+    logit = rng.normal(0, 3, (1, 8, 8)).astype(np.float32)
+    hard = hard_composite(window, logit, good, layered=False)  # a full G's synthesis returns its own window
+    on = np.broadcast_to(logit > 0, hard.shape)
+    assert on.any() and (~on).any()
+    assert np.array_equal(hard[on], window[on]) and np.array_equal(hard[~on], good[~on])
+    assert not np.allclose(hard_composite(window, logit, good)[on], window[on])  # not a layer to un-blend
+
+
 @pytest.mark.parametrize("layered", [True, False])
 def test_generated_labels_say_where_pixels_changed(layered: bool) -> None:
     """`--mask-mode generated`: the composite follows G's label, not the larger target; a layered G's pixels
@@ -191,7 +204,7 @@ def test_generated_labels_say_where_pixels_changed(layered: bool) -> None:
     p = Prepared(spec=spec, image=image, mask=target, crop=Crop.full(target.shape), good=good, mask_m=target[None],
                  stitched=good, guide=image, reference=None)
     settings = RunSettings(inversion=InversionConfig(), mask_mode="generated", feather_px=1.0, detail=False)
-    out, label = compose_output(p, soft, logit, settings, r, layered=layered)
+    out, label = compose_output(p, soft, logit, settings, r, patch_design="layered" if layered else None)
     assert np.array_equal(label, (logit[0] > 0).astype(np.uint8))
     away = dilate(label, 1) == 0
     if layered:

@@ -140,6 +140,12 @@ class Bundle:
         return bool(self.manifest.graph_files("encoder"))
 
     @property
+    def patch_design(self) -> str | None:
+        """None for a whole-part bundle; a patch G's design, "layered" (a defect layer) or "full" (the window)."""
+        patch = self.manifest.patch
+        return None if patch is None else patch.design
+
+    @property
     def has_critic(self) -> bool:
         """The bundle has D's realness score (`critic.onnx`), which ranks G's target proposals."""
         return bool(self.manifest.graph_files("critic"))

@@ -63,20 +63,25 @@ class RunDefaults:
 @dataclass(frozen=True)
 class PatchInfo:
     """A patch-mode bundle's window: the model works on `window` x `window` model px, cut from the data at
-    `scale` data px per model px (1.0: native resolution), and its G draws a defect layer over the good window,
-    which is therefore an input of the synthesis graph too.
+    `scale` data px per model px (1.0: native resolution). The good window is an input of the synthesis graph:
+    a layered G draws a defect layer over it; a full G (`design = "full"`) draws the whole window itself.
     """
 
     window: int  # P, equal to the manifest's `resolution`
     scale: float = 1.0  # data px per model px
+    design: str = "layered"  # "layered": G draws a defect layer over the good window; "full": the whole window
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "manifest.patch") -> PatchInfo:
         require_type(d, dict, where)
         info = cls(window=get_field(d, "window", int, where), scale=float(get_field(d, "scale", float, where,
-                                                                                     default=1.0)))
+                                                                                     default=1.0)),
+                   design=get_field(d, "design", str, where, default="layered"))
         if info.window < 1 or not info.scale > 0:
             msg = f"manifest field {where} needs window >= 1 and scale > 0, got {info}"
+            raise BundleError(msg)
+        if info.design not in ("layered", "full"):
+            msg = f"manifest field {where}.design must be 'layered' or 'full', got {info.design!r}"
             raise BundleError(msg)
         return info
 

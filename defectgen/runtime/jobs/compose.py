@@ -228,14 +228,18 @@ def generated_mask(mask_logit: np.ndarray, target: np.ndarray, crop: Crop, res: 
     return out
 
 
-def hard_composite(image_m: np.ndarray, mask_logit: np.ndarray, good_m: np.ndarray) -> np.ndarray:
-    """A layered G's composite as its D judged it in training: G's colour where its mask is on (σ > 0.5), the
+def hard_composite(image_m: np.ndarray, mask_logit: np.ndarray, good_m: np.ndarray, *,
+                   layered: bool = True) -> np.ndarray:
+    """A patch G's composite as its D judged it in training: G's colour where its mask is on (σ > 0.5), the
     good window elsewhere. Shapes broadcast: one window (3,R,R) or a batch (B,3,R,R).
 
-    The synthesis graph returns the smooth composite `a·colour + (1 − a)·good` (the inversion needs the gradient
-    of `a`); where `a > 0.5` the colour is `(image − (1 − a)·good) / a`, an exact inverse with a divisor >= 0.5.
+    A layered G's synthesis graph returns the smooth composite `a·colour + (1 − a)·good` (the inversion needs the
+    gradient of `a`); where `a > 0.5` the colour is `(image − (1 − a)·good) / a`, an exact inverse with a divisor
+    >= 0.5. A full G (`layered=False`) returns its own window, whose pixels are the colour.
     """
     logit = np.asarray(mask_logit, np.float32)
+    if not layered:
+        return np.where(logit > 0, np.asarray(image_m, np.float32), good_m).astype(np.float32)
     with np.errstate(over="ignore"):  # exp(-logit) overflows to inf far outside the mask: a = 0 there, as it should
         a = 1.0 / (1.0 + np.exp(-logit))
     colour = (np.asarray(image_m, np.float32) - (1.0 - a) * good_m) / np.maximum(a, 0.5)

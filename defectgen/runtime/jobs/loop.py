@@ -103,7 +103,7 @@ class _Loop:
                 continue
             try:
                 image, mask = compose_output(p, result.image[i], result.mask_logit[i], self.settings,
-                                             self.bundle.resolution, layered=self.bundle.patch is not None)
+                                             self.bundle.resolution, patch_design=self.bundle.patch_design)
                 outputs = self.folder.write_result(p.spec, image, mask, p.image if p.native is None else p.native)
             except OSError as e:
                 msg = (f"cannot write outputs into {self.folder.out}: {e.strerror or e}; "

@@ -14,12 +14,12 @@ from defectgen.runtime.jobs.settings import RunSettings
 
 
 def compose_output(p: Prepared, image_m: np.ndarray, mask_logit: np.ndarray, settings: RunSettings,
-                   res: int, *, layered: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                   res: int, *, patch_design: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Composite the generated crop over the full-resolution good image; pick the output mask.
 
     With `mask_mode` "generated" the label is G's own mask (within the dilated target) and the composite's
-    alpha follows that label; for a `layered` G (a patch bundle) the pixels are then its hard composite
-    (`hard_composite`), so pixels change exactly where the label says.
+    alpha follows that label; for a patch G the pixels are then its hard composite (`hard_composite`), so
+    pixels change exactly where the label says.
 
     Args:
         p: the prepared job.
@@ -27,7 +27,7 @@ def compose_output(p: Prepared, image_m: np.ndarray, mask_logit: np.ndarray, set
         mask_logit: float (1,R,R) generated mask logit.
         settings: run settings (`guide_weight`, `detail`, `mask_mode`, `feather_px`).
         res: model resolution.
-        layered: the bundle's G draws a defect layer over the good window (patch mode).
+        patch_design: None for a whole-part bundle, else its patch G's design (`Bundle.patch_design`).
 
     Returns:
         (the image in the input's own channels and bit depth, uint8 HxW {0,1} mask), at the input's resolution.
@@ -40,8 +40,8 @@ def compose_output(p: Prepared, image_m: np.ndarray, mask_logit: np.ndarray, set
         raise JobError(msg)
     if settings.mask_mode == "generated":
         label = generated_mask(mask_logit, p.mask, p.crop, res, settings.feather_px)
-        if layered:
-            image_m = hard_composite(image_m, mask_logit, p.good)
+        if patch_design is not None:
+            image_m = hard_composite(image_m, mask_logit, p.good, layered=patch_design == "layered")
     else:
         label = p.mask
     alpha = alpha_for(label, p.crop, res, settings.feather_px)
