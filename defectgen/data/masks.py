@@ -12,6 +12,7 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
+from defectgen.data.grain import match_grain
 from defectgen.errors import DataError
 
 # (height/width, centre xy, size in px ~ part diameter, rng, minimum stroke width in px) -> {0,1} mask
@@ -422,7 +423,8 @@ def stitch(good: np.ndarray, ref_img: np.ndarray, ref_mask: np.ndarray, target_m
     Colour match: the warped reference is shifted by one RGB offset so that its median colour in a ring just
     around the (target and warped) defect equals the good image's median colour there (a median, because the
     ring may reach past the reference part onto its background). The defect keeps its own contrast (a dark
-    crack stays darker than the surface) while the pasted surface blends in. Pixels outside
+    crack stays darker than the surface) while the pasted surface blends in. Where the warp enlarged the defect
+    past the grain of `good`, the missing grain is added (`match_grain`). Pixels outside
     `dilate(target_mask, feather_px)` are returned unchanged.
 
     Returns:
@@ -441,5 +443,7 @@ def stitch(good: np.ndarray, ref_img: np.ndarray, ref_mask: np.ndarray, target_m
         sel = ring.astype(bool)
         warped += np.median(good[sel], axis=0).astype(np.float32) - np.median(warped[sel], axis=0)
     alpha = feather(target_mask, feather_px)[:, :, None]
+    warped = match_grain(warped, (alpha[:, :, 0] > 0).astype(np.uint8), good,
+                         rng if rng is not None else np.random.default_rng(0))
     blended = np.clip(np.rint(good + alpha * (warped - good)), 0, 255).astype(np.uint8)
     return np.where(alpha > 0, blended, good)

@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
+from defectgen.data.grain import match_grain, noise_sigma
 from defectgen.data.masks import (
     bbox,
     dilate,
@@ -121,6 +122,40 @@ def test_stitch_changes_only_the_feathered_target():
     assert out[core].mean() < good[core].mean() - 30
     with pytest.raises(DataError, match="target mask size"):
         stitch(good, ref, ref_mask, target[:10], 3)
+
+
+def test_noise_sigma_reads_white_noise_and_ignores_shading():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:200, 0:200].astype(np.float32)
+    shading = (60 + 0.4 * xx + 0.2 * yy)[:, :, None].repeat(3, 2)  # a ramp: no noise at all
+    np.testing.assert_allclose(noise_sigma(shading), 0.0, atol=1e-3)
+    noisy = shading + rng.normal(0, [1.0, 2.0, 4.0], shading.shape).astype(np.float32)
+    np.testing.assert_allclose(noise_sigma(noisy), [1.0, 2.0, 4.0], rtol=0.08)
+    region = np.zeros((200, 200), np.uint8)
+    region[50:100, 50:100] = 1
+    np.testing.assert_allclose(noise_sigma(noisy, region), [1.0, 2.0, 4.0], rtol=0.15)
+    assert np.isnan(noise_sigma(noisy, region[:, ::-1] * 0)).all()  # no pixels: no estimate
+
+
+def test_an_enlarged_paste_gets_the_grain_of_the_image_it_lands_in():
+    """A 16 px reference stitched 4x larger into a grainy image: smooth without grain matching, the image's
+    grain with it; inside the target only, and a paste at the same scale gets next to nothing added."""
+    rng = np.random.default_rng(0)
+    good = np.clip(120 + rng.normal(0, 3.0, (160, 160, 3)), 0, 255).astype(np.uint8)
+    ref = np.full((16, 16, 3), 90, np.uint8)
+    ref[4:12, 4:12] = 60
+    ref_mask = np.zeros((16, 16), np.uint8)
+    ref_mask[4:12, 4:12] = 1
+    target = np.zeros((160, 160), np.uint8)
+    target[40:104, 40:104] = 1
+    out = stitch(good, ref, ref_mask, target, feather_px=3, rng=np.random.default_rng(1))
+    np.testing.assert_allclose(noise_sigma(out, target), noise_sigma(good), rtol=0.2)
+    assert noise_sigma(ref.astype(np.float32).repeat(4, 0).repeat(4, 1))[0] < 0.5  # what it was: smooth
+    outside = dilate(target, 3) == 0
+    np.testing.assert_array_equal(out[outside], good[outside])
+    grainy = good[40:104, 40:104].astype(np.float32) - 30  # already at the image's grain
+    same = match_grain(grainy, np.ones((64, 64), np.uint8), good, np.random.default_rng(2))
+    assert np.abs(same - grainy).std() < 0.5 * noise_sigma(good).mean()
 
 
 def test_fill_from_defect_copies_the_nearest_defect_pixel():
