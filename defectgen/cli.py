@@ -250,7 +250,8 @@ def run(
     types: Optional[str] = typer.Option(None, help="Defect types, comma separated (default: all in the bundle)."),
     space: Optional[str] = typer.Option(None, help="Latent space to optimise: wplus, w or z (default: the bundle's)."),
     steps: Optional[int] = typer.Option(None, help="Adam steps (default: the bundle's)."),
-    lr: Optional[float] = typer.Option(None, help="Adam learning rate (default: the bundle's)."),
+    lr: Optional[float] = typer.Option(None, help="Adam learning rate (default: the bundle's, which is smaller "
+                                                  "for targets G proposed; given, it applies to every job)."),
     lambda_: Optional[list[str]] = typer.Option(None, "--lambda", help="Loss weight override, name=value."),
     init: Optional[str] = typer.Option(None, help="Latent init: encoder, wavg or random (default: the bundle's)."),
     backend: str = typer.Option("auto", help="auto, ort-cpu, ort-cuda, ort-trt or tensorrt."),

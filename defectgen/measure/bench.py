@@ -194,8 +194,8 @@ def time_end_to_end(backend: Backend, bundle: Bundle, jobs: BenchJobs, config: I
         last[:] = [end_to_end(backend, bundle, jobs, config)[0]]
 
     stats = timed(run, repeats=repeats, warmup=warmup, budget_s=budget_s)
-    return {"batch": len(jobs), "steps": config.steps, "lr": config.lr, "init": config.init,
-            "space": config.space, "lr_schedule": config.lr_schedule, **stats,
+    return {"batch": len(jobs), "steps": config.steps, "lr": config.lr, "proposal_lr": config.proposal_lr,
+            "init": config.init, "space": config.space, "lr_schedule": config.lr_schedule, **stats,
             "defects_per_s": len(jobs) / stats["median_s"], "quality": quality(last[0], jobs.batch)}
 
 

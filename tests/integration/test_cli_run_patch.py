@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from cli_helpers import invoke, jobs_log, make_images
 
 from defectgen.data.imageio import read_image, read_mask
+from defectgen.runtime.bundle import Bundle
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +110,12 @@ def test_generated_targets_are_the_generators_own_proposals(setup: dict[str, Pat
                           "--random-masks", 1, "--out", tmp_path / "ref", "--steps", 2, "--backend", "ort-cpu")
     assert code == 0, err
     assert all(r["proposal"] is None for r in jobs_log(tmp_path / "ref"))
+    lr, proposal_lr = Bundle.load(setup["bundle"]).defaults.lr, Bundle.load(setup["bundle"]).defaults.proposal_lr
+    assert proposal_lr < lr and all(r["lr"] == lr for r in jobs_log(tmp_path / "ref"))
+    assert all(r["lr"] == proposal_lr for r in recs)  # G proposed these targets: the gentler steps
+    assert json.loads((tmp_path / "a" / "run.json").read_text())["identity"]["proposal_lr"] == proposal_lr
+    given = run(tmp_path / "lr", "--lr", 0.02)  # a given --lr applies to every job
+    assert all(r["lr"] == 0.02 for r in given)
     code, _, err = invoke("run", "--bundle", setup["bundle"], "--images", setup["root"] / "images",
                           "--random-masks", 1, "--mask-shape", "generated", "--out", tmp_path / "bad", "--proposals", 0)
     assert code == 2 and "--proposals must be within [1, 1024]" in err and not (tmp_path / "bad").exists()

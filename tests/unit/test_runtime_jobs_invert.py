@@ -194,3 +194,23 @@ def test_a_start_of_its_own_overrides_init_and_variant(backend: OrtBackend, bund
     wrong = InversionBatch(*rep, types * 3, starts=[own[..., :1], None, None])
     with pytest.raises(JobError, match="start latent has shape"):
         init_latent(backend, bundle, wrong, cfg, np.random.default_rng(0))
+
+
+def test_proposed_samples_take_the_proposal_lr(backend: OrtBackend, bundle: Bundle, toy: ToyModel) -> None:
+    """A sample starting from G's own proposal steps with `proposal_lr`; the others with `lr` (one Adam step
+    moves every coordinate by about its lr)."""
+    good, mask, stitched, types = toy.inputs(1)
+    rep = [np.repeat(a, 2, 0) for a in (good, mask, stitched)]
+    own = np.random.default_rng(3).standard_normal(toy.latent_shape("wplus")).astype(np.float32)
+    batch = InversionBatch(*rep, types * 2, starts=[None, own])
+    cfg = InversionConfig(steps=1, lr=0.05, proposal_lr=0.005, lr_schedule="constant", init="wavg",
+                          early_stop_patience=0)
+    res = invert(backend, bundle, batch, config=cfg)
+    moved = np.abs(res.latent - res.init_latent).reshape(2, -1).max(1)
+    np.testing.assert_allclose(moved, [0.05, 0.005], rtol=0.02)
+    same = invert(backend, bundle, batch, config=InversionConfig(steps=1, lr=0.05, lr_schedule="constant",
+                                                                 init="wavg", early_stop_patience=0))
+    np.testing.assert_allclose(np.abs(same.latent - same.init_latent).reshape(2, -1).max(1), [0.05, 0.05], rtol=0.02)
+    assert cfg.lr_for(True) == 0.005 and cfg.lr_for(False) == 0.05 and InversionConfig().lr_for(True) == 0.05
+    with pytest.raises(JobError, match="proposal lr"):
+        InversionConfig(proposal_lr=float("nan")).validate(bundle)

@@ -19,7 +19,8 @@ Rules (see `InversionConfig` for the knobs):
   with a start of its own (`InversionBatch.starts`: G proposed its target, `propose`) starts there.
 - **Adam** on the latent, per-sample bias-corrected, with `lr_schedule="cosine"`: the StyleGAN2 projector's ramp,
   lr · ½(1 − cos(π · min(1, (1 − t) / rampdown))) · min(1, t / rampup), t = step / steps; rampup defaults to 0
-  because with 5-20 steps a ramp-up would waste the first step.
+  because with 5-20 steps a ramp-up would waste the first step. A sample starting from G's own proposal takes
+  `proposal_lr` as its peak instead: its steps only refine a defect G drew, and larger ones drift its colours.
 - **Result = best finite latent** seen (lowest objective among evaluated latents, the init included), so a late
   Adam overshoot never makes the output worse; with a decreasing loss this is the last one.
 - **Early stop (per sample).** After each evaluation a sample whose objective improved on its best by less than
@@ -54,6 +55,7 @@ class InversionConfig:
     space: str = RunDefaults.space  # latent optimised: wplus (B,L,W), w (B,W) or z (B,Z)
     steps: int = RunDefaults.steps  # Adam steps (the step graph runs steps + 1 times: the last evaluates the result)
     lr: float = RunDefaults.lr  # peak Adam learning rate
+    proposal_lr: float | None = None  # peak lr of samples that start from G's own proposal (None: `lr`)
     init: str = RunDefaults.init  # encoder | wavg | random (module docstring)
     lambdas: dict[str, float] = field(default_factory=dict)  # overrides of the bundle's default λ, by term name
     betas: tuple[float, float] = (0.9, 0.999)  # Adam moment decays
@@ -84,6 +86,8 @@ class InversionConfig:
         checks = [
             (self.steps >= 0, f"steps must be >= 0, got {self.steps}"),
             (self.lr > 0 and math.isfinite(self.lr), f"lr must be a finite number > 0, got {self.lr}"),
+            (self.proposal_lr is None or (self.proposal_lr > 0 and math.isfinite(self.proposal_lr)),
+             f"proposal lr must be a finite number > 0, got {self.proposal_lr}"),
             (0 <= self.betas[0] < 1 and 0 <= self.betas[1] < 1, f"betas must be in [0, 1), got {self.betas}"),
             (0 < self.lr_rampdown <= 1, f"lr_rampdown must be in (0, 1], got {self.lr_rampdown}"),
             (0 <= self.lr_rampup <= 1, f"lr_rampup must be in [0, 1], got {self.lr_rampup}"),
@@ -94,6 +98,10 @@ class InversionConfig:
             if not ok:
                 raise JobError(msg)
         bundle.lambda_vector(self.lambdas)
+
+    def lr_for(self, proposed: bool) -> float:
+        """Peak lr of a sample: `proposal_lr` when G proposed its target (and it is set), else `lr`."""
+        return self.proposal_lr if proposed and self.proposal_lr is not None else self.lr
 
     def lr_at(self, step: int) -> float:
         """Learning rate of Adam step `step` (0-based) out of `steps`."""
@@ -245,6 +253,8 @@ def invert(backend: Backend, bundle: Bundle, batch: InversionBatch, *, config: I
     best_terms = np.full((n, k), np.nan, np.float32)
     m, v = np.zeros_like(c), np.zeros_like(c)
     stalls, steps_run = np.zeros(n, int), np.zeros(n, int)
+    own = [s is not None for s in batch.starts] if batch.starts is not None else [False] * n
+    lr_scale = np.array([cfg.lr_for(o) / cfg.lr for o in own], np.float32)  # per sample, times the schedule
     failed = ~np.isfinite(c).reshape(n, -1).all(1)  # a NaN init (e.g. a broken encoder) fails at once
     active = ~failed
     calls = 0
@@ -276,7 +286,7 @@ def invert(backend: Backend, bundle: Bundle, batch: InversionBatch, *, config: I
             stop = stalls[good_idx] >= cfg.early_stop_patience
             active[good_idx[stop]] = False
             good_idx, grad = good_idx[~stop], grad[~stop]
-        _adam(c, m, v, grad, good_idx, t=i + 1, lr=cfg.lr_at(i), cfg=cfg)
+        _adam(c, m, v, grad, good_idx, t=i + 1, lr=cfg.lr_at(i) * lr_scale[good_idx], cfg=cfg)
         steps_run[good_idx] += 1
     t_steps = time.perf_counter()
     image, mask_logit = backend.synthesize(cfg.space, best_c, onehot, good=batch.good)
@@ -297,9 +307,9 @@ def _step(backend: Backend, space: str, c: np.ndarray, batch: InversionBatch, la
                         None if onehot is None else onehot[idx])
 
 
-def _adam(c: np.ndarray, m: np.ndarray, v: np.ndarray, grad: np.ndarray, idx: np.ndarray, *, t: int, lr: float,
-          cfg: InversionConfig) -> None:
-    """One bias-corrected Adam update of rows `idx` of `c`, in place (t = 1-based step count)."""
+def _adam(c: np.ndarray, m: np.ndarray, v: np.ndarray, grad: np.ndarray, idx: np.ndarray, *, t: int,
+          lr: np.ndarray, cfg: InversionConfig) -> None:
+    """One bias-corrected Adam update of rows `idx` of `c`, in place (t = 1-based step count; `lr` per row)."""
     if not len(idx):
         return
     b1, b2 = cfg.betas
@@ -307,4 +317,5 @@ def _adam(c: np.ndarray, m: np.ndarray, v: np.ndarray, grad: np.ndarray, idx: np
     v[idx] = b2 * v[idx] + (1 - b2) * grad * grad
     m_hat = m[idx] / (1 - b1**t)
     v_hat = v[idx] / (1 - b2**t)
+    lr = np.asarray(lr, np.float32).reshape((-1,) + (1,) * (c.ndim - 1))
     c[idx] -= (lr * m_hat / (np.sqrt(v_hat) + cfg.eps)).astype(np.float32)

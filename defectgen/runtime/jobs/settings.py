@@ -58,7 +58,8 @@ class RunSettings:
         return {"space": inv.space, "steps": inv.steps, "lr": inv.lr, "init": inv.init, "lambdas": inv.lambdas,
                 "mask_mode": self.mask_mode, "feather_px": self.feather_px, "detail": self.detail,
                 "guide_weight": self.guide_weight, "mask_shape": self.mask_shape,
-                **({"proposals": self.proposals} if self.mask_shape == "generated" else {}),
+                **({"proposals": self.proposals, "proposal_lr": inv.lr_for(True)}
+                   if self.mask_shape == "generated" else {}),
                 **({"scale": self.scale} if self.scale is not None else {})}
 
 
@@ -89,7 +90,8 @@ def resolve_settings(bundle: Bundle, *, space: str | None = None, steps: int | N
                "--scale applies to patch-mode bundles only (this bundle's model sees whole parts)")
         raise JobError(msg)
     config = InversionConfig(space=space or d.space, steps=d.steps if steps is None else steps,
-                             lr=d.lr if lr is None else lr, init=init or d.init, lambdas=dict(lambdas or {}),
+                             lr=d.lr if lr is None else lr, proposal_lr=d.proposal_lr if lr is None else lr,
+                             init=init or d.init, lambdas=dict(lambdas or {}),
                              **inversion)
     config.validate(bundle)
     mask_mode = mask_mode or d.mask_mode
