@@ -39,6 +39,10 @@ Scripts (run from the repository root with the training venv, e.g. `python bench
 - `profile_step.py`: ONNX Runtime per-op profile of the step graph and a session-option sweep.
 - `micro_ops.py`: micro-benchmarks behind the profile's findings (2x FIR resampling and leaky-ReLU backward
   written in cheaper, equivalent forms).
+- `blockiness.py`: share of flat 2x2 blocks inside the masks of `defectgen run` on the 512 px example part
+  (upscaled crops show up as flat blocks), against the input at the same places.
+- `colour_drift.py`: colour distance (per-channel Wasserstein-1, grey levels) of G's defects to the real ones
+  of the type, for G's proposals and after the inversion's steps at several learning rates and spaces.
 - `make_readme.py`: rebuilds this file from `results/`.
 
 `defectgen bench` is the torch-free counterpart for an edge box (`defectgen/measure/`, which these scripts
@@ -184,7 +188,7 @@ def target_rows(res: dict[str, dict[str, Any] | None]) -> list[list[str]]:
 
 
 def main() -> None:
-    names = ["throughput", "convergence", "footprint", "profile_step", "micro_ops"]
+    names = ["throughput", "convergence", "footprint", "profile_step", "micro_ops", "blockiness", "colour_drift"]
     res = {n: load(n) for n in names}
     parts = [INTRO, "## Targets", "",
              common.md_table(["target", "measured", "verdict", "command", "measured at (UTC)"], target_rows(res)),
