@@ -87,6 +87,8 @@ def test_manifest_keeps_unknown_fields(toy_dir: Path) -> None:
     ("files", [], "files must be an object"),
     ("format", "something-else", "not a defectgen bundle"),
     ("format_version", 3, "unsupported bundle format_version 3"),
+    ("patch", {"window": 16, "design": "stacked"}, "patch.design must be 'layered' or 'full'"),
+    ("defaults", {"proposal_lr": "small"}, "defaults.proposal_lr must be float"),
 ])
 def test_manifest_field_validation(toy_dir: Path, field: str, value: object, match: str) -> None:
     data = _manifest_dict(toy_dir)
