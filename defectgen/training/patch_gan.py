@@ -1,7 +1,8 @@
 """`defectgen train patch`: the layered patch GAN trainer (patch mode, docs/design.md "Resolution and patch mode").
 
-G draws a defect layer (colour + alpha) over a random *real* good window; D sees (composite, mask) against real
-defective windows of the held-in images, unpaired, with the same DiffAugment on both. Non-saturating loss +
+G draws a defect layer (colour + alpha) over a random *real* good window (with `design` "full" it draws the whole
+window and the good one plays no part); D sees (composite, mask) against real defective windows of the held-in
+images, unpaired, with the same DiffAugment on both. Non-saturating loss +
 lazy R1, EMA generator, and a mode-seeking term so different latents give different defects. With
 `shape_weight` > 0 a second, mask-only D (`D_shape`: the same architecture at half the channels, its image input
 zeros, no colour augmentation) judges G's hard mask against the real masks: the joint D can pass a fake on its

@@ -84,7 +84,7 @@ def propose_target(backend: Backend, bundle: Bundle, *, space: str, defect_type:
     if whole.any() and bundle.has_critic:  # D judges the whole draws only: the others are never kept
         cand = np.flatnonzero(whole)
         scores = backend.critic(hard_composite(image[cand], logit[cand], goods[cand],
-                                               layered=bundle.patch_design != "full"),
+                                               layered=bundle.patch_design == "layered"),
                                 (logit[cand] > 0).astype(np.float32), bundle.type_onehot([defect_type] * len(cand)))
         scores = np.where(np.isfinite(scores), scores, -np.inf)  # a non-finite score never wins
     if scores is not None and np.isfinite(scores).any():
