@@ -157,13 +157,15 @@ def train_patch(
                                                             "(default 0 = none; with --resume it adds one from "
                                                             "there on)."),
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in --out."),
+    device: Optional[str] = typer.Option(None, help="Torch device, e.g. cpu or cuda:0 (default cuda when "
+                                                    "available, else cpu); a resumed run may change it."),
 ) -> None:
     """Train the patch generator (by default a defect layer over real good windows, native pixel scale)."""
     from defectgen.training.patch_gan import train_patch_cli
 
     train_patch_cli(data=data, out=out, resume=resume, window=window, scale=scale, design=design, held_in=held_in,
                     minutes=minutes, steps=steps, batch=batch, seed=seed, sample_every=sample_every,
-                    ckpt_every=ckpt_every, augment=augment, shape_weight=shape_weight)
+                    ckpt_every=ckpt_every, augment=augment, shape_weight=shape_weight, device=device)
 
 
 @train_app.command("patch-encoder")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -39,6 +39,11 @@ class PatchData:
     goods: torch.Tensor
     type_names: list[str]  # defect types only, id order
     held_in: dict[str, list[str]]  # type -> image file names the windows came from
+
+    def to(self, device: str) -> PatchData:
+        """The same windows on `device` (a GPU run keeps the whole set there: a few hundred MB at most)."""
+        return replace(self, defects=self.defects.to(device), masks=self.masks.to(device),
+                       types=self.types.to(device), goods=self.goods.to(device))
 
 
 def held_in_items(items: list[Item], n: int | None) -> list[Item]:

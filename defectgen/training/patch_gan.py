@@ -12,7 +12,8 @@ Run folder: `config.json`, `held_in.json` (the only defective files the run saw)
 (kind "patch"; see checkpoint.py), `log.jsonl`, `samples/NNNNNN.png` (the learning curve: fixed z and good
 windows, one row per type, cells = good window | composite | mask), `reals.png` (real windows per type), and
 at the end `report.json` + `report.png` (loss curves). Resume is exact: step k's batch, z, noise and
-augmentation depend only on (seed, k).
+augmentation depend only on (seed, k) on one device kind (CPU and CUDA draw different numbers; a run can move
+between them on resume).
 """
 
 from __future__ import annotations
@@ -121,33 +122,34 @@ def _adam(params: Any, lr: float, betas: tuple[float, float], interval: int | No
 
 
 def build_state(cfg: TrainPatchConfig, g_cfg: PatchGeneratorConfig, d_cfg: PatchDiscriminatorConfig,
-                types: list[str], held_in: dict[str, list[str]]) -> PatchState:
-    """Fresh nets + optimisers; weights depend only on `cfg.seed`."""
+                types: list[str], held_in: dict[str, list[str]], device: str = "cpu") -> PatchState:
+    """Fresh nets + optimisers on `device`; weights depend only on `cfg.seed` (drawn on the CPU)."""
     torch.manual_seed(cfg.seed)
-    G, D = PatchGenerator(g_cfg), PatchDiscriminator(d_cfg)
-    G_ema = PatchGenerator(g_cfg).eval()
+    G, D = PatchGenerator(g_cfg).to(device), PatchDiscriminator(d_cfg).to(device)
+    G_ema = PatchGenerator(g_cfg).to(device).eval()
     G_ema.load_state_dict(G.state_dict())
     set_trainable(G_ema, False)
     st = PatchState(G=G, G_ema=G_ema, D=D, opt_G=_adam(G.parameters(), cfg.lr_g, cfg.betas, None),
                     opt_D=_adam(D.parameters(), cfg.lr_d, cfg.betas, cfg.r1_interval), cfg=cfg, g_cfg=g_cfg,
                     d_cfg=d_cfg, types=types, held_in=held_in)
     if cfg.shape_weight > 0:
-        st.D_shape = PatchDiscriminator(shape_d_config(d_cfg))
+        st.D_shape = PatchDiscriminator(shape_d_config(d_cfg)).to(device)
         st.opt_D_shape = _adam(st.D_shape.parameters(), cfg.lr_d, cfg.betas, cfg.r1_interval)
     return st
 
 
-def restore_state(ck: Checkpoint, cfg: TrainPatchConfig) -> PatchState:
-    """Rebuild a `PatchState` from a checkpoint (`cfg` = the saved config with this call's budget)."""
+def restore_state(ck: Checkpoint, cfg: TrainPatchConfig, device: str = "cpu") -> PatchState:
+    """Rebuild a `PatchState` on `device` from a checkpoint (`cfg` = the saved config with this call's budget)."""
     g_cfg = from_dict(PatchGeneratorConfig, ck.configs["patch_generator"])
     d_cfg = from_dict(PatchDiscriminatorConfig, ck.configs["patch_discriminator"])
-    st = build_state(cfg, g_cfg, d_cfg, list(ck.meta["defect_types"]), dict(ck.meta["held_in"]))
+    st = build_state(cfg, g_cfg, d_cfg, list(ck.meta["defect_types"]), dict(ck.meta["held_in"]), device)
     for name in ("G", "G_ema", "D"):
         getattr(st, name).load_state_dict(ck.state_dict(name))
     load_optimizer(st.opt_G, ck, "opt_G")
     load_optimizer(st.opt_D, ck, "opt_D")
     if st.D_shape is not None and ck.has("D_shape"):  # else a fresh one: fine-tuning adds it
         st.D_shape = PatchDiscriminator(from_dict(PatchDiscriminatorConfig, ck.configs["patch_shape_discriminator"]))
+        st.D_shape = st.D_shape.to(device)
         st.D_shape.load_state_dict(ck.state_dict("D_shape"))
         st.opt_D_shape = _adam(st.D_shape.parameters(), cfg.lr_d, cfg.betas, cfg.r1_interval)
         load_optimizer(st.opt_D_shape, ck, "opt_D_shape")
@@ -179,7 +181,7 @@ def _fake_inputs(st: PatchState, data: PatchData, types: torch.Tensor) -> tuple[
     h = st.cfg.batch // 2
     good = data.goods[torch.randint(len(data.goods), (h,))].repeat(2, 1, 1, 1)  # [B, 3, P, P]
     c = onehot(types[:h], len(st.types)).repeat(2, 1)  # [B, T]
-    z = torch.randn(st.cfg.batch, st.g_cfg.z_dim)
+    z = torch.randn(st.cfg.batch, st.g_cfg.z_dim, device=good.device)
     return z, c, good
 
 
@@ -214,7 +216,7 @@ def _shape_phase(st: PatchState, f_mask: torch.Tensor, r_mask: torch.Tensor, c_f
     assert st.D_shape is not None and st.opt_D_shape is not None
     cfg = st.cfg
     st.opt_D_shape.zero_grad(set_to_none=True)
-    zeros = torch.zeros(f_mask.shape[0], 3, *f_mask.shape[2:])
+    zeros = f_mask.new_zeros(f_mask.shape[0], 3, *f_mask.shape[2:])
     policy = shape_policy(cfg.augment)
     d_fake = st.D_shape(*augment(zeros, f_mask, policy), c_fake)
     loss, stats = d_loss(st.D_shape, d_fake, zeros, r_mask, c_real, policy, do_r1=do_r1,
@@ -226,7 +228,7 @@ def _shape_phase(st: PatchState, f_mask: torch.Tensor, r_mask: torch.Tensor, c_f
 
 def _shape_adv(st: PatchState, alpha: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     assert st.D_shape is not None
-    zeros = torch.zeros(alpha.shape[0], 3, *alpha.shape[2:])
+    zeros = alpha.new_zeros(alpha.shape[0], 3, *alpha.shape[2:])
     return F.softplus(-st.D_shape(*augment(zeros, alpha, shape_policy(st.cfg.augment)), c)).mean()
 
 
@@ -289,12 +291,13 @@ def _fixed_goods(data: PatchData, n: int, seed: int) -> torch.Tensor:
 def sample_grid(G: PatchGenerator, goods: torch.Tensor, types: list[str], seed: int) -> list[list[np.ndarray]]:
     """One row per type: cells (good window | composite | mask), fixed z and good windows across the run."""
     n = goods.shape[0]
-    z = torch.randn(n, G.cfg.z_dim, generator=torch.Generator().manual_seed(seed))
+    z = torch.randn(n, G.cfg.z_dim, generator=torch.Generator().manual_seed(seed)).to(goods.device)
     rows = []
     for t in range(len(types)):
-        image, alpha, _, _ = G(z, onehot(torch.full((n,), t, dtype=torch.int64), len(types)), goods)
+        c = onehot(torch.full((n,), t, dtype=torch.int64, device=goods.device), len(types))
+        image, alpha, _, _ = (v.cpu() for v in G(z, c, goods))
         cells = []
-        for g, x, a in zip(goods, image, alpha, strict=True):
+        for g, x, a in zip(goods.cpu(), image, alpha, strict=True):
             gutter = np.full((g.shape[-1], 1, 3), 255, np.uint8)
             parts = [from_model(g.numpy()), gutter, from_model(x.numpy()), gutter, mask_rgb(a)]
             cells.append(np.concatenate(parts, axis=1))
@@ -340,16 +343,18 @@ def _report(st: PatchState, data: PatchData, out: Path, wall_s: float) -> dict[s
     """report.json (run summary, per-type mask coverage of G_ema vs real windows) + report.png (curves)."""
     goods = _fixed_goods(data, 64, st.cfg.seed + 1)
     n = goods.shape[0]
-    z = torch.randn(n, st.g_cfg.z_dim, generator=torch.Generator().manual_seed(st.cfg.seed + 1))
+    z = torch.randn(n, st.g_cfg.z_dim, generator=torch.Generator().manual_seed(st.cfg.seed + 1)).to(goods.device)
     per_type = {}
     with torch.no_grad():
         for t, name in enumerate(st.types):
-            _, alpha, _, _ = st.G_ema(z, onehot(torch.full((n,), t, dtype=torch.int64), len(st.types)), goods)
+            c = onehot(torch.full((n,), t, dtype=torch.int64, device=goods.device), len(st.types))
+            _, alpha, _, _ = st.G_ema(z, c, goods)
             per_type[name] = {"held_in": st.held_in[name], "n_windows": int((data.types == t).sum()),
                               "sample_mask_coverage": round(float(alpha.mean()), 4),
                               "real_mask_coverage": round(float(data.masks[data.types == t].mean()), 4)}
     rep = {"kind": KIND, "step": st.step, "windows_seen": st.step * st.cfg.batch,
-           "wall_s_this_call": round(wall_s, 1), "threads": torch.get_num_threads(), "defect_types": st.types,
+           "wall_s_this_call": round(wall_s, 1), "threads": torch.get_num_threads(),
+           "device": str(goods.device), "defect_types": st.types,
            "params": {"G": count_params(st.G), "D": count_params(st.D),
                       **({"D_shape": count_params(st.D_shape)} if st.D_shape is not None else {})},
            "per_type": per_type,
@@ -385,42 +390,61 @@ def _check_cfg(cfg: TrainPatchConfig) -> None:
 
 def _resolve(cfg: TrainPatchConfig, out: Path, resume: bool,
              override: Sequence[str] = ()) -> tuple[TrainPatchConfig, Checkpoint | None]:
-    """(cfg, checkpoint or None): a resume keeps the saved options except this call's budget and `override`."""
+    """(cfg, checkpoint or None): a resume keeps the saved options except this call's budget, `override` and
+    `data` (where the dataset lives now: a run may move to another machine; its held-in files must match).
+    """
     ck = None
     if resume:
         ck = read_checkpoint(out / CKPT_NAME)
         if ck.meta.get("kind") != KIND:
             msg = f"{ck.path} is a {ck.meta.get('kind')!r} checkpoint, not a patch run"
             raise ConfigError(msg)
-        keep = {k: getattr(cfg, k) for k in ("steps", "minutes", *override)}
+        keep = {k: getattr(cfg, k) for k in ("steps", "minutes", "data", *override)}
         cfg = from_dict(TrainPatchConfig, {**ck.configs["train_patch"], **keep})
     _check_cfg(cfg)
     return cfg, ck
 
 
+def resolve_device(device: str | None) -> str:
+    """`device`, or cuda when this machine has one, else cpu; an unusable one is a one-line ConfigError."""
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as e:
+        msg = f"--device {device!r} is not usable here: {str(e).splitlines()[0]}"
+        raise ConfigError(msg) from None
+    return device
+
+
 def train_patch(cfg: TrainPatchConfig, out: str | os.PathLike[str], *, resume: bool = False, tiny: bool = False,
-                progress: bool = True, override: Sequence[str] = ()) -> PatchResult:
+                progress: bool = True, override: Sequence[str] = (), device: str | None = None) -> PatchResult:
     """Train (or resume) the layered patch GAN; see the module docstring for the run folder.
 
     Args:
         cfg: Training options (`cfg.data` is the MVTec-layout folder).
         out: Run folder.
-        resume: Continue from `out/checkpoint.safetensors`; its options win except `steps`, `minutes` and the
-            fields named in `override` (fine-tuning, e.g. D's augmentation or a shape D from here on).
+        resume: Continue from `out/checkpoint.safetensors`; its options win except `steps`, `minutes`, `data`
+            and the fields named in `override` (fine-tuning, e.g. D's augmentation or a shape D from here on).
         tiny: Toy-sized nets (tests and smoke runs).
         progress: Show the tqdm bar.
+        device: Torch device (default cuda when available, else cpu); a run may change device on resume.
     """
     out = Path(out)
     cfg, ck = _resolve(cfg, out, resume, override)
+    device = resolve_device(device)
     prepare_run_dir(out, resume)
     data = load_patch_data(cfg.data, window=cfg.window, scale=cfg.scale, held_in=cfg.held_in,
-                           per_defect=cfg.per_defect, per_good=cfg.per_good, seed=cfg.seed)
+                           per_defect=cfg.per_defect, per_good=cfg.per_good, seed=cfg.seed).to(device)
+    if ck is not None and data.held_in != ck.meta["held_in"]:
+        msg = f"--resume: the held-in defect files of {cfg.data} differ from the ones the run trained on"
+        raise ConfigError(msg)
     if ck is not None:
-        st = restore_state(ck, cfg)
+        st = restore_state(ck, cfg, device)
         restore_rng(ck)
     else:
         st = build_state(cfg, *model_configs(cfg.window, len(data.type_names), tiny, cfg.design), data.type_names,
-                         data.held_in)
+                         data.held_in, device)
         write_json(out / "config.json", {**st.configs(), "defect_types": st.types, "held_in": data.held_in,
                                          "n_defect_windows": len(data.defects), "n_good_windows": len(data.goods)})
         write_json(out / "held_in.json", data.held_in)
@@ -437,10 +461,11 @@ def train_patch(cfg: TrainPatchConfig, out: str | os.PathLike[str], *, resume: b
     return PatchResult(out=out, step=st.step, history=history, state=st)
 
 
-def train_patch_cli(*, data: Path, out: Path, resume: bool, **options: Any) -> None:
+def train_patch_cli(*, data: Path, out: Path, resume: bool, device: str | None = None, **options: Any) -> None:
     """Entry of `defectgen train patch`: keyword options are TrainPatchConfig fields (None = default)."""
     given = {k: v for k, v in options.items() if v is not None}
     cfg = TrainPatchConfig(data=str(data), **given)
-    result = train_patch(cfg, out, resume=resume, override=[k for k in ("augment", "shape_weight") if k in given])
+    result = train_patch(cfg, out, resume=resume, override=[k for k in ("augment", "shape_weight") if k in given],
+                         device=device)
     print(f"trained to step {result.step} -> {out / CKPT_NAME} (samples: {out / 'samples'}, "
           f"report: {out / 'report.json'})")

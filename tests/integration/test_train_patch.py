@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -97,10 +98,17 @@ def test_cli_writes_checkpoint_samples_and_report(data, tmp_path):
     # a second run into the same folder needs --resume; --resume extends it
     r = runner.invoke(app, ["train", "patch", "--data", str(data), "--out", str(out), "--window", str(P)])
     assert r.exit_code == 2 and "--resume" in r.output
-    r = runner.invoke(app, ["train", "patch", "--data", str(data), "--out", str(out), "--steps", "3", "--resume"])
+    moved = tmp_path / "moved"  # the dataset moved (another machine): --data says where it is now
+    shutil.copytree(data, moved)
+    r = runner.invoke(app, ["train", "patch", "--data", str(moved), "--out", str(out), "--steps", "3", "--resume"])
     assert r.exit_code == 0, r.output
     ck = read_checkpoint(out)
     assert ck.step == 3 and ck.configs["train_patch"]["augment"] == "translation"  # the saved options win
+    assert ck.configs["train_patch"]["data"] == str(moved)
+    (moved / "test" / "cut" / "000.png").unlink()  # another held-in selection: refused, nothing written
+    r = runner.invoke(app, ["train", "patch", "--data", str(moved), "--out", str(out), "--steps", "5", "--resume"])
+    assert r.exit_code == 2 and "held-in defect files" in r.output, r.output
+    assert read_checkpoint(out).step == 3
     # ... except --augment given on a resume: fine-tuning with another augmentation from here on
     r = runner.invoke(app, ["train", "patch", "--data", str(data), "--out", str(out), "--steps", "4", "--resume",
                             "--augment", "flip"])
@@ -158,9 +166,27 @@ def test_shape_d_judges_masks_only_and_can_join_a_resumed_run(data, tmp_path):
                                                 (["--batch", "3"], "--batch must be even"),
                                                 (["--held-in", "9"], "--held-in 9"),
                                                 (["--augment", "translation,colour"], "'color'"),
-                                                (["--design", "stacked"], "--design must be one of")])
+                                                (["--design", "stacked"], "--design must be one of"),
+                                                (["--device", "abacus"], "--device 'abacus' is not usable")])
 def test_cli_bad_input_is_one_line(data, tmp_path, args, message):
     r = runner.invoke(app, ["train", "patch", "--data", str(data), "--out", str(tmp_path / "r"), *args])
     assert r.exit_code == 2, r.output
     lines = [x for x in r.output.splitlines() if x.strip()]
     assert len(lines) == 1 and lines[0].startswith("defectgen: error:") and message in lines[0], r.output
+
+
+def test_an_unusable_device_fails_before_writing(data, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the no-GPU error cannot be shown")
+    r = runner.invoke(app, ["train", "patch", "--data", str(data), "--out", str(tmp_path / "r"), "--device", "cuda"])
+    assert r.exit_code == 2 and "--device 'cuda' is not usable here" in r.output, r.output
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_cuda_run_resumes_on_the_cpu(data, tmp_path):
+    gpu = train_patch(cfg(data, 2), tmp_path / "run", tiny=True, progress=False, device="cuda")
+    assert next(gpu.state.G.parameters()).is_cuda
+    cpu = train_patch(cfg(data, 4), tmp_path / "run", resume=True, tiny=True, progress=False, device="cpu")
+    assert cpu.step == 4 and not next(cpu.state.G.parameters()).is_cuda
+    assert np.isfinite(cpu.history[-1]["loss_G"])
