@@ -113,7 +113,14 @@ def describe(path: Path, *, how: str) -> dict[str, Any]:
            "" if fair else f"no {PROVENANCE} with `trained_on` beside the bundle")
     return {"path": str(path), **prov, "fair": fair, "not_fair_because": why or None, "how": how,
             "default_bundle": default, "manifest_sha256": manifest_sha(path), "resolution": man.get("resolution"),
-            "defect_types": man.get("defect_types"), "run_defaults": man.get("defaults", {})}
+            "defect_types": man.get("defect_types"), "run_defaults": effective_defaults(man)}
+
+
+def effective_defaults(man: dict[str, Any]) -> dict[str, Any]:
+    """The run settings the bundle gets: its manifest's `defaults` with the fields it does not name filled in."""
+    from defectgen.runtime.bundle.sections import RunDefaults
+
+    return RunDefaults.from_dict(man.get("defaults", {})).to_dict()
 
 
 def write_provenance(bundle: Path, *, trained_on: str, train_command: str, train_seconds: float) -> Path:
