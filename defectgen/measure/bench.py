@@ -176,8 +176,10 @@ def end_to_end(backend: Backend, bundle: Bundle, jobs: BenchJobs, config: Invers
     return result, finals
 
 
-def product_config(bundle: Bundle, steps: int, **overrides: Any) -> InversionConfig:
-    """The runtime's inversion (`resolve_settings`) at `steps` Adam steps, early stop off for timing."""
+def product_config(bundle: Bundle, steps: int | None = None, **overrides: Any) -> InversionConfig:
+    """The runtime's inversion (`resolve_settings`) at `steps` Adam steps for every job (None: the bundle's own
+    steps and proposal steps, what `defectgen run` does), early stop off for timing.
+    """
     return resolve_settings(bundle, steps=steps, early_stop_patience=0, **overrides).inversion
 
 
@@ -195,6 +197,7 @@ def time_end_to_end(backend: Backend, bundle: Bundle, jobs: BenchJobs, config: I
 
     stats = timed(run, repeats=repeats, warmup=warmup, budget_s=budget_s)
     return {"batch": len(jobs), "steps": config.steps, "lr": config.lr, "proposal_lr": config.proposal_lr,
+            "proposal_steps": config.proposal_steps,
             "init": config.init, "space": config.space, "lr_schedule": config.lr_schedule, **stats,
             "defects_per_s": len(jobs) / stats["median_s"], "quality": quality(last[0], jobs.batch)}
 

@@ -116,6 +116,15 @@ def test_generated_targets_are_the_generators_own_proposals(setup: dict[str, Pat
     assert json.loads((tmp_path / "a" / "run.json").read_text())["identity"]["proposal_lr"] == proposal_lr
     given = run(tmp_path / "lr", "--lr", 0.02)  # a given --lr applies to every job
     assert all(r["lr"] == 0.02 for r in given)
+    d = Bundle.load(setup["bundle"]).defaults  # without --steps a proposed job takes the bundle's proposal steps
+    code, _, err = invoke("run", "--bundle", setup["bundle"], "--images", setup["root"] / "images",
+                          "--random-masks", 1, "--mask-shape", "generated", "--out", tmp_path / "k",
+                          "--backend", "ort-cpu")
+    assert code == 0, err
+    assert d.proposal_steps < d.steps
+    assert all(r["steps"] == d.proposal_steps and r["steps_run"] <= d.proposal_steps for r in jobs_log(tmp_path / "k"))
+    assert json.loads((tmp_path / "k" / "run.json").read_text())["identity"]["proposal_steps"] == d.proposal_steps
+    assert all(r["steps"] == 2 for r in given)  # ... and a given --steps applies to every job
     code, _, err = invoke("run", "--bundle", setup["bundle"], "--images", setup["root"] / "images",
                           "--random-masks", 1, "--mask-shape", "generated", "--out", tmp_path / "bad", "--proposals", 0)
     assert code == 2 and "--proposals must be within [1, 1024]" in err and not (tmp_path / "bad").exists()

@@ -139,7 +139,7 @@ def test_bench_and_run_give_the_model_identical_inputs(toy: Path, tmp_path: Path
     run_request(request, out=tmp_path / "out", backend="ort-cpu", progress=False)
     jobs = bench.make_jobs(bundle, 4, seed=3, settings=request.settings)
     with load_backend(bundle, "ort-cpu", threads=1) as be:
-        bench.end_to_end(be, bundle, jobs, bench.product_config(bundle, request.settings.inversion.steps))
+        bench.end_to_end(be, bundle, jobs, bench.product_config(bundle))
     (run_batch, run_cfg), (bench_batch, bench_cfg) = seen["run"][0], seen["bench"][0]
     assert run_batch.types == bench_batch.types and len(run_batch) == 4
     for name in ("good", "mask", "stitched"):

@@ -89,6 +89,7 @@ def test_manifest_keeps_unknown_fields(toy_dir: Path) -> None:
     ("format_version", 3, "unsupported bundle format_version 3"),
     ("patch", {"window": 16, "design": "stacked"}, "patch.design must be 'layered' or 'full'"),
     ("defaults", {"proposal_lr": "small"}, "defaults.proposal_lr must be float"),
+    ("defaults", {"proposal_steps": 2.5}, "defaults.proposal_steps must be int"),
 ])
 def test_manifest_field_validation(toy_dir: Path, field: str, value: object, match: str) -> None:
     data = _manifest_dict(toy_dir)

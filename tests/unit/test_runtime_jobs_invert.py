@@ -214,3 +214,24 @@ def test_proposed_samples_take_the_proposal_lr(backend: OrtBackend, bundle: Bund
     assert cfg.lr_for(True) == 0.005 and cfg.lr_for(False) == 0.05 and InversionConfig().lr_for(True) == 0.05
     with pytest.raises(JobError, match="proposal lr"):
         InversionConfig(proposal_lr=float("nan")).validate(bundle)
+
+
+def test_proposed_samples_take_their_own_step_count(backend: OrtBackend, bundle: Bundle, toy: ToyModel) -> None:
+    """With `proposal_steps` a proposed sample runs its own schedule to its own end and then leaves the batch:
+    the same latent as if it had run alone with that many steps; the other sample runs `steps`."""
+    good, mask, stitched, types = toy.inputs(1)
+    rep = [np.repeat(a, 2, 0) for a in (good, mask, stitched)]
+    own = np.random.default_rng(4).standard_normal(toy.latent_shape("wplus")).astype(np.float32)
+    cfg = InversionConfig(steps=4, proposal_steps=2, lr=0.05, proposal_lr=0.01, init="wavg", early_stop_patience=0)
+    res = invert(backend, bundle, InversionBatch(*rep, types * 2, starts=[None, own]), config=cfg)
+    assert res.steps_run.tolist() == [4, 2] and res.terms_history.shape[0] == 5
+    assert np.isfinite(res.terms_history[:3, 1]).all() and np.isnan(res.terms_history[3:, 1]).all()
+    alone = invert(backend, bundle, InversionBatch(good, mask, stitched, types, starts=[own]),
+                   config=InversionConfig(steps=2, lr=0.01, init="wavg", early_stop_patience=0))
+    np.testing.assert_allclose(res.latent[1], alone.latent[0], rtol=1e-5, atol=1e-6)
+    assert cfg.steps_for(True) == 2 and cfg.steps_for(False) == 4 and InversionConfig(steps=7).steps_for(True) == 7
+    more = invert(backend, bundle, InversionBatch(*rep, types * 2, starts=[None, own]),
+                  config=InversionConfig(steps=1, proposal_steps=3, lr=0.05, init="wavg", early_stop_patience=0))
+    assert more.steps_run.tolist() == [1, 3]  # the batch runs as long as its longest sample
+    with pytest.raises(JobError, match="proposal steps"):
+        InversionConfig(proposal_steps=-1).validate(bundle)

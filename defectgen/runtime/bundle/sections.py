@@ -29,6 +29,7 @@ class RunDefaults:
     lr: float = 0.05  # peak Adam learning rate
     proposal_lr: float = 0.005  # peak Adam lr of a job whose target G proposed: its steps only refine G's own
     #                             defect, and at `lr` they drift its colours off the real ones (colour_drift.md)
+    proposal_steps: int = 5  # Adam steps of such a job: at `proposal_lr` half of `steps` does as well (findings)
     init: str = "encoder"  # encoder | wavg | random
     feather_px: float = 3.0  # compositing feather, in model pixels
     detail: bool = True  # add the full-resolution guide's detail above the model's resolution

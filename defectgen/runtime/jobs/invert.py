@@ -20,7 +20,8 @@ Rules (see `InversionConfig` for the knobs):
 - **Adam** on the latent, per-sample bias-corrected, with `lr_schedule="cosine"`: the StyleGAN2 projector's ramp,
   lr · ½(1 − cos(π · min(1, (1 − t) / rampdown))) · min(1, t / rampup), t = step / steps; rampup defaults to 0
   because with 5-20 steps a ramp-up would waste the first step. A sample starting from G's own proposal takes
-  `proposal_lr` as its peak instead: its steps only refine a defect G drew, and larger ones drift its colours.
+  `proposal_lr` as its peak and `proposal_steps` as its step count instead: its steps only refine a defect G
+  drew, larger ones drift its colours, and fewer do as well; it leaves the batch after its last evaluation.
 - **Result = best finite latent** seen (lowest objective among evaluated latents, the init included), so a late
   Adam overshoot never makes the output worse; with a decreasing loss this is the last one.
 - **Early stop (per sample).** After each evaluation a sample whose objective improved on its best by less than
@@ -56,6 +57,7 @@ class InversionConfig:
     steps: int = RunDefaults.steps  # Adam steps (the step graph runs steps + 1 times: the last evaluates the result)
     lr: float = RunDefaults.lr  # peak Adam learning rate
     proposal_lr: float | None = None  # peak lr of samples that start from G's own proposal (None: `lr`)
+    proposal_steps: int | None = None  # Adam steps of those samples (None: `steps`)
     init: str = RunDefaults.init  # encoder | wavg | random (module docstring)
     lambdas: dict[str, float] = field(default_factory=dict)  # overrides of the bundle's default λ, by term name
     betas: tuple[float, float] = (0.9, 0.999)  # Adam moment decays
@@ -88,6 +90,8 @@ class InversionConfig:
             (self.lr > 0 and math.isfinite(self.lr), f"lr must be a finite number > 0, got {self.lr}"),
             (self.proposal_lr is None or (self.proposal_lr > 0 and math.isfinite(self.proposal_lr)),
              f"proposal lr must be a finite number > 0, got {self.proposal_lr}"),
+            (self.proposal_steps is None or self.proposal_steps >= 0,
+             f"proposal steps must be >= 0, got {self.proposal_steps}"),
             (0 <= self.betas[0] < 1 and 0 <= self.betas[1] < 1, f"betas must be in [0, 1), got {self.betas}"),
             (0 < self.lr_rampdown <= 1, f"lr_rampdown must be in (0, 1], got {self.lr_rampdown}"),
             (0 <= self.lr_rampup <= 1, f"lr_rampup must be in [0, 1], got {self.lr_rampup}"),
@@ -103,11 +107,15 @@ class InversionConfig:
         """Peak lr of a sample: `proposal_lr` when G proposed its target (and it is set), else `lr`."""
         return self.proposal_lr if proposed and self.proposal_lr is not None else self.lr
 
-    def lr_at(self, step: int) -> float:
-        """Learning rate of Adam step `step` (0-based) out of `steps`."""
+    def steps_for(self, proposed: bool) -> int:
+        """Adam steps of a sample: `proposal_steps` when G proposed its target (and it is set), else `steps`."""
+        return self.proposal_steps if proposed and self.proposal_steps is not None else self.steps
+
+    def lr_at(self, step: int, steps: int | None = None) -> float:
+        """Learning rate of Adam step `step` (0-based) out of `steps` (default: the config's)."""
         if self.lr_schedule == "constant":
             return self.lr
-        t = step / max(1, self.steps)
+        t = step / max(1, self.steps if steps is None else steps)
         ramp = 0.5 - 0.5 * math.cos(math.pi * min(1.0, (1.0 - t) / self.lr_rampdown))
         if self.lr_rampup > 0:
             ramp *= min(1.0, t / self.lr_rampup)
@@ -144,7 +152,7 @@ class InversionResult:
     latent: np.ndarray  # best finite latent (B, *latent shape)
     image: np.ndarray  # G_img(latent) (B,3,R,R) in [-1, 1]
     mask_logit: np.ndarray  # G_mask(latent) (B,1,R,R)
-    terms_history: np.ndarray  # (steps+1, B, K) terms (× λ) at each evaluation; NaN where a sample was not run
+    terms_history: np.ndarray  # (S+1, B, K) terms (× λ) per evaluation, S = most steps of a sample; NaN: not run
     final_terms: np.ndarray  # (B, K) terms at `latent`
     steps_run: np.ndarray  # (B,) Adam updates applied to each sample
     failed: np.ndarray  # (B,) bool: loss or gradient became non-finite (latent frozen at its last finite value)
@@ -248,17 +256,19 @@ def invert(backend: Backend, bundle: Bundle, batch: InversionBatch, *, config: I
     t_init = time.perf_counter()
 
     n, k = len(batch), len(LOSS_TERMS)
-    history = np.full((cfg.steps + 1, n, k), np.nan, np.float32)
+    own = [s is not None for s in batch.starts] if batch.starts is not None else [False] * n
+    budget = np.array([cfg.steps_for(o) for o in own], int)  # Adam steps per sample
+    total = int(budget.max())
+    history = np.full((total + 1, n, k), np.nan, np.float32)
     best_c, best_f = c.copy(), np.full(n, np.inf)
     best_terms = np.full((n, k), np.nan, np.float32)
     m, v = np.zeros_like(c), np.zeros_like(c)
     stalls, steps_run = np.zeros(n, int), np.zeros(n, int)
-    own = [s is not None for s in batch.starts] if batch.starts is not None else [False] * n
     lr_scale = np.array([cfg.lr_for(o) / cfg.lr for o in own], np.float32)  # per sample, times the schedule
     failed = ~np.isfinite(c).reshape(n, -1).all(1)  # a NaN init (e.g. a broken encoder) fails at once
     active = ~failed
     calls = 0
-    for i in range(cfg.steps + 1):
+    for i in range(total + 1):
         idx = np.flatnonzero(active)
         if not len(idx):
             break
@@ -280,13 +290,15 @@ def invert(backend: Backend, bundle: Bundle, batch: InversionBatch, *, config: I
         best_c[upd], best_f[upd], best_terms[upd] = c[upd], f[improved], terms[improved]
         if callback is not None:
             callback(i, history[i])
-        if i == cfg.steps:
+        if i == total:
             break
+        stop = budget[good_idx] <= i  # its last evaluation was this one
         if cfg.early_stop_patience:
-            stop = stalls[good_idx] >= cfg.early_stop_patience
-            active[good_idx[stop]] = False
-            good_idx, grad = good_idx[~stop], grad[~stop]
-        _adam(c, m, v, grad, good_idx, t=i + 1, lr=cfg.lr_at(i) * lr_scale[good_idx], cfg=cfg)
+            stop |= stalls[good_idx] >= cfg.early_stop_patience
+        active[good_idx[stop]] = False
+        good_idx, grad = good_idx[~stop], grad[~stop]
+        lr = np.array([cfg.lr_at(i, int(s)) for s in budget[good_idx]], np.float32) * lr_scale[good_idx]
+        _adam(c, m, v, grad, good_idx, t=i + 1, lr=lr, cfg=cfg)
         steps_run[good_idx] += 1
     t_steps = time.perf_counter()
     image, mask_logit = backend.synthesize(cfg.space, best_c, onehot, good=batch.good)

@@ -58,7 +58,7 @@ class RunSettings:
         return {"space": inv.space, "steps": inv.steps, "lr": inv.lr, "init": inv.init, "lambdas": inv.lambdas,
                 "mask_mode": self.mask_mode, "feather_px": self.feather_px, "detail": self.detail,
                 "guide_weight": self.guide_weight, "mask_shape": self.mask_shape,
-                **({"proposals": self.proposals, "proposal_lr": inv.lr_for(True)}
+                **({"proposals": self.proposals, "proposal_lr": inv.lr_for(True), "proposal_steps": inv.steps_for(True)}
                    if self.mask_shape == "generated" else {}),
                 **({"scale": self.scale} if self.scale is not None else {})}
 
@@ -91,6 +91,7 @@ def resolve_settings(bundle: Bundle, *, space: str | None = None, steps: int | N
         raise JobError(msg)
     config = InversionConfig(space=space or d.space, steps=d.steps if steps is None else steps,
                              lr=d.lr if lr is None else lr, proposal_lr=d.proposal_lr if lr is None else lr,
+                             proposal_steps=d.proposal_steps if steps is None else steps,
                              init=init or d.init, lambdas=dict(lambdas or {}),
                              **inversion)
     config.validate(bundle)
