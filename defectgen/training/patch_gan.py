@@ -18,25 +18,21 @@ between them on resume).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from defectgen.data.imageio import from_model
 from defectgen.nets.patch import (
     PatchDiscriminator,
     PatchDiscriminatorConfig,
     PatchGenerator,
     PatchGeneratorConfig,
 )
-from defectgen.nets.stylegan import count_params
 from defectgen.training.augment import augment, parse_policy
 from defectgen.training.checkpoint import CKPT_NAME, Checkpoint, load_optimizer, read_checkpoint, restore_rng
 from defectgen.training.checkpoint import save_checkpoint as _save
@@ -45,7 +41,8 @@ from defectgen.training.config import ConfigError, TrainPatchConfig, from_dict, 
 from defectgen.training.dist import DistInfo
 from defectgen.training.losses import d_loss, onehot
 from defectgen.training.patch_data import PatchData, load_patch_data
-from defectgen.training.report import mask_rgb, pair_cells, write_grid, write_json
+from defectgen.training.patch_report import fixed_goods, real_grid, sample_grid, write_report
+from defectgen.training.report import write_grid, write_json
 
 KIND = "patch"
 MS_EPS = 1e-3  # floor of |w1 - w2| in the mode-seeking ratio (two z never map to the same w in practice)
@@ -279,91 +276,6 @@ def patch_step(st: PatchState, data: PatchData) -> dict[str, float]:
             "mask_fake": alpha.detach().mean().item(), "mask_real": real[1].mean().item()}
 
 
-# --------------------------------------------------------------------------------------------- outputs
-
-
-def _fixed_goods(data: PatchData, n: int, seed: int) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return data.goods[torch.randperm(len(data.goods), generator=gen)[:n]]
-
-
-@torch.no_grad()
-def sample_grid(G: PatchGenerator, goods: torch.Tensor, types: list[str], seed: int) -> list[list[np.ndarray]]:
-    """One row per type: cells (good window | composite | mask), fixed z and good windows across the run."""
-    n = goods.shape[0]
-    z = torch.randn(n, G.cfg.z_dim, generator=torch.Generator().manual_seed(seed)).to(goods.device)
-    rows = []
-    for t in range(len(types)):
-        c = onehot(torch.full((n,), t, dtype=torch.int64, device=goods.device), len(types))
-        image, alpha, _, _ = (v.cpu() for v in G(z, c, goods))
-        cells = []
-        for g, x, a in zip(goods.cpu(), image, alpha, strict=True):
-            gutter = np.full((g.shape[-1], 1, 3), 255, np.uint8)
-            parts = [from_model(g.numpy()), gutter, from_model(x.numpy()), gutter, mask_rgb(a)]
-            cells.append(np.concatenate(parts, axis=1))
-        rows.append(cells)
-    return rows
-
-
-def real_grid(data: PatchData, per_type: int) -> list[list[np.ndarray]]:
-    """Rows of real defect windows per type (image | mask), what the samples should look like."""
-    rows = []
-    for t in range(len(data.type_names)):
-        idx = torch.nonzero(data.types == t)[:, 0]
-        idx = idx[torch.linspace(0, len(idx) - 1, per_type).long()]
-        rows.append(pair_cells(data.defects[idx], data.masks[idx]))
-    return rows
-
-
-def plot_curves(log_path: Path, png: Path) -> None:
-    """report.png: the log's loss and diversity curves against steps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    lines = [json.loads(s) for s in log_path.read_text().splitlines() if s.strip()]
-    groups = (["loss_D", "loss_G", "loss_R1", "shape_loss_D", "loss_G_shape"],
-              ["D_real", "D_fake", "shape_D_real", "shape_D_fake"], ["ms_ratio", "mask_fake", "mask_real"])
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for ax, group in zip(axes, groups, strict=True):
-        for k in group:
-            pts = [(r["step"], r[k]) for r in lines if k in r]
-            if pts:
-                ax.plot(*zip(*pts, strict=True), label=k, lw=1)
-        ax.set_xlabel("step")
-        ax.legend()
-    fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=80)
-    plt.close(fig)
-
-
-def _report(st: PatchState, data: PatchData, out: Path, wall_s: float) -> dict[str, Any]:
-    """report.json (run summary, per-type mask coverage of G_ema vs real windows) + report.png (curves)."""
-    goods = _fixed_goods(data, 64, st.cfg.seed + 1)
-    n = goods.shape[0]
-    z = torch.randn(n, st.g_cfg.z_dim, generator=torch.Generator().manual_seed(st.cfg.seed + 1)).to(goods.device)
-    per_type = {}
-    with torch.no_grad():
-        for t, name in enumerate(st.types):
-            c = onehot(torch.full((n,), t, dtype=torch.int64, device=goods.device), len(st.types))
-            _, alpha, _, _ = st.G_ema(z, c, goods)
-            per_type[name] = {"held_in": st.held_in[name], "n_windows": int((data.types == t).sum()),
-                              "sample_mask_coverage": round(float(alpha.mean()), 4),
-                              "real_mask_coverage": round(float(data.masks[data.types == t].mean()), 4)}
-    rep = {"kind": KIND, "step": st.step, "windows_seen": st.step * st.cfg.batch,
-           "wall_s_this_call": round(wall_s, 1), "threads": torch.get_num_threads(),
-           "device": str(goods.device), "defect_types": st.types,
-           "params": {"G": count_params(st.G), "D": count_params(st.D),
-                      **({"D_shape": count_params(st.D_shape)} if st.D_shape is not None else {})},
-           "per_type": per_type,
-           "n_good_windows": int(data.goods.shape[0]), "curves": "report.png"}
-    write_json(out / "report.json", rep)
-    plot_curves(out / "log.jsonl", out / "report.png")
-    return rep
-
-
 # --------------------------------------------------------------------------------------------- entry
 
 
@@ -449,7 +361,7 @@ def train_patch(cfg: TrainPatchConfig, out: str | os.PathLike[str], *, resume: b
                                          "n_defect_windows": len(data.defects), "n_good_windows": len(data.goods)})
         write_json(out / "held_in.json", data.held_in)
         write_grid(out / "reals.png", real_grid(data, cfg.grid_per_type))
-    goods = _fixed_goods(data, cfg.grid_per_type, cfg.seed)
+    goods = fixed_goods(data, cfg.grid_per_type, cfg.seed)
     log = RunLogger(out, DistInfo(), total=cfg.steps, start=st.step, every=cfg.log_every, progress=progress,
                     desc="patch")
     history = run_budgeted(
@@ -457,7 +369,7 @@ def train_patch(cfg: TrainPatchConfig, out: str | os.PathLike[str], *, resume: b
         sample=lambda: write_grid(out / "samples" / f"{st.step:06d}.png",
                                   sample_grid(st.G_ema, goods, st.types, cfg.seed)))
     wall = log.close()
-    _report(st, data, out, wall)
+    write_report(st, data, out, wall, KIND)
     return PatchResult(out=out, step=st.step, history=history, state=st)
 
 
