@@ -156,6 +156,12 @@ def train_patch(
     shape_weight: Optional[float] = typer.Option(None, help="Weight of a mask-only shape discriminator on G "
                                                             "(default 0 = none; with --resume it adds one from "
                                                             "there on)."),
+    ada_target: Optional[float] = typer.Option(None, help="Adaptive augmentation (rot90, zoom, cutout at a "
+                                                          "probability p that rises while the share of reals D "
+                                                          "calls real exceeds this; ADA uses 0.6). Default 0 = "
+                                                          "off; with --resume it applies from there on."),
+    ada_kimg: Optional[float] = typer.Option(None, help="Thousands of windows for the adaptive p to go from 0 "
+                                                        "to 1 (default 100)."),
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in --out."),
     device: Optional[str] = typer.Option(None, help="Torch device, e.g. cpu or cuda:0 (default cuda when "
                                                     "available, else cpu); a resumed run may change it."),
@@ -165,7 +171,8 @@ def train_patch(
 
     train_patch_cli(data=data, out=out, resume=resume, window=window, scale=scale, design=design, held_in=held_in,
                     minutes=minutes, steps=steps, batch=batch, seed=seed, sample_every=sample_every,
-                    ckpt_every=ckpt_every, augment=augment, shape_weight=shape_weight, device=device)
+                    ckpt_every=ckpt_every, augment=augment, shape_weight=shape_weight, ada_target=ada_target,
+                    ada_kimg=ada_kimg, device=device)
 
 
 @train_app.command("patch-encoder")

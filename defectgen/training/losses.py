@@ -27,7 +27,7 @@ def mask_for_d(logit: torch.Tensor, ste: bool) -> torch.Tensor:
 
 def d_loss(D: torch.nn.Module, fake: torch.Tensor, real_img: torch.Tensor, real_mask: torch.Tensor,
            c_real: torch.Tensor, policy: object, *, do_r1: bool, r1_gamma: float,
-           r1_interval: int) -> tuple[torch.Tensor, dict[str, float]]:
+           r1_interval: int, ada_p: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
     """D's non-saturating loss given its logits on fakes, plus lazy R1 on the reals when `do_r1`.
 
     R1 is taken w.r.t. the *augmented* reals: grid_sample has no double backward, and the penalty is about D's
@@ -35,14 +35,15 @@ def d_loss(D: torch.nn.Module, fake: torch.Tensor, real_img: torch.Tensor, real_
     """
     if do_r1:
         with torch.no_grad():
-            aug_img, aug_mask = augment(real_img, real_mask, policy)
+            aug_img, aug_mask = augment(real_img, real_mask, policy, ada_p)
         aug_img.requires_grad_(True)
         aug_mask.requires_grad_(True)
         real = D(aug_img, aug_mask, c_real)
     else:
-        real = D(*augment(real_img, real_mask, policy), c_real)
+        real = D(*augment(real_img, real_mask, policy, ada_p), c_real)
     loss = F.softplus(fake).mean() + F.softplus(-real).mean()
-    stats = {"loss_D": loss.item(), "D_real": real.mean().item(), "D_fake": fake.mean().item()}
+    stats = {"loss_D": loss.item(), "D_real": real.mean().item(), "D_fake": fake.mean().item(),
+             "D_real_sign": real.sign().mean().item()}
     if do_r1:
         g_img, g_mask = torch.autograd.grad(real.sum(), [aug_img, aug_mask], create_graph=True)
         penalty = g_img.square().sum([1, 2, 3]) + g_mask.square().sum([1, 2, 3])

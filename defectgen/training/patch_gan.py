@@ -33,7 +33,7 @@ from defectgen.nets.patch import (
     PatchGenerator,
     PatchGeneratorConfig,
 )
-from defectgen.training.augment import augment, parse_policy
+from defectgen.training.augment import augment, next_ada_p, parse_policy
 from defectgen.training.checkpoint import CKPT_NAME, Checkpoint, load_optimizer, read_checkpoint, restore_rng
 from defectgen.training.checkpoint import save_checkpoint as _save
 from defectgen.training.common import RunLogger, ema_update, prepare_run_dir, run_budgeted, set_trainable, step_seed
@@ -65,6 +65,7 @@ class PatchState:
     step: int = 0
     D_shape: PatchDiscriminator | None = None  # mask-only D (`cfg.shape_weight` > 0)
     opt_D_shape: torch.optim.Optimizer | None = None
+    ada_p: float = 0.0  # the adaptive augmentation's probability (`cfg.ada_target` > 0)
 
     def configs(self) -> dict[str, dict[str, Any]]:
         out = {"patch_generator": to_dict(self.g_cfg), "patch_discriminator": to_dict(self.d_cfg),
@@ -80,7 +81,8 @@ class PatchState:
             modules["D_shape"], optimizers["opt_D_shape"] = self.D_shape, self.opt_D_shape
         return _save(out / CKPT_NAME, kind=KIND, step=self.step, modules=modules, optimizers=optimizers,
                      configs=self.configs(),
-                     extra={"defect_types": self.types, "held_in": self.held_in, "scale": self.cfg.scale})
+                     extra={"defect_types": self.types, "held_in": self.held_in, "scale": self.cfg.scale,
+                             "ada_p": self.ada_p})
 
 
 @dataclass
@@ -151,6 +153,7 @@ def restore_state(ck: Checkpoint, cfg: TrainPatchConfig, device: str = "cpu") ->
         st.opt_D_shape = _adam(st.D_shape.parameters(), cfg.lr_d, cfg.betas, cfg.r1_interval)
         load_optimizer(st.opt_D_shape, ck, "opt_D_shape")
     st.step = ck.step
+    st.ada_p = float(ck.meta.get("ada_p", 0.0))
     return st
 
 
@@ -195,9 +198,9 @@ def _d_phase(st: PatchState, fake: tuple[torch.Tensor, ...], real: tuple[torch.T
     cfg = st.cfg
     f_img, f_mask, c_fake = fake
     r_img, r_mask, c_real = real
-    d_fake = st.D(*augment(f_img, f_mask, cfg.augment), c_fake)
+    d_fake = st.D(*augment(f_img, f_mask, cfg.augment, st.ada_p), c_fake)
     loss, stats = d_loss(st.D, d_fake, r_img, r_mask, c_real, cfg.augment, do_r1=do_r1, r1_gamma=cfg.r1_gamma,
-                         r1_interval=cfg.r1_interval)
+                         r1_interval=cfg.r1_interval, ada_p=st.ada_p)
     loss.backward()
     return stats
 
@@ -246,6 +249,9 @@ def patch_step(st: PatchState, data: PatchData) -> dict[str, float]:
     do_r1 = cfg.r1_interval > 0 and cfg.r1_gamma > 0 and step % cfg.r1_interval == 0
     stats = _d_phase(st, (f_img, f_mask, c), real, do_r1)
     st.opt_D.step()
+    if cfg.ada_target > 0:
+        st.ada_p = next_ada_p(st.ada_p, stats["D_real_sign"], cfg.ada_target, cfg.batch, cfg.ada_kimg)
+        stats["ada_p"] = st.ada_p
     if st.D_shape is not None:
         set_trainable(st.D_shape, True)
         stats.update(_shape_phase(st, f_mask, real[1], c, real[2], do_r1))
@@ -255,7 +261,7 @@ def patch_step(st: PatchState, data: PatchData) -> dict[str, float]:
     set_trainable(st.D, False)
     st.opt_G.zero_grad(set_to_none=True)
     image, alpha, w = _generate(st.G, z, c, good)
-    adv = F.softplus(-st.D(*augment(image, alpha, cfg.augment), c)).mean()
+    adv = F.softplus(-st.D(*augment(image, alpha, cfg.augment, st.ada_p), c)).mean()
     ratio = mode_seeking(image, w)
     # maximise the diversity ratio, clipped: a constant gradient near collapse (1/ratio explodes exactly
     # there) and no reward for noise once latents already differ by `ms_cap`
@@ -298,6 +304,9 @@ def _check_cfg(cfg: TrainPatchConfig) -> None:
         msg = f"--window: {e}"
         raise ConfigError(msg) from None
     parse_policy(cfg.augment)
+    if not 0 <= cfg.ada_target < 1 or cfg.ada_kimg <= 0:
+        msg = f"need 0 <= --ada-target < 1 and --ada-kimg > 0, got {cfg.ada_target}, {cfg.ada_kimg}"
+        raise ConfigError(msg)
 
 
 def _resolve(cfg: TrainPatchConfig, out: Path, resume: bool,
@@ -377,7 +386,8 @@ def train_patch_cli(*, data: Path, out: Path, resume: bool, device: str | None =
     """Entry of `defectgen train patch`: keyword options are TrainPatchConfig fields (None = default)."""
     given = {k: v for k, v in options.items() if v is not None}
     cfg = TrainPatchConfig(data=str(data), **given)
-    result = train_patch(cfg, out, resume=resume, override=[k for k in ("augment", "shape_weight") if k in given],
+    result = train_patch(cfg, out, resume=resume, override=[k for k in ("augment", "shape_weight", "ada_target", "ada_kimg")
+                                                          if k in given],
                          device=device)
     print(f"trained to step {result.step} -> {out / CKPT_NAME} (samples: {out / 'samples'}, "
           f"report: {out / 'report.json'})")

@@ -80,6 +80,26 @@ def test_resume_is_bit_exact(data, tmp_path):
     assert not any(p.requires_grad for p in g.parameters())
 
 
+def test_adaptive_augmentation_moves_p_and_resumes_exactly(data, tmp_path, monkeypatch):
+    # a toy D calls every real fake, so ADA's own rule would keep p at 0: step p by a fixed 0.25 instead
+    monkeypatch.setattr(patch_gan, "next_ada_p", lambda p, *_: min(p + 0.25, 1.0))
+    ada = {"ada_target": 0.6}
+    full = train_patch(cfg(data, 4, **ada), tmp_path / "full", tiny=True, progress=False)
+    assert [h["ada_p"] for h in full.history] == [0.25, 0.5, 0.75, 1.0]
+    train_patch(cfg(data, 2, **ada), tmp_path / "half", tiny=True, progress=False)
+    assert read_checkpoint(tmp_path / "half").meta["ada_p"] == 0.5
+    resumed = train_patch(cfg(data, 4, **ada), tmp_path / "half", resume=True, tiny=True, progress=False)
+    assert resumed.history[-1] == full.history[-1]
+    a, b = read_checkpoint(tmp_path / "full"), read_checkpoint(tmp_path / "half")
+    for k in a.tensors:
+        if not k.startswith("rng."):
+            assert torch.equal(a.tensors[k], b.tensors[k]), k
+    plain = train_patch(cfg(data, 4), tmp_path / "plain", tiny=True, progress=False)
+    assert "ada_p" not in plain.history[-1] and plain.state.ada_p == 0.0
+    # from step 1 on D saw rotated, zoomed, cut-out windows: its weights part from the plain run's
+    assert not torch.equal(plain.state.D.stem.from_img.weight, full.state.D.stem.from_img.weight)
+
+
 def test_cli_writes_checkpoint_samples_and_report(data, tmp_path):
     out = tmp_path / "run"
     r = runner.invoke(app, ["train", "patch", "--data", str(data), "--out", str(out), "--window", str(P),
@@ -167,7 +187,8 @@ def test_shape_d_judges_masks_only_and_can_join_a_resumed_run(data, tmp_path):
                                                 (["--held-in", "9"], "--held-in 9"),
                                                 (["--augment", "translation,colour"], "'color'"),
                                                 (["--design", "stacked"], "--design must be one of"),
-                                                (["--device", "abacus"], "--device 'abacus' is not usable")])
+                                                (["--device", "abacus"], "--device 'abacus' is not usable"),
+                                                (["--ada-target", "1.5"], "--ada-target < 1")])
 def test_cli_bad_input_is_one_line(data, tmp_path, args, message):
     r = runner.invoke(app, ["train", "patch", "--data", str(data), "--out", str(tmp_path / "r"), *args])
     assert r.exit_code == 2, r.output

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from defectgen.data.procedural import make_dataset
 from defectgen.errors import DataError
 from defectgen.nets.stylegan import Discriminator, Generator
-from defectgen.training.augment import augment, parse_policy
+from defectgen.training.augment import adaptive, augment, next_ada_p, parse_policy
 from defectgen.training.checkpoint import (
     load_discriminator,
     load_encoder,
@@ -75,6 +75,29 @@ def test_augment_moves_image_and_mask_together():
     assert torch.equal(c_mask, mask)  # colour never touches the mask
     with pytest.raises(ConfigError, match="did you mean 'flip'"):
         parse_policy("flp")
+
+
+def test_adaptive_ops_keep_the_mask_on_its_pixels_and_vanish_at_p0():
+    torch.manual_seed(0)
+    img = torch.rand(64, 3, RES, RES) * 2 - 1
+    mask = (img[:, :1] > 0).float()
+    assert adaptive(img, mask, 0.0) == (img, mask)
+    a_img, a_mask = adaptive(img, mask, 1.0)
+    assert not torch.equal(a_img, img)
+    # wherever the mask survives (not cut out, not zoomed off), it still marks positive channel-0 pixels
+    inside = a_mask > 0.99
+    assert inside.any() and (a_img[:, :1][inside] > -0.05).all()
+    assert torch.equal(a_mask == 0, a_mask <= 0)  # no negative mask values
+    some = adaptive(img, mask, 0.3)[0]
+    touched = (some != img).flatten(1).any(1).float().mean().item()
+    assert 0.3 < touched < 0.9  # three ops at p = 0.3: 1 - 0.7^3 = 0.66 of the samples
+
+
+def test_ada_p_rises_while_d_is_too_sure_and_stays_in_0_1():
+    assert next_ada_p(0.0, 0.8, 0.6, images=32, kimg=1) == pytest.approx(0.032)
+    assert next_ada_p(0.5, 0.2, 0.6, images=32, kimg=1) == pytest.approx(0.468)
+    assert next_ada_p(0.0, 0.1, 0.6, images=32, kimg=1) == 0.0
+    assert next_ada_p(0.99, 0.9, 0.6, images=32, kimg=0.1) == 1.0
 
 
 def test_sampler_oversamples_defects_and_is_stateless():
