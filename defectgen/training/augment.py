@@ -108,7 +108,8 @@ def _scale(image: torch.Tensor, mask: torch.Tensor, p: float) -> tuple[torch.Ten
 
 def _cutout(image: torch.Tensor, mask: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
     """With probability p a random square of half the side is blanked (DiffAugment's cutout): image to
-    mid-grey, mask to no-defect, so the label still says what the pixels show."""
+    mid-grey, mask to no-defect, so the label still says what the pixels show.
+    """
     b, _, h, w = image.shape
     cy = torch.randint(0, h, (b, 1, 1, 1), device=image.device)
     cx = torch.randint(0, w, (b, 1, 1, 1), device=image.device)
@@ -135,7 +136,8 @@ def adaptive(image: torch.Tensor, mask: torch.Tensor, p: float) -> tuple[torch.T
 
 def next_ada_p(p: float, real_sign: float, target: float, images: int, kimg: float) -> float:
     """ADA's update: p moves by images / (kimg * 1000) toward more augmentation while E[sign D(real)] >
-    `target` (D is overfitting), toward less below it; clipped to [0, 1]."""
+    `target` (D is overfitting), toward less below it; clipped to [0, 1].
+    """
     step = images / (kimg * 1000)
     return min(max(p + step * (1 if real_sign > target else -1), 0.0), 1.0)
 
@@ -157,7 +159,8 @@ def parse_policy(policy: str) -> list[str]:
 def augment(image: torch.Tensor, mask: torch.Tensor, policy: str,
             ada_p: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply the ops of `policy` in order to (image [B,3,H,W] in [-1,1], mask [B,1,H,W] in [0,1]), then the
-    adaptive ones at probability `ada_p`."""
+    adaptive ones at probability `ada_p`.
+    """
     ops = _ops()
     for name in parse_policy(policy):
         image, mask = ops[name](image, mask)

@@ -386,8 +386,7 @@ def train_patch_cli(*, data: Path, out: Path, resume: bool, device: str | None =
     """Entry of `defectgen train patch`: keyword options are TrainPatchConfig fields (None = default)."""
     given = {k: v for k, v in options.items() if v is not None}
     cfg = TrainPatchConfig(data=str(data), **given)
-    result = train_patch(cfg, out, resume=resume, override=[k for k in ("augment", "shape_weight", "ada_target", "ada_kimg")
-                                                          if k in given],
-                         device=device)
+    tunable = ("augment", "shape_weight", "ada_target", "ada_kimg")  # a resume may change these
+    result = train_patch(cfg, out, resume=resume, override=[k for k in tunable if k in given], device=device)
     print(f"trained to step {result.step} -> {out / CKPT_NAME} (samples: {out / 'samples'}, "
           f"report: {out / 'report.json'})")
