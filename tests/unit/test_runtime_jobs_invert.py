@@ -217,15 +217,16 @@ def test_proposed_samples_take_the_proposal_lr(backend: OrtBackend, bundle: Bund
 
 
 def test_proposed_samples_take_their_own_step_count(backend: OrtBackend, bundle: Bundle, toy: ToyModel) -> None:
-    """With `proposal_steps` a proposed sample runs its own schedule to its own end and then leaves the batch:
-    the same latent as if it had run alone with that many steps; the other sample runs `steps`."""
+    """With `proposal_steps` a proposed sample runs its own schedule to its own end and then leaves the batch
+    (unevaluated after its last step): the same latent as if it had run alone with that many steps; the other
+    sample runs `steps`."""
     good, mask, stitched, types = toy.inputs(1)
     rep = [np.repeat(a, 2, 0) for a in (good, mask, stitched)]
     own = np.random.default_rng(4).standard_normal(toy.latent_shape("wplus")).astype(np.float32)
     cfg = InversionConfig(steps=4, proposal_steps=2, lr=0.05, proposal_lr=0.01, init="wavg", early_stop_patience=0)
     res = invert(backend, bundle, InversionBatch(*rep, types * 2, starts=[None, own]), config=cfg)
     assert res.steps_run.tolist() == [4, 2] and res.terms_history.shape[0] == 5
-    assert np.isfinite(res.terms_history[:3, 1]).all() and np.isnan(res.terms_history[3:, 1]).all()
+    assert np.isfinite(res.terms_history[:2, 1]).all() and np.isnan(res.terms_history[2:, 1]).all()
     alone = invert(backend, bundle, InversionBatch(good, mask, stitched, types, starts=[own]),
                    config=InversionConfig(steps=2, lr=0.01, init="wavg", early_stop_patience=0))
     np.testing.assert_allclose(res.latent[1], alone.latent[0], rtol=1e-5, atol=1e-6)
@@ -235,3 +236,26 @@ def test_proposed_samples_take_their_own_step_count(backend: OrtBackend, bundle:
     assert more.steps_run.tolist() == [1, 3]  # the batch runs as long as its longest sample
     with pytest.raises(JobError, match="proposal steps"):
         InversionConfig(proposal_steps=-1).validate(bundle)
+
+
+@pytest.mark.parametrize(("lr", "steps"), [(0.01, 3), (3.0, 1)])
+def test_a_proposed_sample_returns_its_last_latent_unless_told_to_keep_the_best(
+        backend: OrtBackend, bundle: Bundle, toy: ToyModel, lr: float, steps: int) -> None:
+    """Gentle steps (lr 0.01) lower the objective, so the last latent is the best and both rules agree; a step
+    that overshoots (lr 3) makes them differ, and `proposal_keep_best` returns the better latent."""
+    good, mask, stitched, types = toy.inputs(1)
+    own = np.random.default_rng(5).standard_normal(toy.latent_shape("wplus")).astype(np.float32)
+    batch = InversionBatch(good, mask, stitched, types, starts=[own])
+    kw = {"steps": steps, "lr": lr, "lr_schedule": "constant", "init": "wavg", "early_stop_patience": 0}
+    last = invert(backend, bundle, batch, config=InversionConfig(**kw))
+    best = invert(backend, bundle, batch, config=InversionConfig(**kw, proposal_keep_best=True))
+    assert last.timings["step_calls"] == steps and best.timings["step_calls"] == steps + 1
+    assert np.isnan(last.terms_history[steps]).all() and np.isfinite(best.terms_history[steps]).all()
+    lam = bundle.lambda_vector()
+    f_last = backend.step("wplus", last.latent, good, mask, stitched, lam)[0].sum()
+    f_best = backend.step("wplus", best.latent, good, mask, stitched, lam)[0].sum()
+    if lr < 1:
+        assert np.all(np.diff(best.objective[:, 0]) < 0)
+        np.testing.assert_array_equal(last.latent, best.latent)
+    else:
+        assert not np.array_equal(last.latent, best.latent) and f_best < f_last

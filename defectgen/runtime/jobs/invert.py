@@ -21,9 +21,12 @@ Rules (see `InversionConfig` for the knobs):
   lr · ½(1 − cos(π · min(1, (1 − t) / rampdown))) · min(1, t / rampup), t = step / steps; rampup defaults to 0
   because with 5-20 steps a ramp-up would waste the first step. A sample starting from G's own proposal takes
   `proposal_lr` as its peak and `proposal_steps` as its step count instead: its steps only refine a defect G
-  drew, larger ones drift its colours, and fewer do as well; it leaves the batch after its last evaluation.
+  drew, larger ones drift its colours, and fewer do as well; it leaves the batch after its last step.
 - **Result = best finite latent** seen (lowest objective among evaluated latents, the init included), so a late
-  Adam overshoot never makes the output worse; with a decreasing loss this is the last one.
+  Adam overshoot never makes the output worse; with a decreasing loss this is the last one. A sample that
+  started from G's proposal returns its *last* latent instead, unevaluated (`proposal_keep_best` False, the
+  default): its gentle steps lowered the objective at every step in every job measured, so the evaluation after
+  the last step would only confirm it, at a sixth of the step graph's time with 5 steps.
 - **Early stop (per sample).** After each evaluation a sample whose objective improved on its best by less than
   `plateau_rtol` (relative) counts a stall, otherwise its count resets; at `early_stop_patience` consecutive stalls
   it stops (0 disables). Stopped samples are no longer sent to the step graph.
@@ -54,10 +57,12 @@ class InversionConfig:
     """Hyper-parameters of one inversion (space, steps, lr and init default to `RunDefaults`)."""
 
     space: str = RunDefaults.space  # latent optimised: wplus (B,L,W), w (B,W) or z (B,Z)
-    steps: int = RunDefaults.steps  # Adam steps (the step graph runs steps + 1 times: the last evaluates the result)
+    steps: int = RunDefaults.steps  # Adam steps (the step graph runs steps + 1 times: the last evaluates the result;
+    #                                 a proposed sample skips that last evaluation unless `proposal_keep_best`)
     lr: float = RunDefaults.lr  # peak Adam learning rate
     proposal_lr: float | None = None  # peak lr of samples that start from G's own proposal (None: `lr`)
     proposal_steps: int | None = None  # Adam steps of those samples (None: `steps`)
+    proposal_keep_best: bool = False  # those samples: evaluate after the last step, keep the best (False: the last)
     init: str = RunDefaults.init  # encoder | wavg | random (module docstring)
     lambdas: dict[str, float] = field(default_factory=dict)  # overrides of the bundle's default λ, by term name
     betas: tuple[float, float] = (0.9, 0.999)  # Adam moment decays
@@ -149,7 +154,7 @@ class InversionBatch:
 class InversionResult:
     """What `invert` returns; arrays are per sample, batch first."""
 
-    latent: np.ndarray  # best finite latent (B, *latent shape)
+    latent: np.ndarray  # best finite latent (B, *latent shape); a proposed sample's last one (module docstring)
     image: np.ndarray  # G_img(latent) (B,3,R,R) in [-1, 1]
     mask_logit: np.ndarray  # G_mask(latent) (B,1,R,R)
     terms_history: np.ndarray  # (S+1, B, K) terms (× λ) per evaluation, S = most steps of a sample; NaN: not run
@@ -258,6 +263,7 @@ def invert(backend: Backend, bundle: Bundle, batch: InversionBatch, *, config: I
     n, k = len(batch), len(LOSS_TERMS)
     own = [s is not None for s in batch.starts] if batch.starts is not None else [False] * n
     budget = np.array([cfg.steps_for(o) for o in own], int)  # Adam steps per sample
+    take_last = np.array(own, bool) & (budget > 0) & (not cfg.proposal_keep_best)  # no evaluation at the end
     total = int(budget.max())
     history = np.full((total + 1, n, k), np.nan, np.float32)
     best_c, best_f = c.copy(), np.full(n, np.inf)
@@ -269,6 +275,8 @@ def invert(backend: Backend, bundle: Bundle, batch: InversionBatch, *, config: I
     active = ~failed
     calls = 0
     for i in range(total + 1):
+        done = active & take_last & (budget == i)  # their last step ran: the result is that latent
+        best_c[done], active[done] = c[done], False
         idx = np.flatnonzero(active)
         if not len(idx):
             break
