@@ -62,7 +62,8 @@ def plot_curves(log_path: Path, png: Path) -> None:
 
     lines = [json.loads(s) for s in log_path.read_text().splitlines() if s.strip()]
     groups = (["loss_D", "loss_G", "loss_R1", "shape_loss_D", "loss_G_shape"],
-              ["D_real", "D_fake", "shape_D_real", "shape_D_fake"], ["ms_ratio", "mask_fake", "mask_real"])
+              ["D_real", "D_fake", "shape_D_real", "shape_D_fake", "D_real_sign", "ada_p"],
+              ["ms_ratio", "mask_fake", "mask_real"])
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for ax, group in zip(axes, groups, strict=True):
         for k in group:
