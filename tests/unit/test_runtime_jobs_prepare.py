@@ -10,6 +10,7 @@ import pytest
 
 from defectgen.data.procedural import render_part
 from defectgen.runtime.jobs.invert import InversionConfig
+from defectgen.runtime.jobs import prepare
 from defectgen.runtime.jobs.prepare import target_mask
 from defectgen.runtime.jobs.record import JobRecord
 from defectgen.runtime.jobs.settings import RunSettings
@@ -31,6 +32,24 @@ def test_random_target_mask_is_deterministic_and_full_size(side: int) -> None:
     a, b = target_mask(_spec(), img), target_mask(_spec(), img)
     assert a.shape == (side, side) and a.dtype == np.uint8 and a.any() and np.array_equal(a, b)
     assert not np.array_equal(a, target_mask(_spec(seed=4), img))
+
+
+def test_the_part_region_is_found_once_per_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real = prepare.part_mask
+    monkeypatch.setattr(prepare, "part_mask", lambda im: calls.append(1) or real(im))
+    monkeypatch.setattr(prepare, "_part_of", prepare._PartCache(size=2))
+    imgs = [render_part(np.random.default_rng(k), 96)[0] for k in range(3)]
+    first = [target_mask(_spec(seed=s), imgs[0]) for s in range(4)]
+    assert len(calls) == 1  # four targets on one image: one part search
+    assert first[0].any() and not np.array_equal(first[0], first[1])  # still a different target per job
+    target_mask(_spec(), imgs[0].copy())  # same content, another array: found by content
+    assert len(calls) == 1
+    target_mask(_spec(), imgs[1]), target_mask(_spec(), imgs[2]), target_mask(_spec(), imgs[0])
+    assert len(calls) == 4  # the cache holds two images: the first was evicted
+    uncached = prepare._PartCache(size=0)
+    monkeypatch.setattr(prepare, "_part_of", uncached)
+    assert np.array_equal(target_mask(_spec(seed=2), imgs[0]), first[2])  # the cache changes no target
 
 
 def test_record_is_json_safe_with_nan() -> None:
