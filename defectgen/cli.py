@@ -157,9 +157,10 @@ def train_patch(
                                                             "(default 0 = none; with --resume it adds one from "
                                                             "there on)."),
     ada_target: Optional[float] = typer.Option(None, help="Adaptive augmentation (rot90, zoom, cutout at a "
-                                                          "probability p that rises while the share of reals D "
-                                                          "calls real exceeds this; ADA uses 0.6). Default 0 = "
-                                                          "off; with --resume it applies from there on."),
+                                                          "probability p that rises while the mean sign of D on "
+                                                          "reals exceeds this; ADA uses 0.6, about 80 % of reals "
+                                                          "called real). Default 0 = off; with --resume it "
+                                                          "applies (or stops) from there on."),
     ada_kimg: Optional[float] = typer.Option(None, help="Thousands of windows for the adaptive p to go from 0 "
                                                         "to 1 (default 100)."),
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in --out."),

@@ -130,7 +130,7 @@ def background_psnr(image: np.ndarray, good: np.ndarray, mask: np.ndarray) -> np
 
 
 def quality(result: InversionResult, batch: InversionBatch) -> dict[str, float]:
-    """Mean mask IoU, background PSNR and objective of an inversion result."""
+    """Mean mask IoU, background PSNR and objective (at each sample's last evaluation) of an inversion result."""
     return {"mask_iou": float(mask_iou(result.mask_logit, batch.mask).mean()),
             "bg_psnr_db": float(background_psnr(result.image, batch.good, batch.mask).mean()),
             "objective": float(np.nanmean(result.final_objective))}

@@ -106,7 +106,8 @@ class TrainPatchConfig:
     ms_weight: float = 0.1          # mode-seeking weight (DFMGAN/MSGAN): different latents -> different defects
     ms_cap: float = 1.0             # the ratio |dx| / |dw| stops being rewarded above this (no reward for noise)
     shape_weight: float = 0.0       # weight of a mask-only shape D's adversarial term on G (0: no shape D)
-    ada_target: float = 0.0         # adaptive augmentation (ADA): raise p while E[sign D(real)] > this; 0 = off
+    ada_target: float = 0.0         # adaptive augmentation (ADA): raise p while E[sign D(real)] > this
+    #                                 (0.6: 80 % of reals called real); 0 = off
     ada_kimg: float = 100.0         # windows (thousands) for p to move from 0 to 1 (updated every step)
     per_defect: int = 64            # augmented windows cut per held-in defect image
     per_good: int = 8               # augmented windows cut per good training image

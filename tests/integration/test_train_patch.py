@@ -14,7 +14,7 @@ from defectgen.cli import app
 from defectgen.data.procedural import make_dataset
 from defectgen.errors import DataError
 from defectgen.nets.patch import PatchDiscriminator
-from defectgen.training import patch_gan
+from defectgen.training import losses, patch_gan
 from defectgen.training.checkpoint import read_checkpoint
 from defectgen.training.config import TrainPatchConfig
 from defectgen.training.patch_data import MIN_DEFECT_PX, load_patch_data
@@ -98,6 +98,30 @@ def test_adaptive_augmentation_moves_p_and_resumes_exactly(data, tmp_path, monke
     assert "ada_p" not in plain.history[-1] and plain.state.ada_p == 0.0
     # from step 1 on D saw rotated, zoomed, cut-out windows: its weights part from the plain run's
     assert not torch.equal(plain.state.D.stem.from_img.weight, full.state.D.stem.from_img.weight)
+
+
+def _record_ada_p(monkeypatch) -> list[float]:
+    """Every augmentation call's p, in order: D's fakes, D's reals (and R1's), G's adversarial input."""
+    seen: list[float] = []
+    for module in (patch_gan, losses):
+        def record(i, m, pol, p=0.0, _real=module.augment):
+            seen.append(p)
+            return _real(i, m, pol, p)
+
+        monkeypatch.setattr(module, "augment", record)
+    return seen
+
+
+def test_every_d_input_of_a_step_sees_the_same_p_and_ada_can_be_switched_off(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(patch_gan, "next_ada_p", lambda p, *_: min(p + 0.25, 1.0))
+    seen = _record_ada_p(monkeypatch)
+    train_patch(cfg(data, 3, ada_target=0.6), tmp_path / "run", tiny=True, progress=False)
+    # per step: D's fakes, its reals (on R1 steps the same augmented reals), G's adversarial input
+    assert seen == [0.0] * 3 + [0.25] * 3 + [0.5] * 3
+    seen.clear()
+    off = train_patch(cfg(data, 5, ada_target=0.0), tmp_path / "run", resume=True, tiny=True, progress=False,
+                      override=["ada_target"])
+    assert off.state.ada_p == 0.0 and seen and set(seen) == {0.0}  # resumed with ADA off: no adaptive ops
 
 
 def test_cli_writes_checkpoint_samples_and_report(data, tmp_path):

@@ -228,7 +228,7 @@ def test_proposed_samples_take_their_own_step_count(backend: OrtBackend, bundle:
     assert res.steps_run.tolist() == [4, 2] and res.terms_history.shape[0] == 5
     assert np.isfinite(res.terms_history[:2, 1]).all() and np.isnan(res.terms_history[2:, 1]).all()
     alone = invert(backend, bundle, InversionBatch(good, mask, stitched, types, starts=[own]),
-                   config=InversionConfig(steps=2, lr=0.01, init="wavg", early_stop_patience=0))
+                   config=InversionConfig(steps=2, lr=0.05, proposal_lr=0.01, init="wavg", early_stop_patience=0))
     np.testing.assert_allclose(res.latent[1], alone.latent[0], rtol=1e-5, atol=1e-6)
     assert cfg.steps_for(True) == 2 and cfg.steps_for(False) == 4 and InversionConfig(steps=7).steps_for(True) == 7
     more = invert(backend, bundle, InversionBatch(*rep, types * 2, starts=[None, own]),
@@ -246,10 +246,15 @@ def test_a_proposed_sample_returns_its_last_latent_unless_told_to_keep_the_best(
     good, mask, stitched, types = toy.inputs(1)
     own = np.random.default_rng(5).standard_normal(toy.latent_shape("wplus")).astype(np.float32)
     batch = InversionBatch(good, mask, stitched, types, starts=[own])
-    kw = {"steps": steps, "lr": lr, "lr_schedule": "constant", "init": "wavg", "early_stop_patience": 0}
+    kw = {"steps": steps, "lr": 10 * lr, "proposal_lr": lr, "lr_schedule": "constant", "init": "wavg",
+          "early_stop_patience": 0}
     last = invert(backend, bundle, batch, config=InversionConfig(**kw))
     best = invert(backend, bundle, batch, config=InversionConfig(**kw, proposal_keep_best=True))
     assert last.timings["step_calls"] == steps and best.timings["step_calls"] == steps + 1
+    # a proposal stepping at the full lr (e.g. a given --lr) keeps the evaluation and the best latent
+    full = invert(backend, bundle, batch, config=InversionConfig(**{**kw, "lr": lr}))
+    assert full.timings["step_calls"] == steps + 1
+    np.testing.assert_allclose(full.latent, best.latent, rtol=1e-5, atol=1e-6)
     assert np.isnan(last.terms_history[steps]).all() and np.isfinite(best.terms_history[steps]).all()
     lam = bundle.lambda_vector()
     f_last = backend.step("wplus", last.latent, good, mask, stitched, lam)[0].sum()

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from defectgen.data.procedural import render_part
-from defectgen.runtime.jobs.invert import InversionConfig
 from defectgen.runtime.jobs import prepare
+from defectgen.runtime.jobs.invert import InversionConfig
 from defectgen.runtime.jobs.prepare import target_mask
 from defectgen.runtime.jobs.record import JobRecord
 from defectgen.runtime.jobs.settings import RunSettings

@@ -24,9 +24,10 @@ Rules (see `InversionConfig` for the knobs):
   drew, larger ones drift its colours, and fewer do as well; it leaves the batch after its last step.
 - **Result = best finite latent** seen (lowest objective among evaluated latents, the init included), so a late
   Adam overshoot never makes the output worse; with a decreasing loss this is the last one. A sample that
-  started from G's proposal returns its *last* latent instead, unevaluated (`proposal_keep_best` False, the
-  default): its gentle steps lowered the objective at every step in every job measured, so the evaluation after
-  the last step would only confirm it, at a sixth of the step graph's time with 5 steps.
+  started from G's proposal with a `proposal_lr` below `lr` returns its *last* latent instead, unevaluated
+  (`proposal_keep_best` False, the default): its gentle steps lowered the objective at every step in every job
+  measured, so the evaluation after the last step would only confirm it, at a sixth of the step graph's time
+  with 5 steps. Its `final_terms` are then those of its last evaluation, one step before.
 - **Early stop (per sample).** After each evaluation a sample whose objective improved on its best by less than
   `plateau_rtol` (relative) counts a stall, otherwise its count resets; at `early_stop_patience` consecutive stalls
   it stops (0 disables). Stopped samples are no longer sent to the step graph.
@@ -158,7 +159,7 @@ class InversionResult:
     image: np.ndarray  # G_img(latent) (B,3,R,R) in [-1, 1]
     mask_logit: np.ndarray  # G_mask(latent) (B,1,R,R)
     terms_history: np.ndarray  # (S+1, B, K) terms (× λ) per evaluation, S = most steps of a sample; NaN: not run
-    final_terms: np.ndarray  # (B, K) terms at `latent`
+    final_terms: np.ndarray  # (B, K) terms at `latent` (a proposed sample's last one: at its last evaluation)
     steps_run: np.ndarray  # (B,) Adam updates applied to each sample
     failed: np.ndarray  # (B,) bool: loss or gradient became non-finite (latent frozen at its last finite value)
     init_latent: np.ndarray  # (B, *latent shape) the starting point
@@ -171,7 +172,7 @@ class InversionResult:
 
     @property
     def final_objective(self) -> np.ndarray:
-        """(B,) objective at the returned latent."""
+        """(B,) objective at the returned latent (a proposed sample returning its last one: at the one before)."""
         return self.final_terms.sum(-1)
 
 
@@ -263,7 +264,8 @@ def invert(backend: Backend, bundle: Bundle, batch: InversionBatch, *, config: I
     n, k = len(batch), len(LOSS_TERMS)
     own = [s is not None for s in batch.starts] if batch.starts is not None else [False] * n
     budget = np.array([cfg.steps_for(o) for o in own], int)  # Adam steps per sample
-    take_last = np.array(own, bool) & (budget > 0) & (not cfg.proposal_keep_best)  # no evaluation at the end
+    gentle = cfg.lr_for(True) < cfg.lr  # the rule rests on the proposals' smaller steps
+    take_last = np.array(own, bool) & (budget > 0) & (gentle and not cfg.proposal_keep_best)  # no last evaluation
     total = int(budget.max())
     history = np.full((total + 1, n, k), np.nan, np.float32)
     best_c, best_f = c.copy(), np.full(n, np.inf)
@@ -308,6 +310,7 @@ def invert(backend: Backend, bundle: Bundle, batch: InversionBatch, *, config: I
         lr = np.array([cfg.lr_at(i, int(s)) for s in budget[good_idx]], np.float32) * lr_scale[good_idx]
         _adam(c, m, v, grad, good_idx, t=i + 1, lr=lr, cfg=cfg)
         steps_run[good_idx] += 1
+    failed |= ~np.isfinite(best_c).reshape(n, -1).all(1)  # a last latent nothing evaluated
     t_steps = time.perf_counter()
     image, mask_logit = backend.synthesize(cfg.space, best_c, onehot, good=batch.good)
     t_end = time.perf_counter()

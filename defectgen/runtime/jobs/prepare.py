@@ -128,10 +128,10 @@ class _PartCache:
     """
 
     def __init__(self, size: int = 8) -> None:
-        self.size, self.parts = size, OrderedDict[tuple[Any, bytes], np.ndarray]()
+        self.size, self.parts = size, OrderedDict[tuple[Any, str, bytes], np.ndarray]()
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        key = (image.shape, hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=16).digest())
+        key = (image.shape, image.dtype.str, hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=16).digest())
         if key in self.parts:
             self.parts.move_to_end(key)
             return self.parts[key]
