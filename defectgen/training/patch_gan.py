@@ -249,8 +249,6 @@ def patch_step(st: PatchState, data: PatchData) -> dict[str, float]:
     do_r1 = cfg.r1_interval > 0 and cfg.r1_gamma > 0 and step % cfg.r1_interval == 0
     stats = _d_phase(st, (f_img, f_mask, c), real, do_r1)
     st.opt_D.step()
-    next_p = (next_ada_p(st.ada_p, stats["D_real_sign"], cfg.ada_target, cfg.batch, cfg.ada_kimg)
-              if cfg.ada_target > 0 else 0.0)  # taken at the end of the step: D and G see one p per step
     if st.D_shape is not None:
         set_trainable(st.D_shape, True)
         stats.update(_shape_phase(st, f_mask, real[1], c, real[2], do_r1))
@@ -277,8 +275,9 @@ def patch_step(st: PatchState, data: PatchData) -> dict[str, float]:
     half = min(cfg.ema_kimg * 1000, nimg * cfg.ema_rampup) if cfg.ema_rampup > 0 else cfg.ema_kimg * 1000
     ema_update(st.G_ema, st.G, 0.5 ** (cfg.batch / max(half, 1e-8)))
     st.step += 1
-    if cfg.ada_target > 0:
-        st.ada_p = stats["ada_p"] = next_p
+    if cfg.ada_target > 0:  # at the end of the step, from D's reals: D and G see one p per step
+        st.ada_p = stats["ada_p"] = next_ada_p(st.ada_p, stats["D_real_sign"], cfg.ada_target, cfg.batch,
+                                               cfg.ada_kimg)
     return {**stats, "loss_G": adv.item(), "ms_ratio": ratio.mean().item(),
             "mask_fake": alpha.detach().mean().item(), "mask_real": real[1].mean().item()}
 
