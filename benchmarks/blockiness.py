@@ -5,7 +5,7 @@ and compares, inside each target mask, the share of 2x2 pixel blocks whose four 
 same share in the input image at the same place. Upscaling a model-resolution crop by nearest neighbour or a
 low-resolution paste shows up as many such flat blocks; a generator that draws at the data's scale does not.
 
-    python benchmarks/blockiness.py --bundle BUNDLE --scale 4 --variants 4
+    python benchmarks/blockiness.py --bundle BUNDLE --variants 4     # --scale: the bundle's x 4 unless given
     python benchmarks/blockiness.py --quick --bundle BUNDLE --out-dir /tmp/q     # smoke test
 
 Writes `benchmarks/results/blockiness.{json,md}` and `blockiness_sheet.png` (the run's contact sheet).
@@ -31,6 +31,15 @@ from defectgen.data.imageio import read_image, read_mask
 from defectgen.measure.stamp import machine_stamp
 
 PART = EXAMPLES_DIR / "part_4_512px.png"
+PART_ZOOM = 4  # the part is rendered at 4x the procedural set's resolution
+
+
+def part_scale(bundle: Path | None) -> float | None:
+    """`run --scale` for the part: the bundle's data px per model px times the part's zoom (None: whole-part)."""
+    from defectgen.runtime.bundle import Bundle
+
+    patch = Bundle.load(bundle, verify=False).patch
+    return None if patch is None else patch.scale * PART_ZOOM
 
 
 CLIP_LEVELS = 2  # a channel within this many levels of 0 or 255 is clipped: no grain survives there
@@ -79,8 +88,8 @@ def measure(args: argparse.Namespace, tmp: Path) -> tuple[list[dict[str, Any]], 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", type=Path, default=None, help="bundle (default: the embedded one)")
-    ap.add_argument("--scale", type=float, default=None, help="`run --scale` (the part is rendered at 4x the "
-                                                             "procedural set's scale)")
+    ap.add_argument("--scale", type=float, default=None, help="`run --scale` (default: the bundle's scale x 4, the "
+                                                             "part is rendered at 4x the procedural set's scale)")
     ap.add_argument("--masks", type=int, default=4, help="random targets (cycling over the defect types)")
     ap.add_argument("--variants", type=int, default=4, help="`run --variants K`")
     ap.add_argument("--seed", type=int, default=0)
@@ -90,6 +99,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.masks, args.variants = 1, 2
+    if args.scale is None:
+        args.scale = part_scale(args.bundle)
     started, stamp = time.time(), machine_stamp()
     with tempfile.TemporaryDirectory() as tmp:
         rows, seconds, sheet = measure(args, Path(tmp))
