@@ -174,3 +174,23 @@ def test_cli_bench_bad_backend_is_one_line_error(toy: Path) -> None:
     res = CliRunner().invoke(app, ["bench", "--bundle", str(toy), "--backend", "ort-cpux", "--quick"])
     assert res.exit_code == 2
     assert "did you mean 'ort-cpu'" in res.output
+
+
+def test_target_iou_compares_with_the_target_at_the_data_resolution() -> None:
+    """At a pixel scale above 1 the model's target is dilated; the bench's IoU takes the undilated target, so a
+    G mask that is exactly the target scores 1 (and one half its size about 0.5)."""
+    from defectgen.runtime.jobs.compose import Crop, model_inputs
+
+    res = 16
+    image = np.zeros((48, 48, 3), np.uint8)
+    target = np.zeros((48, 48), np.uint8)
+    target[12:36, 12:36] = 1  # 24 px square in a 48 px crop: scale 3
+    crop = Crop.full(target.shape)
+    _, mask_m = model_inputs(image, target, crop, res)
+    p = dataclasses.make_dataclass("P", ["crop", "mask"])(crop, target)
+    exact = np.where(target[::3, ::3] > 0, 8.0, -8.0).astype(np.float32)[None, None]
+    assert bench.mask_iou(exact, mask_m[None]) < 0.7  # the dilated model target penalises an exact fit
+    assert bench.target_iou(exact, [p])[0] == pytest.approx(1.0, abs=0.02)
+    half = np.full_like(exact, -8.0)
+    half[..., 4:12, 4:8] = 8.0  # the left half of the square
+    assert bench.target_iou(half, [p])[0] == pytest.approx(0.5, abs=0.06)
