@@ -126,9 +126,8 @@ def target_iou(mask_logit: np.ndarray, prepared: Sequence[Prepared]) -> np.ndarr
     by ceil(1.41 x scale) data px before it is shrunk (so that no target pixel is lost), and a G mask that fits
     the real target inside it scores low there.
     """
-    out = np.empty(len(prepared))
+    out, res = np.empty(len(prepared)), mask_logit.shape[-1]
     for i, p in enumerate(prepared):
-        res = mask_logit.shape[-1]
         gen = upsample(np.asarray(mask_logit[i], np.float32).reshape(1, res, res), p.crop.size)[:, :, 0] > 0
         tgt = p.crop.of(p.mask) > 0
         union = (gen | tgt).sum()
