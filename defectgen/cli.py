@@ -291,6 +291,9 @@ def run(
     proposals: Optional[int] = typer.Option(None, help="--mask-shape generated: latents G draws per target; its "
                                                        "discriminator keeps the most real whole defect (default "
                                                        "8; more is stricter and slower)."),
+    min_change: Optional[float] = typer.Option(None, help="--mask-mode generated: label only the pixels G changes by "
+                                                          "at least this many grey levels (0: G's whole mask; "
+                                                          "default: the bundle's)."),
 ) -> None:
     """Generate defective images with exact masks (torch-free edge runtime). Rerun to resume.
 
@@ -302,7 +305,8 @@ def run(
                    random_masks=random_masks, types=_csv(types), space=space, steps=steps, lr=lr,
                    lambdas=lambda_ or [], init=init, backend=backend, shard=shard, seed=seed, batch=batch,
                    mask_mode=mask_mode, retry_failed=retry_failed, detail=detail, guide_weight=guide_weight,
-                   threads=threads, mask_shape=mask_shape, scale=scale, variants=variants, proposals=proposals)
+                   threads=threads, mask_shape=mask_shape, scale=scale, variants=variants, proposals=proposals,
+                   min_change=min_change)
     raise typer.Exit(code)
 
 

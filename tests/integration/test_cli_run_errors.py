@@ -48,6 +48,7 @@ FATAL = [
     (["--random-masks", 1, "--mask-mode", "gen"], "unknown mask mode 'gen'"),
     (["--random-masks", 0], "--random-masks must be >= 1"),
     (["--random-masks", 1, "--guide-weight", 1.5], "--guide-weight must be within [0, 1], got 1.5"),
+    (["--random-masks", 1, "--min-change", -1], "--min-change must be within [0, 255] grey levels, got -1.0"),
     (["--random-masks", 1, "--threads", 0], "--threads must be >= 1, got 0"),
     (["--random-masks", 1, "--mask-shape", "ref"], "unknown mask shape 'ref'"),
     ([], "--images needs --masks DIR"),

@@ -15,7 +15,9 @@ from defectgen.runtime.jobs.compose import (
     feather_px,
     generated_mask,
     model_inputs,
+    model_pixels,
     to_model,
+    visible_label,
 )
 
 
@@ -34,7 +36,7 @@ def test_background_bit_exact_outside_feather_band() -> None:
     assert good_m.shape == (3, 16, 16) and mask_m.shape == (1, 16, 16) and mask_m.any()
     generated = np.random.default_rng(1).uniform(-1, 1, (3, res, res)).astype(np.float32)
     alpha = alpha_for(mask, crop, res, model_px=1)
-    out = composite(image, generated, alpha, crop)
+    out = composite(image, model_pixels(generated, crop), alpha, crop)
     assert out.shape == image.shape and out.dtype == np.uint8
     band = dilate(mask, feather_px(crop, res, 1)).astype(bool)
     assert np.array_equal(out[~band], image[~band])  # bit-exact outside the band
@@ -45,7 +47,8 @@ def test_background_bit_exact_outside_feather_band() -> None:
 def test_composite_inside_the_mask_is_the_upsampled_generation() -> None:
     image, mask = _case(32, 32)
     generated = np.full((3, 8, 8), 0.5, np.float32)  # flat: upsampling is exact
-    out = composite(image, generated, alpha_for(mask, Crop.full(image.shape), 8, 1), Crop.full(image.shape))
+    full = Crop.full(image.shape)
+    out = composite(image, model_pixels(generated, full), alpha_for(mask, full, 8, 1), full)
     assert (out[mask > 0] == 191).all()  # (0.5 + 1) * 127.5 = 191.25
 
 
@@ -53,7 +56,7 @@ def test_crop_general_paste_stays_inside_crop() -> None:
     image, mask = _case()
     crop = Crop(30, 50, 70, 110)  # patch mode: only this box goes through the model
     alpha = alpha_for(mask, crop, 16, 1)
-    out = composite(image, np.zeros((3, 16, 16), np.float32), alpha, crop)
+    out = composite(image, model_pixels(np.zeros((3, 16, 16), np.float32), crop), alpha, crop)
     outside = np.ones(mask.shape, bool)
     outside[30:70, 50:110] = False
     assert np.array_equal(out[outside], image[outside]) and crop.size == (40, 60)
@@ -101,8 +104,9 @@ def test_model_image_plus_detail_gives_the_guide_back_inside_the_mask() -> None:
     guide = np.random.default_rng(3).integers(0, 256, image.shape, dtype=np.uint8)  # all fine detail
     res, crop = 16, Crop.full(image.shape)
     alpha = alpha_for(mask, crop, res, model_px=1)
-    with_detail = composite(image, to_model(guide, res), alpha, crop, detail_layer(guide, to_model(guide, res)))
-    smooth = composite(image, to_model(guide, res), alpha, crop)
+    with_detail = composite(image, model_pixels(to_model(guide, res), crop, detail_layer(guide, to_model(guide, res))),
+                            alpha, crop)
+    smooth = composite(image, model_pixels(to_model(guide, res), crop), alpha, crop)
     inside = mask > 0
     assert np.abs(with_detail[inside].astype(int) - guide[inside]).max() <= 1  # rounding only
     assert np.abs(smooth[inside].astype(int) - guide[inside]).mean() > 20  # the model's resolution alone blurs
@@ -212,3 +216,55 @@ def test_generated_labels_say_where_pixels_changed(layered: bool) -> None:
         assert (out[label > 0] == 0).all()  # the layer at full strength: black
     else:  # a whole-part G's image is used as it is, but only around the label
         assert np.array_equal(out[dilate(label, 2) == 0], image[dilate(label, 2) == 0])
+
+
+def test_visible_label_keeps_only_pixels_that_changed() -> None:
+    """A label pixel whose colour stays within `min_change` levels of the surface is dropped, specks with it."""
+    image = np.full((40, 40, 3), 120, np.uint8)
+    label = np.zeros((40, 40), np.uint8)
+    label[10:30, 10:30] = 1
+    pixels = np.full((20, 20, 3), 120.0, np.float32)  # the crop [10:30, 10:30]: unchanged ...
+    pixels[:, :8] = 60.0  # ... but for a dark 20x8 stroke
+    pixels[15, 15, 1] = 133.0  # and one green speck
+    crop = Crop(10, 10, 30, 30)
+    out = visible_label(label, pixels, image, crop, min_change=10, min_piece_px=4)
+    want = np.zeros_like(label)
+    want[10:30, 10:18] = 1
+    assert np.array_equal(out, want)
+    assert visible_label(label, pixels, image, crop, min_change=10, min_piece_px=0)[25, 25] == 1  # the speck
+    with pytest.raises(JobError, match="invisible"):
+        visible_label(label, np.full((20, 20, 3), 125.0, np.float32), image, crop, min_change=10, min_piece_px=4)
+
+
+def test_generated_label_drops_faint_pixels_and_leaves_them_unchanged() -> None:
+    """`min_change`: G's mask covers a faint ring around a dark core; the label keeps the core, the ring keeps
+    the input's pixels (the composite follows the label)."""
+    from pathlib import Path
+
+    from defectgen.runtime.jobs.invert import InversionConfig
+    from defectgen.runtime.jobs.output import compose_output
+    from defectgen.runtime.jobs.prepare import Prepared
+    from defectgen.runtime.jobs.settings import RunSettings
+    from defectgen.runtime.jobs.sources import JobSpec
+
+    r = 16
+    image = np.full((r, r, 3), 128, np.uint8)
+    target = np.zeros((r, r), np.uint8)
+    target[2:14, 2:14] = 1
+    logit = np.full((1, r, r), -4.0, np.float32)
+    logit[0, 4:12, 4:12] = 4.0  # G's mask: 8x8
+    good = np.zeros((3, r, r), np.float32) + (128 / 127.5 - 1.0)
+    colour = good.copy() + 3 / 127.5  # faint: 3 levels brighter ...
+    colour[:, 6:10, 6:10] = -1.0  # ... around a black 4x4 core
+    a = 1 / (1 + np.exp(-logit))
+    soft = (a * colour + (1 - a) * good).astype(np.float32)
+    spec = JobSpec(index=0, key="k", id="0" * 16, seed=0, image=Path("x.png"), mask=None, defect_type="hole")
+    p = Prepared(spec=spec, image=image, mask=target, crop=Crop.full(target.shape), good=good, mask_m=target[None],
+                 stitched=good, guide=image, reference=None)
+    for min_change, side in ((0.0, 8), (10.0, 4)):
+        settings = RunSettings(inversion=InversionConfig(), mask_mode="generated", feather_px=1.0, detail=False,
+                               min_change=min_change)
+        out, label = compose_output(p, soft, logit, settings, r, patch_design="layered")
+        assert label.sum() == side * side and label[8, 8] == 1
+        assert np.array_equal(out[dilate(label, 1) == 0], image[dilate(label, 1) == 0])
+        assert (out[label > 0] == 0).all() == (side == 4)  # the kept label is the black core

@@ -36,6 +36,7 @@ class RunDefaults:
     guide_weight: float = 0.0  # share of the stitched real defect S in the output: (1 - g) G + g S
     mask_shape: str = "reference"  # random targets: the reference's own mask, "procedural" shapes or G's "generated"
     mask_mode: str = "target"  # output label: the target mask, or "generated" (G's own mask within the target)
+    min_change: float = 0.0  # "generated" labels keep only pixels G changes by this many grey levels (0: all)
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "manifest.defaults") -> RunDefaults:

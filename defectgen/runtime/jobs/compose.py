@@ -159,20 +159,29 @@ def feather_px(crop: Crop, res: int, model_px: float) -> int:
     return max(1, round(model_px * crop.scale(res)))
 
 
-def composite(good: np.ndarray, generated: np.ndarray, alpha: np.ndarray, crop: Crop,
-              detail: Detail | None = None, fmt: PixelFormat = RGB8) -> np.ndarray:
-    """`alpha ⊙ (G + D) + (1 − alpha) ⊙ I` inside the crop; every pixel with alpha 0 is copied from `good` unchanged.
+def model_pixels(generated: np.ndarray, crop: Crop, detail: Detail | None = None) -> np.ndarray:
+    """The model's image of the crop at the crop's full resolution: float32 HxWx3 RGB in pixel units (0..255).
 
-    The blend happens in float at the input's own format (`fmt`): a gray input gets the luma of G, a 16-bit one
-    G scaled to 16 bits, an alpha channel is left as it was; so outside the feathered band the output equals the
+    `generated` is the float (3,R,R) model image in [-1,1]; `detail`, an optional `detail_layer` of the crop,
+    is added to it (`Detail.add_to`).
+    """
+    gen = (upsample(generated, crop.size) + 1.0) * 127.5  # [-1,1] -> [0,255], float RGB
+    return gen if detail is None else detail.add_to(gen)
+
+
+def composite(good: np.ndarray, pixels: np.ndarray, alpha: np.ndarray, crop: Crop,
+              fmt: PixelFormat = RGB8) -> np.ndarray:
+    """`alpha ⊙ P + (1 − alpha) ⊙ I` inside the crop; every pixel with alpha 0 is copied from `good` unchanged.
+
+    The blend happens in float at the input's own format (`fmt`): a gray input gets the luma of P, a 16-bit one
+    P scaled to 16 bits, an alpha channel is left as it was; so outside the feathered band the output equals the
     input bit for bit, at any depth.
 
     Args:
         good: the full-resolution good image `I` as read (`read_native`): uint8/uint16, HxW, HxWx3 or HxWx4.
-        generated: float (3,R,R) model image in [-1,1] for the crop.
+        pixels: the model's image of the crop at full resolution `P` (`model_pixels`), float RGB 0..255.
         alpha: float32 HxW feathered target mask at full resolution (`feather(mask, px)`).
         crop: where the model image goes.
-        detail: optional `detail_layer` of the crop (8-bit pixel units), added to the upsampled `G` (`Detail.add_to`).
         fmt: the format of `good` (default: 8-bit RGB).
 
     Returns:
@@ -183,20 +192,17 @@ def composite(good: np.ndarray, generated: np.ndarray, alpha: np.ndarray, crop: 
     band = a > 0
     if not band.any():
         return out
-    gen = (upsample(generated, crop.size) + 1.0) * 127.5  # [-1,1] -> [0,255], float RGB
-    if detail is not None:
-        gen = detail.add_to(gen)
     region = crop.of(out)
-    pixels = region[band]  # (n,) gray or (n, C)
+    pixels_in = region[band]  # (n,) gray or (n, C)
     cc = fmt.colour_channels
-    src = pixels.reshape(len(pixels), -1)[:, :cc].astype(np.float32)
+    src = pixels_in.reshape(len(pixels_in), -1)[:, :cc].astype(np.float32)
     wa = a[band][:, None]
-    blended = np.clip(np.rint(wa * fmt.from_rgb(gen[band]) + (1.0 - wa) * src), 0, fmt.peak).astype(good.dtype)
-    if pixels.ndim == 1:
+    blended = np.clip(np.rint(wa * fmt.from_rgb(pixels[band]) + (1.0 - wa) * src), 0, fmt.peak).astype(good.dtype)
+    if pixels_in.ndim == 1:
         region[band] = blended[:, 0]
     else:
-        pixels[:, :cc] = blended  # the alpha channel (RGBA) keeps the input's values
-        region[band] = pixels
+        pixels_in[:, :cc] = blended  # the alpha channel (RGBA) keeps the input's values
+        region[band] = pixels_in
     return out
 
 
@@ -225,6 +231,35 @@ def generated_mask(mask_logit: np.ndarray, target: np.ndarray, crop: Crop, res: 
                "(try --mask-mode target or other --steps)")
         raise JobError(msg)
     region[...] = drop_specks(region, MIN_PIECE_MODEL_PX * crop.scale(res) ** 2)
+    return out
+
+
+def visible_label(label: np.ndarray, pixels: np.ndarray, image: np.ndarray, crop: Crop, min_change: float,
+                  min_piece_px: float) -> np.ndarray:
+    """G's label kept only where its pixels visibly change the image: some channel by >= `min_change` levels.
+
+    A pixel that G's mask calls defect but whose colour is within a few grey levels of the surface is no
+    visible defect: labelled, it teaches a detector to call plain surface defective. Dropped from the label,
+    the composite (whose alpha follows the label) leaves it as it was. Pieces smaller than `min_piece_px`
+    full-resolution pixels that the cut leaves behind go too.
+
+    Args:
+        label: uint8 HxW generated label (`generated_mask`), zero outside the crop.
+        pixels: the model's image of the crop at full resolution (`model_pixels`), float RGB 0..255.
+        image: the full-resolution good image, uint8 HxWx3 RGB.
+
+    Raises:
+        JobError: no pixel of the label changes by `min_change` (G drew no visible defect).
+    """
+    out = label.copy()
+    region = crop.of(out)
+    change = np.abs(pixels - crop.of(image).astype(np.float32)).max(axis=2)
+    region &= (change >= min_change).astype(np.uint8)
+    region[...] = drop_specks(region, min_piece_px)
+    if not out.any():
+        msg = (f"generated defect is invisible: no pixel of G's mask changes the image by {min_change:g} grey "
+               "levels (try another --seed, or --min-change 0)")
+        raise JobError(msg)
     return out
 
 

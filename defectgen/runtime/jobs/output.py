@@ -8,7 +8,16 @@ from __future__ import annotations
 import numpy as np
 
 from defectgen.errors import JobError
-from defectgen.runtime.jobs.compose import alpha_for, composite, detail_layer, generated_mask, hard_composite
+from defectgen.runtime.jobs.compose import (
+    MIN_PIECE_MODEL_PX,
+    alpha_for,
+    composite,
+    detail_layer,
+    generated_mask,
+    hard_composite,
+    model_pixels,
+    visible_label,
+)
 from defectgen.runtime.jobs.prepare import Prepared
 from defectgen.runtime.jobs.settings import RunSettings
 
@@ -38,15 +47,19 @@ def compose_output(p: Prepared, image_m: np.ndarray, mask_logit: np.ndarray, set
     if not (np.isfinite(image_m).all() and np.isfinite(mask_logit).all()):
         msg = "generated image is not finite (NaN/inf)"
         raise JobError(msg)
-    if settings.mask_mode == "generated":
+    generated = settings.mask_mode == "generated"
+    if generated:
         label = generated_mask(mask_logit, p.mask, p.crop, res, settings.feather_px)
         if patch_design is not None:
             image_m = hard_composite(image_m, mask_logit, p.good, layered=patch_design == "layered")
     else:
         label = p.mask
-    alpha = alpha_for(label, p.crop, res, settings.feather_px)
     if settings.guide_weight > 0:
         image_m = (1.0 - settings.guide_weight) * np.asarray(image_m, np.float32) + settings.guide_weight * p.stitched
-    detail = detail_layer(p.guide, p.stitched) if settings.detail else None
+    pixels = model_pixels(image_m, p.crop, detail_layer(p.guide, p.stitched) if settings.detail else None)
+    if generated and settings.min_change > 0:
+        label = visible_label(label, pixels, p.image, p.crop, settings.min_change,
+                              MIN_PIECE_MODEL_PX * p.crop.scale(res) ** 2)
+    alpha = alpha_for(label, p.crop, res, settings.feather_px)
     native = p.image if p.native is None else p.native
-    return composite(native, image_m, alpha, p.crop, detail, p.fmt), label
+    return composite(native, pixels, alpha, p.crop, p.fmt), label

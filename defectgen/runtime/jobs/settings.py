@@ -40,6 +40,8 @@ class RunSettings:
         scale: patch-mode bundles: data px per model px of the window (None: the bundle's own pixel scale).
         proposals: latents G draws per proposed target ("generated" shape); more draws, a stricter choice by
             its discriminator and a slower proposal.
+        min_change: "generated" labels keep only the pixels G's image changes by at least this many grey levels
+            in some channel (`compose.visible_label`); 0 keeps G's whole mask.
     """
 
     inversion: InversionConfig
@@ -51,6 +53,7 @@ class RunSettings:
     mask_shape: str = "reference"
     scale: float | None = None
     proposals: int = PROPOSAL_DRAWS
+    min_change: float = 0.0
 
     def identity(self) -> dict[str, Any]:
         """The settings that decide a job's result, flat, for `run.json` (batching pads: it is left out)."""
@@ -58,6 +61,7 @@ class RunSettings:
         return {"space": inv.space, "steps": inv.steps, "lr": inv.lr, "init": inv.init, "lambdas": inv.lambdas,
                 "mask_mode": self.mask_mode, "feather_px": self.feather_px, "detail": self.detail,
                 "guide_weight": self.guide_weight, "mask_shape": self.mask_shape,
+                **({"min_change": self.min_change} if self.mask_mode == "generated" else {}),
                 **({"proposals": self.proposals, "proposal_lr": inv.lr_for(True), "proposal_steps": inv.steps_for(True)}
                    if self.mask_shape == "generated" else {}),
                 **({"scale": self.scale} if self.scale is not None else {})}
@@ -67,12 +71,13 @@ def resolve_settings(bundle: Bundle, *, space: str | None = None, steps: int | N
                      init: str | None = None, lambdas: dict[str, float] | None = None, mask_mode: str | None = None,
                      batch: int | None = None, detail: bool | None = None, guide_weight: float | None = None,
                      mask_shape: str | None = None, scale: float | None = None, proposals: int | None = None,
-                     **inversion: Any) -> RunSettings:
+                     min_change: float | None = None, **inversion: Any) -> RunSettings:
     """Merge options (None: the bundle's `RunDefaults`) and validate them against the bundle.
 
     Args:
         bundle: the loaded bundle.
-        space, steps, lr, init, lambdas, mask_mode, batch, detail, guide_weight, mask_shape, scale, proposals: the run
+        space, steps, lr, init, lambdas, mask_mode, batch, detail, guide_weight, mask_shape, scale, proposals,
+            min_change: the run
             options (`batch` None: the largest exported step batch until `pick_batch` knows how many jobs there
             are; `scale` only for patch-mode bundles).
         **inversion: further `InversionConfig` fields (e.g. `early_stop_patience=0` for timing).
@@ -117,11 +122,15 @@ def resolve_settings(bundle: Bundle, *, space: str | None = None, steps: int | N
     if not 1 <= proposals <= MAX_PROPOSALS:
         msg = f"--proposals must be within [1, {MAX_PROPOSALS}], got {proposals}"
         raise JobError(msg)
+    min_change = d.min_change if min_change is None else float(min_change)
+    if not 0.0 <= min_change <= 255.0:  # also refuses NaN
+        msg = f"--min-change must be within [0, 255] grey levels, got {min_change}"
+        raise JobError(msg)
     lam = bundle.lambda_vector(config.lambdas)
     config = dataclasses.replace(config, lambdas={t: float(f"{v:.7g}") for t, v in zip(LOSS_TERMS, lam, strict=True)})
     return RunSettings(inversion=config, mask_mode=mask_mode, feather_px=float(d.feather_px), batch=batch,
                        detail=d.detail if detail is None else detail, guide_weight=guide_weight,
-                       mask_shape=mask_shape, scale=scale, proposals=proposals)
+                       mask_shape=mask_shape, scale=scale, proposals=proposals, min_change=min_change)
 
 
 def pick_batch(batches: list[int], jobs: int) -> int:
