@@ -61,7 +61,7 @@ class RunSettings:
         return {"space": inv.space, "steps": inv.steps, "lr": inv.lr, "init": inv.init, "lambdas": inv.lambdas,
                 "mask_mode": self.mask_mode, "feather_px": self.feather_px, "detail": self.detail,
                 "guide_weight": self.guide_weight, "mask_shape": self.mask_shape,
-                **({"min_change": self.min_change} if self.mask_mode == "generated" else {}),
+                **({"min_change": self.min_change} if self.mask_mode == "generated" and self.min_change > 0 else {}),
                 **({"proposals": self.proposals, "proposal_lr": inv.lr_for(True), "proposal_steps": inv.steps_for(True)}
                    if self.mask_shape == "generated" else {}),
                 **({"scale": self.scale} if self.scale is not None else {})}
