@@ -28,13 +28,14 @@ def compose_output(p: Prepared, image_m: np.ndarray, mask_logit: np.ndarray, set
 
     With `mask_mode` "generated" the label is G's own mask (within the dilated target) and the composite's
     alpha follows that label; for a patch G the pixels are then its hard composite (`hard_composite`), so
-    pixels change exactly where the label says.
+    pixels change exactly where the label says; with `min_change` > 0 the label then keeps only the pixels G
+    visibly changes (`visible_label`).
 
     Args:
         p: the prepared job.
         image_m: float (3,R,R) generated image in [-1,1].
         mask_logit: float (1,R,R) generated mask logit.
-        settings: run settings (`guide_weight`, `detail`, `mask_mode`, `feather_px`).
+        settings: run settings (`guide_weight`, `detail`, `mask_mode`, `feather_px`, `min_change`).
         res: model resolution.
         patch_design: None for a whole-part bundle, else its patch G's design (`Bundle.patch_design`).
 
@@ -42,7 +43,7 @@ def compose_output(p: Prepared, image_m: np.ndarray, mask_logit: np.ndarray, set
         (the image in the input's own channels and bit depth, uint8 HxW {0,1} mask), at the input's resolution.
 
     Raises:
-        JobError: non-finite generated pixels, or an empty generated mask in "generated" mode.
+        JobError: non-finite generated pixels, or an empty (or, with `min_change`, invisible) generated label.
     """
     if not (np.isfinite(image_m).all() and np.isfinite(mask_logit).all()):
         msg = "generated image is not finite (NaN/inf)"
