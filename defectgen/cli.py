@@ -142,6 +142,8 @@ def train_patch(
     scale: Optional[float] = typer.Option(None, help="Data px per model px (default 1 = native)."),
     design: Optional[str] = typer.Option(None, help="layered (a defect layer over the real good window, the "
                                                     "default) or full (G draws the whole window)."),
+    colour_head: Optional[str] = typer.Option(None, help="G's colour output: tanh (default) or linear "
+                                                         "(StyleGAN2's, does not saturate on black)."),
     held_in: Optional[int] = typer.Option(None, help="Defect images per type to train on (default: first third)."),
     minutes: Optional[float] = typer.Option(None, help="Wall-clock budget of this call."),
     steps: Optional[int] = typer.Option(None, help="Total steps (default 100000)."),
@@ -170,7 +172,8 @@ def train_patch(
     """Train the patch generator (by default a defect layer over real good windows, native pixel scale)."""
     from defectgen.training.patch_gan import train_patch_cli
 
-    train_patch_cli(data=data, out=out, resume=resume, window=window, scale=scale, design=design, held_in=held_in,
+    train_patch_cli(data=data, out=out, resume=resume, window=window, scale=scale, design=design,
+                    colour_head=colour_head, held_in=held_in,
                     minutes=minutes, steps=steps, batch=batch, seed=seed, sample_every=sample_every,
                     ckpt_every=ckpt_every, augment=augment, shape_weight=shape_weight, ada_target=ada_target,
                     ada_kimg=ada_kimg, device=device)

@@ -58,6 +58,9 @@ class PatchGeneratorConfig:
     noise: bool = False  # per-layer noise off: with the hard alpha, per-pixel noise flipped logits near 0 into
     #                      speckled masks (measured: speckle at 150 steps with noise, solid shapes without)
     layered: bool = True  # True: a defect layer over the real good window; False: a full G draws the window
+    colour_tanh: bool = True  # False: a linear colour head as StyleGAN2's ToRGB. tanh saturates in dark hole
+    #                           cores: its gradient vanishes there, so D cannot pull G's colour back off pure
+    #                           black, and the runtime's upsampling turns those cores into flat 8-bit blocks
 
     def __post_init__(self) -> None:
         _check_window(self.window)
@@ -134,7 +137,10 @@ class PatchSynthesisBlock(nn.Module):
 
 
 class PatchSynthesis(nn.Module):
-    """(w+ [B, L, W] or w [B, W], good window [B, 3, P, P]) -> (colour [B, 3, P, P] in [-1, 1], mask logit)."""
+    """(w+ [B, L, W] or w [B, W], good window [B, 3, P, P]) -> (colour [B, 3, P, P], mask logit).
+
+    The colour is in [-1, 1] with the tanh head; the linear head's may overshoot it (the runtime clips).
+    """
 
     def __init__(self, cfg: PatchGeneratorConfig):
         super().__init__()
@@ -177,7 +183,7 @@ class PatchSynthesis(nn.Module):
         for i, block in enumerate(self.blocks):
             x, rgb, mask = block(x, goods[i + 1], rgb, mask, ws[2 * i + 1], ws[2 * i + 2], ws[2 * i + 3],
                                  noise_mode)
-        return torch.tanh(rgb), mask
+        return (torch.tanh(rgb) if self.cfg.colour_tanh else rgb), mask
 
 
 class PatchGenerator(nn.Module):

@@ -94,17 +94,18 @@ class PatchResult:
 
 
 DESIGNS = ("layered", "full")
+COLOUR_HEADS = ("tanh", "linear")
 
 
-def model_configs(window: int, n_types: int, tiny: bool = False,
-                  design: str = "layered") -> tuple[PatchGeneratorConfig, PatchDiscriminatorConfig]:
+def model_configs(window: int, n_types: int, tiny: bool = False, design: str = "layered",
+                  colour_head: str = "tanh") -> tuple[PatchGeneratorConfig, PatchDiscriminatorConfig]:
     """Default nets at window `window`; `tiny` = 8-16 channels and 16-dim latents (tests, smoke runs)."""
-    layered = design == "layered"
+    layered, colour_tanh = design == "layered", colour_head == "tanh"
     if tiny:
         return (PatchGeneratorConfig(window=window, z_dim=16, w_dim=16, n_types=n_types, mapping_layers=2,
-                                     channel_base=128, channel_max=16, layered=layered),
+                                     channel_base=128, channel_max=16, layered=layered, colour_tanh=colour_tanh),
                 PatchDiscriminatorConfig(res=window, n_types=n_types, channel_base=128, channel_max=16))
-    return (PatchGeneratorConfig(window=window, n_types=n_types, layered=layered),
+    return (PatchGeneratorConfig(window=window, n_types=n_types, layered=layered, colour_tanh=colour_tanh),
             PatchDiscriminatorConfig(res=window, n_types=n_types))
 
 
@@ -292,6 +293,9 @@ def _check_cfg(cfg: TrainPatchConfig) -> None:
     if cfg.design not in DESIGNS:
         msg = f"--design must be one of {', '.join(DESIGNS)}, got {cfg.design!r}"
         raise ConfigError(msg)
+    if cfg.colour_head not in COLOUR_HEADS:
+        msg = f"--colour-head must be one of {', '.join(COLOUR_HEADS)}, got {cfg.colour_head!r}"
+        raise ConfigError(msg)
     if cfg.shape_weight < 0:
         msg = f"--shape-weight must be >= 0, got {cfg.shape_weight}"
         raise ConfigError(msg)
@@ -364,8 +368,8 @@ def train_patch(cfg: TrainPatchConfig, out: str | os.PathLike[str], *, resume: b
         st = restore_state(ck, cfg, device)
         restore_rng(ck)
     else:
-        st = build_state(cfg, *model_configs(cfg.window, len(data.type_names), tiny, cfg.design), data.type_names,
-                         data.held_in, device)
+        nets = model_configs(cfg.window, len(data.type_names), tiny, cfg.design, cfg.colour_head)
+        st = build_state(cfg, *nets, data.type_names, data.held_in, device)
         write_json(out / "config.json", {**st.configs(), "defect_types": st.types, "held_in": data.held_in,
                                          "n_defect_windows": len(data.defects), "n_good_windows": len(data.goods)})
         write_json(out / "held_in.json", data.held_in)

@@ -211,6 +211,7 @@ def test_shape_d_judges_masks_only_and_can_join_a_resumed_run(data, tmp_path):
                                                 (["--held-in", "9"], "--held-in 9"),
                                                 (["--augment", "translation,colour"], "'color'"),
                                                 (["--design", "stacked"], "--design must be one of"),
+                                                (["--colour-head", "relu"], "--colour-head must be one of"),
                                                 (["--device", "abacus"], "--device 'abacus' is not usable"),
                                                 (["--ada-target", "1.5"], "--ada-target < 1")])
 def test_cli_bad_input_is_one_line(data, tmp_path, args, message):

@@ -83,6 +83,25 @@ def test_full_design_draws_the_whole_window_without_seeing_the_good_one():
     assert any("from_good" in n for n, _ in layered.named_parameters())
 
 
+def test_linear_colour_head_is_the_tanh_head_unsquashed_and_keeps_its_gradient_on_black():
+    """`colour_tanh=False` outputs the pre-tanh colour of the same weights, and where that colour is deep in
+    the dark (a hole core) its gradient does not vanish as the tanh's does."""
+    g, _ = nets()
+    lin = PatchGenerator(model_configs(16, T, tiny=True, colour_head="linear")[0])
+    lin.load_state_dict(g.state_dict())
+    w, good = torch.randn(2, 16), goods()
+    torch.testing.assert_close(torch.tanh(lin.synthesis(w, good)[0]), g.synthesis(w, good)[0])
+    grads = []
+    for net in (g, lin):
+        bias = net.synthesis.blocks[-1].to_rgb.bias
+        with torch.no_grad():
+            bias.fill_(-6.0)  # every pixel far below -1 before the head's squashing: black
+        net.synthesis(w, good)[0].sum().backward()
+        grads.append(bias.grad.abs().mean().item())
+    assert grads[1] == pytest.approx(2 * 16 * 16)  # d(sum colour)/d(bias) = pixels x batch, undamped
+    assert grads[0] < 1e-2 * grads[1]  # tanh'(-6) ~ 2.5e-5: D's gradient cannot pull the colour off black
+
+
 def test_composite_math():
     good, colour = goods(), goods() * -0.5
     off = torch.full((2, 1, 16, 16), -1e4)
