@@ -83,6 +83,35 @@ def test_finite_differences_tolerate_curvature_but_not_a_wrong_gradient(tmp_path
     assert (max(errors) <= 1e-2) is ok, errors
 
 
+def _kinked(tmp_path, grad_scale: float):
+    """terms = LeakyReLU(c) (slope 0.2 below 0), grad = grad_scale · (1 if c > 0 else 0.2): autograd's rule at
+    the kink (the left slope at exactly 0); right at scale 1."""
+    c = helper.make_tensor_value_info("latent", TensorProto.FLOAT, [1, 4])
+    nodes = [helper.make_node("LeakyRelu", ["latent"], ["terms"], alpha=0.2),
+             helper.make_node("Greater", ["latent", "zero"], ["pos"]),
+             helper.make_node("Where", ["pos", "one", "low"], ["slope"]),
+             helper.make_node("Mul", ["slope", "k"], ["grad"])]
+    inits = [helper.make_tensor(n, TensorProto.FLOAT, [], [v])
+             for n, v in (("zero", 0.0), ("one", 1.0), ("low", 0.2), ("k", grad_scale))]
+    graph = helper.make_graph(nodes, "l", [c], [helper.make_tensor_value_info("terms", TensorProto.FLOAT, [1, 4]),
+                                                helper.make_tensor_value_info("grad", TensorProto.FLOAT, [1, 4])],
+                              inits)
+    path = tmp_path / f"l{grad_scale}.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return _Session(path)
+
+
+@pytest.mark.parametrize(("scale", "ok"), [(1.0, True), (1.1, False), (-1.0, False)])
+def test_finite_differences_accept_one_side_of_a_kink_but_not_a_wrong_gradient(tmp_path, scale, ok):
+    """At a point on a leaky ReLU's kink the central difference averages both slopes at every step, so only a
+    one-sided difference can confirm autograd's; a gradient 10 % off, or of the wrong sign, still fails."""
+    sess = _kinked(tmp_path, scale)
+    feeds = {"latent": np.array([[0.0, 0.7, -0.5, 0.3]], np.float32)}
+    grad = sess(feeds)["grad"]
+    errors = finite_difference_errors(sess, feeds, grad, eps=(3e-3, 1e-3, 3e-4), directions=3, seed=0)
+    assert (max(errors) <= 1e-2) is ok, errors
+
+
 def test_verify_fails_for_a_graph_of_other_weights(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
