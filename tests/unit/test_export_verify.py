@@ -28,18 +28,23 @@ def test_rel_error_edge_cases():
     assert rel_error(np.ones(3), np.ones(4)) == float("inf")
 
 
+def _step_session(tmp_path, name: str, nodes, inits) -> _Session:
+    """A session of a toy step graph: latent [1, 4] -> (terms, grad)."""
+    c = helper.make_tensor_value_info("latent", TensorProto.FLOAT, [1, 4])
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4]) for n in ("terms", "grad")]
+    path = tmp_path / f"{name}.onnx"
+    model = helper.make_model(helper.make_graph(nodes, name, [c], outs, inits),
+                              opset_imports=[helper.make_opsetid("", 18)])
+    onnx.save(model, str(path))
+    return _Session(path)
+
+
 def _quadratic(tmp_path, grad_scale: float):
     """terms = c² (per element), grad = grad_scale · c: right when grad_scale == 2."""
-    c = helper.make_tensor_value_info("latent", TensorProto.FLOAT, [1, 4])
     nodes = [helper.make_node("Mul", ["latent", "latent"], ["terms"]),
              helper.make_node("Mul", ["latent", "k"], ["grad"])]
     k = helper.make_tensor("k", TensorProto.FLOAT, [], [grad_scale])
-    graph = helper.make_graph(nodes, "q", [c], [helper.make_tensor_value_info("terms", TensorProto.FLOAT, [1, 4]),
-                                                helper.make_tensor_value_info("grad", TensorProto.FLOAT, [1, 4])],
-                              [k])
-    path = tmp_path / f"q{grad_scale}.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
-    return _Session(path)
+    return _step_session(tmp_path, f"q{grad_scale}", nodes, [k])
 
 
 @pytest.mark.parametrize(("scale", "ok"), [(2.0, True), (2.1, False), (-2.0, False)])
@@ -54,19 +59,13 @@ def test_finite_differences_catch_a_wrong_gradient(tmp_path, scale, ok):
 
 def _sharp(tmp_path, grad_scale: float):
     """terms = k·c³ with k = 3000 (a sharply curving objective), grad = grad_scale · 3k · c²: right at scale 1."""
-    c = helper.make_tensor_value_info("latent", TensorProto.FLOAT, [1, 4])
     nodes = [helper.make_node("Mul", ["latent", "latent"], ["c2"]),
              helper.make_node("Mul", ["c2", "latent"], ["c3"]),
              helper.make_node("Mul", ["c3", "k"], ["terms"]),
              helper.make_node("Mul", ["c2", "g"], ["grad"])]
     inits = [helper.make_tensor("k", TensorProto.FLOAT, [], [3000.0]),
              helper.make_tensor("g", TensorProto.FLOAT, [], [grad_scale * 9000.0])]
-    graph = helper.make_graph(nodes, "s", [c], [helper.make_tensor_value_info("terms", TensorProto.FLOAT, [1, 4]),
-                                                helper.make_tensor_value_info("grad", TensorProto.FLOAT, [1, 4])],
-                              inits)
-    path = tmp_path / f"s{grad_scale}.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
-    return _Session(path)
+    return _step_session(tmp_path, f"s{grad_scale}", nodes, inits)
 
 
 @pytest.mark.parametrize(("scale", "ok"), [(1.0, True), (1.05, False)])
@@ -86,19 +85,13 @@ def test_finite_differences_tolerate_curvature_but_not_a_wrong_gradient(tmp_path
 def _kinked(tmp_path, grad_scale: float):
     """terms = LeakyReLU(c) (slope 0.2 below 0), grad = grad_scale · (1 if c > 0 else 0.2): autograd's rule at
     the kink (the left slope at exactly 0); right at scale 1."""
-    c = helper.make_tensor_value_info("latent", TensorProto.FLOAT, [1, 4])
     nodes = [helper.make_node("LeakyRelu", ["latent"], ["terms"], alpha=0.2),
              helper.make_node("Greater", ["latent", "zero"], ["pos"]),
              helper.make_node("Where", ["pos", "one", "low"], ["slope"]),
              helper.make_node("Mul", ["slope", "k"], ["grad"])]
     inits = [helper.make_tensor(n, TensorProto.FLOAT, [], [v])
              for n, v in (("zero", 0.0), ("one", 1.0), ("low", 0.2), ("k", grad_scale))]
-    graph = helper.make_graph(nodes, "l", [c], [helper.make_tensor_value_info("terms", TensorProto.FLOAT, [1, 4]),
-                                                helper.make_tensor_value_info("grad", TensorProto.FLOAT, [1, 4])],
-                              inits)
-    path = tmp_path / f"l{grad_scale}.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
-    return _Session(path)
+    return _step_session(tmp_path, f"l{grad_scale}", nodes, inits)
 
 
 @pytest.mark.parametrize(("scale", "ok"), [(1.0, True), (1.1, False), (-1.0, False)])
