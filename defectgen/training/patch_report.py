@@ -78,8 +78,24 @@ def plot_curves(log_path: Path, png: Path) -> None:
     plt.close(fig)
 
 
+BLACK_LEVELS = 5  # 8-bit values at or below this, in every channel, count as drawn at black
+
+
+def black_share(image: torch.Tensor, mask: torch.Tensor, levels: int = BLACK_LEVELS) -> float:
+    """Share of the mask's pixels at black (every channel <= `levels` of 255) in model images [B,3,P,P] in [-1,1].
+
+    A defect core drawn at the 8-bit floor has no texture left, and upscaled into a larger part it becomes flat
+    blocks: real hole windows of the procedural set have 0.3-0.4 % such pixels; the number says how far G's exceed
+    that. NaN for an empty mask.
+    """
+    eight_bit = torch.round((image.clamp(-1.0, 1.0) + 1.0) * 127.5)
+    dark = (eight_bit <= levels).all(dim=1)  # [B, P, P]
+    inside = mask[:, 0] > 0.5
+    return float(dark[inside].float().mean()) if inside.any() else float("nan")
+
+
 def write_report(st: Any, data: PatchData, out: Path, wall_s: float, kind: str) -> dict[str, Any]:
-    """report.json (run summary, per-type mask coverage of G_ema vs real windows) + report.png (curves).
+    """report.json (run summary, per-type mask coverage and black share of G_ema vs real windows) + report.png.
 
     `st` is the trainer's `PatchState` (not imported: the trainer imports this module), `kind` its checkpoint kind.
     """
@@ -90,10 +106,13 @@ def write_report(st: Any, data: PatchData, out: Path, wall_s: float, kind: str) 
     with torch.no_grad():
         for t, name in enumerate(st.types):
             c = onehot(torch.full((n,), t, dtype=torch.int64, device=goods.device), len(st.types))
-            _, alpha, _, _ = st.G_ema(z, c, goods)
-            per_type[name] = {"held_in": st.held_in[name], "n_windows": int((data.types == t).sum()),
+            image, alpha, _, _ = st.G_ema(z, c, goods)
+            real = data.types == t
+            per_type[name] = {"held_in": st.held_in[name], "n_windows": int(real.sum()),
                               "sample_mask_coverage": round(float(alpha.mean()), 4),
-                              "real_mask_coverage": round(float(data.masks[data.types == t].mean()), 4)}
+                              "real_mask_coverage": round(float(data.masks[real].mean()), 4),
+                              "sample_black_share": round(black_share(image, alpha), 4),
+                              "real_black_share": round(black_share(data.defects[real], data.masks[real]), 4)}
     rep = {"kind": kind, "step": st.step, "windows_seen": st.step * st.cfg.batch,
            "wall_s_this_call": round(wall_s, 1), "threads": torch.get_num_threads(),
            "device": str(goods.device), "defect_types": st.types,
