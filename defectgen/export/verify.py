@@ -60,7 +60,7 @@ class Bounds:
 
     output_rel: float = 1e-4  # forward outputs and step terms, fp32
     grad_rel: float = 1e-3  # step gradient, fp32
-    fd_rel: float = 1e-2  # |central difference - <g, d>| / ||g||
+    fd_rel: float = 1e-2  # |finite difference - <g, d>| / ||g|| (central or one-sided, the best)
     fd_eps: tuple[float, ...] = (3e-3, 1e-3, 3e-4)  # central-difference steps along unit directions (best counts)
     fd_directions: int = 3  # random directions (plus the gradient direction)
 
