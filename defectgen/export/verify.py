@@ -61,7 +61,7 @@ class Bounds:
     output_rel: float = 1e-4  # forward outputs and step terms, fp32
     grad_rel: float = 1e-3  # step gradient, fp32
     fd_rel: float = 1e-2  # |finite difference - <g, d>| / ||g|| (central or one-sided, the best)
-    fd_eps: tuple[float, ...] = (3e-3, 1e-3, 3e-4)  # central-difference steps along unit directions (best counts)
+    fd_eps: tuple[float, ...] = (3e-3, 1e-3, 3e-4)  # finite-difference steps along unit directions (best counts)
     fd_directions: int = 3  # random directions (plus the gradient direction)
 
 
@@ -166,7 +166,7 @@ def _torch_outputs(g: GraphResult, ref: TorchBackend, feeds: dict[str, np.ndarra
 
 def finite_difference_errors(sess: _Session, feeds: dict[str, np.ndarray], grad: np.ndarray, *, eps: Sequence[float],
                              directions: int, seed: int) -> list[float]:
-    """|central difference − <g, d>| / ‖g‖ of an exported step graph along the gradient and random directions.
+    """|finite difference − <g, d>| / ‖g‖ of an exported step graph along the gradient and random directions.
 
     Args:
         sess: the step graph's session.
@@ -240,7 +240,8 @@ class VerifyReport:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
         return {"passed": self.passed, "bounds": asdict(self.bounds), "worst": self.worst,
-                "metric": "output/grad: max|onnx-torch|/max|torch|; fd: |central diff - <g,d>| / ||g||",
+                "metric": ("output/grad: max|onnx-torch|/max|torch|; "
+                           "fd: min over steps of |central or one-sided diff - <g,d>| / ||g||"),
                 "environment": self.environment, "checks": [asdict(c) for c in self.checks]}
 
     def to_json(self) -> str:
