@@ -28,7 +28,7 @@ from defectgen.measure.stamp import machine_stamp, stamp_line
 from defectgen.measure.timing import matmul_ceiling, timed
 from defectgen.runtime.backends import Backend, load_backend, plan_chunks, resolve_backend_name
 from defectgen.runtime.bundle import Bundle
-from defectgen.runtime.jobs.compose import upsample
+from defectgen.runtime.jobs.compose import upsample_mask
 from defectgen.runtime.jobs.invert import InversionBatch, InversionConfig, InversionResult, invert
 from defectgen.runtime.jobs.output import compose_output
 from defectgen.runtime.jobs.prepare import Prepared, inversion_batch, prepare, propose
@@ -126,9 +126,9 @@ def target_iou(mask_logit: np.ndarray, prepared: Sequence[Prepared]) -> np.ndarr
     by ceil(1.41 x scale) data px before it is shrunk (so that no target pixel is lost), and a G mask that fits
     the real target inside it scores low there.
     """
-    out, res = np.empty(len(prepared)), mask_logit.shape[-1]
+    out = np.empty(len(prepared))
     for i, p in enumerate(prepared):
-        gen = upsample(np.asarray(mask_logit[i], np.float32).reshape(1, res, res), p.crop.size)[:, :, 0] > 0
+        gen = upsample_mask(mask_logit[i], p.crop.size)
         tgt = p.crop.of(p.mask) > 0
         union = (gen | tgt).sum()
         out[i] = (gen & tgt).sum() / union if union else 1.0

@@ -17,6 +17,8 @@ from defectgen.runtime.jobs.compose import (
     model_inputs,
     model_pixels,
     to_model,
+    upsample,
+    upsample_mask,
     visible_label,
 )
 
@@ -91,6 +93,27 @@ def test_generated_mask_within_dilated_target() -> None:
     assert m.any() and not (m & (1 - dilate(mask, feather_px(crop, 16, 1)))).any()
     with pytest.raises(JobError, match="generated mask is empty"):
         generated_mask(-logit, mask, crop, 16, 1)
+
+
+@pytest.mark.parametrize("size", [(48, 48), (192, 192), (40, 56)])
+def test_upsampled_mask_adds_nothing_where_every_logit_is_negative(size: tuple[int, int]) -> None:
+    # G's mask logit hovers just below 0 over the background and falls steeply on the part's surface
+    logit = np.full((1, 32, 32), -0.1, np.float32)
+    logit[:, :, 16:] = -30.0
+    assert not upsample_mask(logit, size).any()
+    assert (upsample(logit, size)[:, :, 0] > 0).any()  # a bicubic resize overshoots across 0 beside the edge
+
+
+@pytest.mark.parametrize("size", [(32, 32), (48, 48), (192, 192), (20, 20)])
+def test_upsampled_mask_keeps_the_drawn_shape(size: tuple[int, int]) -> None:
+    yy, xx = np.mgrid[:32, :32]
+    logit = (6.0 - np.hypot(yy - 15.5, xx - 15.5)).astype(np.float32)[None]  # a disc of radius 6 model px
+    got = upsample_mask(logit, size)
+    h, w = size
+    yy, xx = np.mgrid[:h, :w]
+    want = np.hypot((yy + 0.5) * 32 / h - 16, (xx + 0.5) * 32 / w - 16) < 6.0
+    assert got.shape == size and got.dtype == bool
+    assert (got & want).sum() / (got | want).sum() > 0.9
 
 
 def test_detail_layer_is_zero_when_the_crop_is_the_model_size() -> None:

@@ -28,7 +28,7 @@ from defectgen.data.masks import drop_specks
 from defectgen.errors import JobError
 from defectgen.runtime.backends import Backend
 from defectgen.runtime.bundle import Bundle
-from defectgen.runtime.jobs.compose import MIN_PIECE_MODEL_PX, Crop, hard_composite, upsample
+from defectgen.runtime.jobs.compose import MIN_PIECE_MODEL_PX, Crop, hard_composite, upsample_mask
 from defectgen.runtime.jobs.invert import latents_of
 
 PROPOSAL_DRAWS = 8  # latents drawn per job; the whole defect D scores highest among them is kept
@@ -99,7 +99,7 @@ def propose_target(backend: Backend, bundle: Bundle, *, space: str, defect_type:
                f"(use --mask-shape reference or procedural)")
         raise JobError(msg)
     full = np.zeros(shape, np.uint8)
-    drawn = (upsample(logit[pick], crop.size)[:, :, 0] > 0).astype(np.uint8)
+    drawn = upsample_mask(logit[pick], crop.size).astype(np.uint8)
     crop.of(full)[...] = drop_specks(drawn, MIN_PIECE_MODEL_PX * crop.scale(bundle.resolution) ** 2)
     if not full.any():
         msg = f"the generator's {defect_type} proposal vanished at the image's resolution"
