@@ -104,18 +104,6 @@ def test_upsampled_mask_adds_nothing_where_every_logit_is_negative(size: tuple[i
     assert (upsample(logit, size)[:, :, 0] > 0).any()  # a bicubic resize overshoots across 0 beside the edge
 
 
-@pytest.mark.parametrize("size", [(48, 48), (192, 192)])
-def test_upsampled_mask_is_the_bicubic_one_next_to_what_g_drew(size: tuple[int, int]) -> None:
-    logit = np.full((1, 32, 32), -0.1, np.float32)
-    logit[:, :, 20:] = -30.0  # a steep edge far from the defect: the bicubic resize draws a stripe beside it
-    logit[:, 6:9, 3:12] = 5.0  # the defect G drew, a thin stroke
-    got, bicubic = upsample_mask(logit, size), upsample(logit, size)[:, :, 0] > 0
-    h, w = size
-    left = slice(0, 14 * w // 32)  # the stroke and one model pixel around it, nowhere near the edge
-    assert np.array_equal(got[:, left], bicubic[:, left]) and got.any()
-    assert bicubic[:, left.stop:].any() and not got[:, left.stop:].any()
-
-
 @pytest.mark.parametrize("size", [(32, 32), (48, 48), (192, 192), (20, 20)])
 def test_upsampled_mask_keeps_the_drawn_shape(size: tuple[int, int]) -> None:
     yy, xx = np.mgrid[:32, :32]
