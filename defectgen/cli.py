@@ -142,8 +142,8 @@ def train_patch(
     scale: Optional[float] = typer.Option(None, help="Data px per model px (default 1 = native)."),
     design: Optional[str] = typer.Option(None, help="layered (a defect layer over the real good window, the "
                                                     "default) or full (G draws the whole window)."),
-    colour_head: Optional[str] = typer.Option(None, help="G's colour output: tanh (default) or linear "
-                                                         "(StyleGAN2's, does not saturate on black)."),
+    colour_head: Optional[str] = typer.Option(None, help="G's colour output: tanh (default), linear "
+                                                         "(StyleGAN2's, unbounded) or wide (1.2 tanh(x/1.2))."),
     held_in: Optional[int] = typer.Option(None, help="Defect images per type to train on (default: first third)."),
     minutes: Optional[float] = typer.Option(None, help="Wall-clock budget of this call."),
     steps: Optional[int] = typer.Option(None, help="Total steps (default 100000)."),

@@ -61,9 +61,15 @@ class PatchGeneratorConfig:
     colour_tanh: bool = True  # False: a linear colour head as StyleGAN2's ToRGB. tanh saturates in dark hole
     #                           cores: its gradient vanishes there, so D cannot pull G's colour back off pure
     #                           black, and the runtime's upsampling turns those cores into flat 8-bit blocks
+    colour_bound: float = 1.0  # the tanh head is bound * tanh(x / bound): above 1 the data range [-1, 1] sits
+    #                            on the tanh's steep part (gradient 0.31 at black with 1.2, not ~0), while the
+    #                            overshoot stays bounded (a linear head drew colours up to 4.9)
 
     def __post_init__(self) -> None:
         _check_window(self.window)
+        if self.colour_bound < 1.0:
+            msg = f"colour_bound must be >= 1 (the head must reach the data range [-1, 1]), got {self.colour_bound}"
+            raise ValueError(msg)
         if self.n_types < 1 or self.mapping_layers < 1:
             msg = f"n_types and mapping_layers must be >= 1, got {self.n_types} and {self.mapping_layers}"
             raise ValueError(msg)
@@ -139,7 +145,8 @@ class PatchSynthesisBlock(nn.Module):
 class PatchSynthesis(nn.Module):
     """(w+ [B, L, W] or w [B, W], good window [B, 3, P, P]) -> (colour [B, 3, P, P], mask logit).
 
-    The colour is in [-1, 1] with the tanh head; the linear head's may overshoot it (the runtime clips).
+    The colour is in [-1, 1] with the tanh head, in [-bound, bound] with the wide one; the linear head's may
+    overshoot it without bound (the runtime clips).
     """
 
     def __init__(self, cfg: PatchGeneratorConfig):
@@ -183,7 +190,10 @@ class PatchSynthesis(nn.Module):
         for i, block in enumerate(self.blocks):
             x, rgb, mask = block(x, goods[i + 1], rgb, mask, ws[2 * i + 1], ws[2 * i + 2], ws[2 * i + 3],
                                  noise_mode)
-        return (torch.tanh(rgb) if self.cfg.colour_tanh else rgb), mask
+        if not self.cfg.colour_tanh:
+            return rgb, mask
+        bound = self.cfg.colour_bound
+        return (torch.tanh(rgb) if bound == 1.0 else bound * torch.tanh(rgb / bound)), mask
 
 
 class PatchGenerator(nn.Module):

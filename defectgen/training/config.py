@@ -90,7 +90,8 @@ class TrainPatchConfig:
     window: int = 32                # P: window side in model px
     scale: float = 1.0              # data px per model px (1 = native resolution)
     design: str = "layered"         # "layered": defect layer over the real good window; "full": G draws it all
-    colour_head: str = "tanh"       # G's colour output: "tanh" or "linear" (StyleGAN2's ToRGB, no saturation)
+    colour_head: str = "tanh"       # G's colour output: "tanh", "linear" (StyleGAN2's ToRGB, unbounded) or
+    #                                 "wide" (1.2 tanh(x / 1.2): bounded, with a gradient left at black)
     held_in: int | None = None      # defect images per type to train on; None = first third (ceil(n / 3))
     steps: int = 100_000            # total optimisation steps (a --minutes budget usually ends a call first)
     minutes: float | None = None    # wall-clock budget of this call; None = run to `steps`

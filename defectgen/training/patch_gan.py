@@ -94,18 +94,21 @@ class PatchResult:
 
 
 DESIGNS = ("layered", "full")
-COLOUR_HEADS = ("tanh", "linear")
+COLOUR_HEADS = ("tanh", "linear", "wide")
+WIDE_COLOUR_BOUND = 1.2  # "wide": 1.2 tanh(x / 1.2), the data range on the tanh's steep part
 
 
 def model_configs(window: int, n_types: int, tiny: bool = False, design: str = "layered",
                   colour_head: str = "tanh") -> tuple[PatchGeneratorConfig, PatchDiscriminatorConfig]:
     """Default nets at window `window`; `tiny` = 8-16 channels and 16-dim latents (tests, smoke runs)."""
-    layered, colour_tanh = design == "layered", colour_head == "tanh"
+    layered, colour_tanh = design == "layered", colour_head != "linear"
+    head = {"layered": layered, "colour_tanh": colour_tanh,
+            "colour_bound": WIDE_COLOUR_BOUND if colour_head == "wide" else 1.0}
     if tiny:
         return (PatchGeneratorConfig(window=window, z_dim=16, w_dim=16, n_types=n_types, mapping_layers=2,
-                                     channel_base=128, channel_max=16, layered=layered, colour_tanh=colour_tanh),
+                                     channel_base=128, channel_max=16, **head),
                 PatchDiscriminatorConfig(res=window, n_types=n_types, channel_base=128, channel_max=16))
-    return (PatchGeneratorConfig(window=window, n_types=n_types, layered=layered, colour_tanh=colour_tanh),
+    return (PatchGeneratorConfig(window=window, n_types=n_types, **head),
             PatchDiscriminatorConfig(res=window, n_types=n_types))
 
 

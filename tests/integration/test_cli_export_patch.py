@@ -92,6 +92,21 @@ def test_full_design_trains_exports_and_runs(run_dir, tmp_path):
     assert all(j["status"] == "ok" for j in jobs_log(tmp_path / "out"))
 
 
+def test_wide_colour_head_trains_and_exports_verified(run_dir, tmp_path):
+    """`train patch --colour-head wide`: the bound travels in the saved G config into the bundle, and the export's
+    parity check (torch vs ONNX, finite differences) passes through the scaled tanh."""
+    data = run_dir.parent / "data"
+    code, out, err = invoke("train", "patch", "--data", data, "--out", tmp_path / "run", "--window", P,
+                            "--steps", 2, "--batch", 4, "--held-in", 1, "--seed", 0, "--colour-head", "wide")
+    assert code == 0, out + err
+    code, out, err = invoke("export", "--patch", tmp_path / "run", "--out", tmp_path / "bundle", "--spaces",
+                            "wplus", "--batch", 2, "--steps", 2)
+    assert code == 0, out + err
+    g_cfg = Bundle.load(tmp_path / "bundle").manifest.configs["patch_generator"]
+    assert g_cfg["colour_tanh"] and g_cfg["colour_bound"] == 1.2
+    assert json.loads((tmp_path / "bundle" / "verify.json").read_text())["passed"]
+
+
 def test_export_needs_exactly_one_model_kind(run_dir, tmp_path):
     line = _one_line_error(*invoke("export", "--out", tmp_path / "b"))
     assert "--gan and --encoder" in line and "--patch" in line

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -100,6 +103,31 @@ def test_linear_colour_head_is_the_tanh_head_unsquashed_and_keeps_its_gradient_o
         grads.append(bias.grad.abs().mean().item())
     assert grads[1] == pytest.approx(2 * 16 * 16)  # d(sum colour)/d(bias) = pixels x batch, undamped
     assert grads[0] < 1e-2 * grads[1]  # tanh'(-6) ~ 2.5e-5: D's gradient cannot pull the colour off black
+
+
+def test_wide_colour_head_is_bounded_and_keeps_a_gradient_at_black():
+    """`wide` is 1.2 tanh(x / 1.2) of the same weights: never beyond +-1.2, and its slope
+    where it draws near-black (-0.99) is 1 - (0.99 / 1.2)^2 ~ 0.32, the plain tanh's there 0.02."""
+    lin = PatchGenerator(model_configs(16, T, tiny=True, colour_head="linear")[0])
+    wide = PatchGenerator(model_configs(16, T, tiny=True, colour_head="wide")[0])
+    assert wide.cfg.colour_bound == pytest.approx(1.2) and wide.cfg.colour_tanh
+    wide.load_state_dict(lin.state_dict())
+    w, good = torch.randn(2, 16), goods()
+    torch.testing.assert_close(wide.synthesis(w, good)[0], 1.2 * torch.tanh(lin.synthesis(w, good)[0] / 1.2))
+    bias = wide.synthesis.blocks[-1].to_rgb.bias
+    with torch.no_grad():
+        bias.fill_(-50.0)
+    colour = wide.synthesis(w, good)[0]
+    assert colour.min() >= -1.2 - 1e-6 and colour.max() <= -1.19  # saturated, but within its bound
+    slopes = []
+    for bound in (1.2, 1.0):  # the wide head, the plain tanh
+        x = torch.tensor(bound * math.atanh(-0.99 / bound), requires_grad=True)  # where it draws near-black
+        (bound * torch.tanh(x / bound)).backward()
+        slopes.append(x.grad.item())
+    assert slopes[0] == pytest.approx(1 - (0.99 / 1.2) ** 2, rel=1e-4)  # 0.32: D can still pull it back
+    assert slopes[1] < 0.1 * slopes[0]  # the plain tanh: 0.02
+    with pytest.raises(ValueError, match="colour_bound must be >= 1"):
+        replace(wide.cfg, colour_bound=0.9)
 
 
 def test_composite_math():
