@@ -94,8 +94,23 @@ def black_share(image: torch.Tensor, mask: torch.Tensor, levels: int = BLACK_LEV
     return float(dark[inside].float().mean()) if inside.any() else float("nan")
 
 
+RANGE_TOLERANCE = 0.05  # model units (~6 of 255) beyond [-1, 1] before a pixel counts as out of range
+
+
+def out_of_range_share(image: torch.Tensor, mask: torch.Tensor, tol: float = RANGE_TOLERANCE) -> float:
+    """Share of the mask's pixels with a channel beyond [-1 - tol, 1 + tol], in model images [B,3,P,P].
+
+    A colour head without the tanh's bound can draw beyond the data's range; the runtime clips such pixels, so
+    they come out as saturated colours the real defects never have (real windows: 0). NaN for an empty mask.
+    """
+    outside = (image.abs() > 1.0 + tol).any(dim=1)  # [B, P, P]
+    inside = mask[:, 0] > 0.5
+    return float(outside[inside].float().mean()) if inside.any() else float("nan")
+
+
 def write_report(st: Any, data: PatchData, out: Path, wall_s: float, kind: str) -> dict[str, Any]:
-    """report.json (run summary, per-type mask coverage and black share of G_ema vs real windows) + report.png.
+    """report.json (run summary; per type G_ema's mask coverage, black and out-of-range shares vs real windows'),
+    + report.png.
 
     `st` is the trainer's `PatchState` (not imported: the trainer imports this module), `kind` its checkpoint kind.
     """
@@ -112,7 +127,8 @@ def write_report(st: Any, data: PatchData, out: Path, wall_s: float, kind: str) 
                               "sample_mask_coverage": round(float(alpha.mean()), 4),
                               "real_mask_coverage": round(float(data.masks[real].mean()), 4),
                               "sample_black_share": round(black_share(image, alpha), 4),
-                              "real_black_share": round(black_share(data.defects[real], data.masks[real]), 4)}
+                              "real_black_share": round(black_share(data.defects[real], data.masks[real]), 4),
+                              "sample_out_of_range_share": round(out_of_range_share(image, alpha), 4)}
     rep = {"kind": kind, "step": st.step, "windows_seen": st.step * st.cfg.batch,
            "wall_s_this_call": round(wall_s, 1), "threads": torch.get_num_threads(),
            "device": str(goods.device), "defect_types": st.types,

@@ -139,7 +139,8 @@ def test_cli_writes_checkpoint_samples_and_report(data, tmp_path):
     rep = json.loads((out / "report.json").read_text())
     assert rep["step"] == 2 and set(rep["per_type"]) == {"crack", "cut", "hole", "print"}
     for row in rep["per_type"].values():  # a share, or NaN where G drew no mask pixel yet
-        assert all(math.isnan(row[k]) or 0 <= row[k] <= 1 for k in ("sample_black_share", "real_black_share"))
+        keys = ("sample_black_share", "real_black_share", "sample_out_of_range_share")
+        assert all(math.isnan(row[k]) or 0 <= row[k] <= 1 for k in keys)
     lines = [json.loads(s) for s in (out / "log.jsonl").read_text().splitlines()]
     assert lines[-1]["step"] == 2 and np.isfinite(lines[-1]["loss_D"])
     # a second run into the same folder needs --resume; --resume extends it

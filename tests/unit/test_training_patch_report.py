@@ -1,4 +1,4 @@
-"""The patch run report's black share: how many of a defect's pixels sit at the 8-bit floor."""
+"""The patch run report's black and out-of-range shares: defect pixels at the 8-bit floor or beyond the data."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from defectgen.training.patch_report import black_share
+from defectgen.training.patch_report import black_share, out_of_range_share
 
 
 def test_black_share_counts_mask_pixels_black_in_every_channel():
@@ -21,3 +21,17 @@ def test_black_share_counts_mask_pixels_black_in_every_channel():
     assert black_share(image, mask) == 3 / 8
     assert black_share(image * 0, mask) == 0.0
     assert math.isnan(black_share(image, torch.zeros(1, 1, 4, 4)))
+
+
+def test_out_of_range_share_counts_mask_pixels_with_any_channel_beyond_the_data_range():
+    image = torch.zeros(1, 3, 4, 4)
+    image[0, 2, 0, 0] = -1.2  # blue far below black: out
+    image[0, 0, 0, 1] = 1.5  # red far above white: out
+    image[0, :, 0, 2] = -1.04  # within the tolerance: in
+    image[0, :, 0, 3] = 1.0  # white: in
+    image[0, 1, 3, 3] = 3.0  # out, but outside the mask
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[0, 0, :2, :] = 1.0  # 8 pixels
+    assert out_of_range_share(image, mask) == 2 / 8
+    assert out_of_range_share(image.clamp(-1, 1), mask) == 0.0
+    assert math.isnan(out_of_range_share(image, torch.zeros(1, 1, 4, 4)))
