@@ -67,6 +67,18 @@ def test_train_export_run_round_trip(run_dir, tmp_path):
     assert all(np.isfinite(j["objective"]).all() for j in jobs)
 
 
+def _train_and_export(data, tmp_path, *train_options) -> Bundle:
+    """A 2-step toy run with `train_options`, exported with the parity check; the check must pass."""
+    code, out, err = invoke("train", "patch", "--data", data, "--out", tmp_path / "run", "--window", P,
+                            "--steps", 2, "--batch", 4, "--held-in", 1, "--seed", 0, *train_options)
+    assert code == 0, out + err
+    code, out, err = invoke("export", "--patch", tmp_path / "run", "--out", tmp_path / "bundle", "--spaces",
+                            "wplus", "--batch", 2, "--steps", 2)
+    assert code == 0, out + err
+    assert json.loads((tmp_path / "bundle" / "verify.json").read_text())["passed"]
+    return Bundle.load(tmp_path / "bundle")
+
+
 def test_full_design_trains_exports_and_runs(run_dir, tmp_path):
     """`train patch --design full`: a G that draws the whole window; the bundle records the design, its
     synthesis graph still takes the good window (the step graph's background term needs it), and `run` pastes
@@ -74,15 +86,8 @@ def test_full_design_trains_exports_and_runs(run_dir, tmp_path):
     import onnx
 
     data = run_dir.parent / "data"
-    code, out, err = invoke("train", "patch", "--data", data, "--out", tmp_path / "run", "--window", P,
-                            "--steps", 2, "--batch", 4, "--held-in", 1, "--seed", 0, "--design", "full")
-    assert code == 0, out + err
-    code, out, err = invoke("export", "--patch", tmp_path / "run", "--out", tmp_path / "bundle", "--spaces",
-                            "wplus", "--batch", 2, "--steps", 2)
-    assert code == 0, out + err
-    b = Bundle.load(tmp_path / "bundle")
+    b = _train_and_export(data, tmp_path, "--design", "full")
     assert b.manifest.patch.design == "full" and b.patch_design == "full"
-    assert json.loads((tmp_path / "bundle" / "verify.json").read_text())["passed"]
     synthesis = onnx.load(tmp_path / "bundle" / "synthesis_wplus.onnx")
     assert [i.name for i in synthesis.graph.input] == ["latent", "good"]
     code, out, err = invoke("run", "--bundle", tmp_path / "bundle", "--mvtec", data, "--random-masks", 1,
@@ -95,16 +100,8 @@ def test_full_design_trains_exports_and_runs(run_dir, tmp_path):
 def test_wide_colour_head_trains_and_exports_verified(run_dir, tmp_path):
     """`train patch --colour-head wide`: the bound travels in the saved G config into the bundle, and the export's
     parity check (torch vs ONNX, finite differences) passes through the scaled tanh."""
-    data = run_dir.parent / "data"
-    code, out, err = invoke("train", "patch", "--data", data, "--out", tmp_path / "run", "--window", P,
-                            "--steps", 2, "--batch", 4, "--held-in", 1, "--seed", 0, "--colour-head", "wide")
-    assert code == 0, out + err
-    code, out, err = invoke("export", "--patch", tmp_path / "run", "--out", tmp_path / "bundle", "--spaces",
-                            "wplus", "--batch", 2, "--steps", 2)
-    assert code == 0, out + err
-    g_cfg = Bundle.load(tmp_path / "bundle").manifest.configs["patch_generator"]
-    assert g_cfg["colour_tanh"] and g_cfg["colour_bound"] == 1.2
-    assert json.loads((tmp_path / "bundle" / "verify.json").read_text())["passed"]
+    g_cfg = _train_and_export(run_dir.parent / "data", tmp_path, "--colour-head", "wide").manifest.configs
+    assert g_cfg["patch_generator"]["colour_tanh"] and g_cfg["patch_generator"]["colour_bound"] == 1.2
 
 
 def test_export_needs_exactly_one_model_kind(run_dir, tmp_path):
