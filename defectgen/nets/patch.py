@@ -58,9 +58,9 @@ class PatchGeneratorConfig:
     noise: bool = False  # per-layer noise off: with the hard alpha, per-pixel noise flipped logits near 0 into
     #                      speckled masks (measured: speckle at 150 steps with noise, solid shapes without)
     layered: bool = True  # True: a defect layer over the real good window; False: a full G draws the window
-    colour_tanh: bool = True  # False: a linear colour head as StyleGAN2's ToRGB. tanh saturates in dark hole
-    #                           cores: its gradient vanishes there, so D cannot pull G's colour back off pure
-    #                           black, and the runtime's upsampling turns those cores into flat 8-bit blocks
+    colour_tanh: bool = True  # False: a linear colour head as StyleGAN2's ToRGB (unbounded). Both were tried
+    #                           against the tanh's black hole cores; neither the linear nor the wide head
+    #                           (below) brought them off black: D does not pull them back, gradient or not
     colour_bound: float = 1.0  # the tanh head is bound * tanh(x / bound): above 1 the data range [-1, 1] sits
     #                            on the tanh's steep part (gradient 0.31 at black with 1.2, not ~0), while the
     #                            overshoot stays bounded (a linear head drew colours up to 4.9)

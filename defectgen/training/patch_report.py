@@ -100,7 +100,7 @@ RANGE_TOLERANCE = 0.05  # model units (~6 of 255) beyond [-1, 1] before a pixel 
 def out_of_range_share(image: torch.Tensor, mask: torch.Tensor, tol: float = RANGE_TOLERANCE) -> float:
     """Share of the mask's pixels with a channel beyond [-1 - tol, 1 + tol], in model images [B,3,P,P].
 
-    A colour head without the tanh's bound can draw beyond the data's range; the runtime clips such pixels, so
+    A linear or wide colour head can draw beyond the data's range; the runtime clips such pixels, so
     they come out as saturated colours the real defects never have (real windows: 0). NaN for an empty mask.
     """
     outside = (image.abs() > 1.0 + tol).any(dim=1)  # [B, P, P]
