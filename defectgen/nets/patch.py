@@ -190,10 +190,14 @@ class PatchSynthesis(nn.Module):
         for i, block in enumerate(self.blocks):
             x, rgb, mask = block(x, goods[i + 1], rgb, mask, ws[2 * i + 1], ws[2 * i + 2], ws[2 * i + 3],
                                  noise_mode)
+        return self.colour_head(rgb), mask
+
+    def colour_head(self, rgb: Tensor) -> Tensor:
+        """The summed ToRGB output to G's colour: bound * tanh(x / bound), or x itself for the linear head."""
         if not self.cfg.colour_tanh:
-            return rgb, mask
+            return rgb
         bound = self.cfg.colour_bound
-        return (torch.tanh(rgb) if bound == 1.0 else bound * torch.tanh(rgb / bound)), mask
+        return torch.tanh(rgb) if bound == 1.0 else bound * torch.tanh(rgb / bound)  # the default: one graph op
 
 
 class PatchGenerator(nn.Module):

@@ -109,8 +109,8 @@ def out_of_range_share(image: torch.Tensor, mask: torch.Tensor, tol: float = RAN
 
 
 def write_report(st: Any, data: PatchData, out: Path, wall_s: float, kind: str) -> dict[str, Any]:
-    """report.json (run summary; per type G_ema's mask coverage, black and out-of-range shares vs real windows'),
-    + report.png.
+    """report.json (run summary; per type G_ema's mask coverage, black and out-of-range shares against the real
+    windows') + report.png.
 
     `st` is the trainer's `PatchState` (not imported: the trainer imports this module), `kind` its checkpoint kind.
     """

@@ -120,9 +120,12 @@ def test_wide_colour_head_is_bounded_and_keeps_a_gradient_at_black():
     colour = wide.synthesis(w, good)[0]
     assert colour.min() >= -1.2 - 1e-6 and colour.max() <= -1.19  # saturated, but within its bound
     slopes = []
-    for bound in (1.2, 1.0):  # the wide head, the plain tanh
+    for net in (wide, PatchGenerator(model_configs(16, T, tiny=True)[0])):  # the wide head, the plain tanh
+        bound = net.cfg.colour_bound
         x = torch.tensor(bound * math.atanh(-0.99 / bound), requires_grad=True)  # where it draws near-black
-        (bound * torch.tanh(x / bound)).backward()
+        colour = net.synthesis.colour_head(x)
+        assert colour.item() == pytest.approx(-0.99, abs=1e-5)
+        colour.backward()
         slopes.append(x.grad.item())
     assert slopes[0] == pytest.approx(1 - (0.99 / 1.2) ** 2, rel=1e-4)  # 0.32: D can still pull it back
     assert slopes[1] < 0.1 * slopes[0]  # the plain tanh: 0.02
