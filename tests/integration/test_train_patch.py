@@ -141,6 +141,9 @@ def test_cli_writes_checkpoint_samples_and_report(data, tmp_path):
     for row in rep["per_type"].values():  # a share, or NaN where G drew no mask pixel yet
         keys = ("sample_black_share", "real_black_share", "sample_out_of_range_share")
         assert all(math.isnan(row[k]) or 0 <= row[k] <= 1 for k in keys)
+        modes = row["colour_modes"]  # the reals' colour modes, even where G drew nothing yet
+        assert 1 <= len(modes["centres"]) <= 4 and abs(sum(modes["real_share"]) - 1) < 0.01
+        assert math.isnan(modes["coverage"]) or 0 <= modes["coverage"] <= 1
     lines = [json.loads(s) for s in (out / "log.jsonl").read_text().splitlines()]
     assert lines[-1]["step"] == 2 and np.isfinite(lines[-1]["loss_D"])
     # a second run into the same folder needs --resume; --resume extends it
