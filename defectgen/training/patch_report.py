@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from defectgen.data.imageio import from_model
+from defectgen.measure import colour_modes as colour
 from defectgen.nets.patch import PatchGenerator
 from defectgen.nets.stylegan import count_params
 from defectgen.training.losses import onehot
@@ -108,46 +109,10 @@ def out_of_range_share(image: torch.Tensor, mask: torch.Tensor, tol: float = RAN
     return float(outside[inside].float().mean()) if inside.any() else float("nan")
 
 
-COLOUR_MODES = 4  # colour modes of a type's real defects (fewer when it has fewer held-in defects)
-
-
 def mean_colours(image: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
-    """(B, 3) float32: each window's mean 8-bit RGB inside its mask (NaN rows for empty masks)."""
-    w = (mask[:, 0] > 0.5).to(image.dtype)  # [B, P, P]
-    eight_bit = (image.clamp(-1.0, 1.0) + 1.0) * 127.5
-    total = (eight_bit * w[:, None]).sum(dim=(2, 3))
-    return (total / w.sum(dim=(1, 2))[:, None]).cpu().numpy().astype(np.float32)
-
-
-def colour_modes(real: np.ndarray, sample: np.ndarray, k: int = COLOUR_MODES, seed: int = 0) -> dict[str, Any]:
-    """Do G's defects come in the real defects' colours, in the same proportions?
-
-    A few-shot GAN drops colour modes (the layered default draws two thirds of its prints in the two red modes,
-    which hold half of the held-in prints), and a detector trained on its output then misses the dropped ones.
-    The real windows' mean colours (`mean_colours`, (N, 3)) are clustered into `k` modes (k-means, OpenCV);
-    every sample's mean colour counts for its nearest mode. `coverage` is the overlap of the two mixtures, sum
-    over modes of min(real share, sample share): 1 = the same proportions.
-    """
-    import cv2
-
-    real = real[~np.isnan(real).any(axis=1)]
-    sample = sample[~np.isnan(sample).any(axis=1)]
-    k = min(k, len(np.unique(real.round(), axis=0)))
-    if k < 1:
-        return {"centres": [], "real_share": [], "sample_share": [], "coverage": float("nan")}
-    cv2.setRNGSeed(seed)
-    crit = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 100, 0.1)
-    _, _, centres = cv2.kmeans(real.astype(np.float32), k, None, crit, 4, cv2.KMEANS_PP_CENTERS)
-
-    def shares(colours: np.ndarray) -> np.ndarray:
-        nearest = ((colours[:, None] - centres[None]) ** 2).sum(axis=2).argmin(axis=1)
-        return np.bincount(nearest, minlength=k) / max(len(colours), 1)
-
-    r, g = shares(real), shares(sample)
-    order = np.argsort(-r, kind="stable")  # the commonest real mode first
-    coverage = round(float(np.minimum(r, g).sum()), 3) if len(sample) else float("nan")  # NaN: G drew nothing
-    return {"centres": centres[order].round().astype(int).tolist(), "real_share": r[order].round(3).tolist(),
-            "sample_share": g[order].round(3).tolist(), "coverage": coverage}
+    """(B, 3) float32: each model window's mean 8-bit RGB inside its mask (NaN rows for empty masks)."""
+    eight_bit = ((image.clamp(-1.0, 1.0) + 1.0) * 127.5).permute(0, 2, 3, 1)
+    return colour.mean_colours(eight_bit.cpu().numpy(), (mask[:, 0] > 0.5).cpu().numpy())
 
 
 def write_report(st: Any, data: PatchData, out: Path, wall_s: float, kind: str) -> dict[str, Any]:
@@ -171,7 +136,7 @@ def write_report(st: Any, data: PatchData, out: Path, wall_s: float, kind: str) 
                               "sample_black_share": round(black_share(image, alpha), 4),
                               "real_black_share": round(black_share(data.defects[real], data.masks[real]), 4),
                               "sample_out_of_range_share": round(out_of_range_share(image, alpha), 4),
-                              "colour_modes": colour_modes(mean_colours(data.defects[real], data.masks[real]),
+                              "colour_modes": colour.colour_modes(mean_colours(data.defects[real], data.masks[real]),
                                                            mean_colours(image, alpha), seed=st.cfg.seed)}
     rep = {"kind": kind, "step": st.step, "windows_seen": st.step * st.cfg.batch,
            "wall_s_this_call": round(wall_s, 1), "threads": torch.get_num_threads(),

@@ -1,5 +1,5 @@
 """The patch run report's black and out-of-range shares (defect pixels at the 8-bit floor or beyond the data) and
-colour modes (do G's defects come in the real defects' colours)."""
+the mean colours its colour modes start from."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import torch
 
-from defectgen.training.patch_report import black_share, colour_modes, mean_colours, out_of_range_share
+from defectgen.training.patch_report import black_share, mean_colours, out_of_range_share
 
 
 def test_black_share_counts_mask_pixels_black_in_every_channel():
@@ -53,24 +53,3 @@ def test_mean_colours_average_the_masked_pixels_only():
     image, mask = _windows([(200, 20, 30), (20, 90, 40)])
     np.testing.assert_allclose(mean_colours(image, mask), [[200, 20, 30], [20, 90, 40]], atol=1e-3)
     assert np.isnan(mean_colours(image, mask * 0)).all()
-
-
-def test_colour_modes_see_a_dropped_mode():
-    red, green, dark = (150, 25, 30), (25, 85, 45), (22, 20, 24)
-    real = mean_colours(*_windows([red] * 10 + [green] * 5 + [dark] * 5))
-    only_red = colour_modes(real, mean_colours(*_windows([(140, 30, 35)] * 20)), k=3)
-    assert only_red["real_share"] == [0.5, 0.25, 0.25]
-    assert only_red["centres"][0] == list(red) and only_red["sample_share"] == [1.0, 0.0, 0.0]
-    assert only_red["coverage"] == 0.5
-    mixed = colour_modes(real, mean_colours(*_windows([red] * 2 + [green, dark])), k=3)
-    assert mixed["coverage"] == 1.0
-
-
-def test_colour_modes_are_at_most_the_distinct_real_colours_and_skip_empty_masks():
-    real = mean_colours(*_windows([(150, 25, 30)] * 6))
-    image, mask = _windows([(150, 25, 30), (25, 85, 45)])
-    mask[1] = 0.0  # G drew no defect in this window
-    got = colour_modes(real, mean_colours(image, mask), k=4)
-    assert len(got["centres"]) == 1 and got["sample_share"] == [1.0] and got["coverage"] == 1.0
-    none = colour_modes(real, mean_colours(image, mask * 0))  # G drew nothing: the real modes, no coverage
-    assert none["real_share"] == [1.0] and none["sample_share"] == [0.0] and math.isnan(none["coverage"])
