@@ -123,7 +123,8 @@ def _summary(names: list[str], alias: dict[str, str], runs: dict[str, list[dict[
     out = {}
     for n in names:
         src = alias.get(n, n)
-        out[n] = {**aggregate(runs[src]), **{k: figs[src][k] for k in ("diversity", "memorisation", "alignment")}}
+        keys = ("diversity", "memorisation", "alignment", "colour_coverage")
+        out[n] = {**aggregate(runs[src]), **{k: figs[src][k] for k in keys if k in figs[src]}}
     return out
 
 

@@ -65,7 +65,7 @@ def write_all(results: dict[str, Any], out: Path) -> None:
 
 
 def _num(v: Any, scale: float = 1.0, digits: int = 3) -> str:
-    return "–" if v is None else f"{v * scale:.{digits}f}"
+    return "–" if v is None or v != v else f"{v * scale:.{digits}f}"  # v != v: NaN
 
 
 def _ms(m: dict[str, Any]) -> str:
@@ -80,19 +80,20 @@ def _label(name: str, results: dict[str, Any]) -> str:
 def _main_table(results: dict[str, Any]) -> list[str]:
     n = len(results["protocol"]["seeds"])
     head = " | ".join(f"{LABELS[m]} (n={n})" for m in METRICS)
-    lines = [f"| source | {head} | diversity | memorisation | alignment IoU | change IoU | contrast | G mask IoU |",
-             "|---" * (len(METRICS) + 7) + "|"]
+    lines = [f"| source | {head} | diversity | memorisation | alignment IoU | colour coverage | change IoU | contrast "
+             "| G mask IoU |", "|---" * (len(METRICS) + 8) + "|"]
     for name, s in results["summary"].items():
         src = results["sources"].get(results["protocol"].get("same_as", {}).get(name, name), {})
         q, g = src.get("quality") or {}, src.get("generation") or {}
         lines.append(f"| {_label(name, results)} | " + " | ".join(_ms(s[m]) for m in METRICS)
                      + f" | {_num(s['diversity'])} | {_num(s['memorisation'])} | {_num(s['alignment'])}"
+                     + f" | {_num(s.get('colour_coverage'), digits=2)}"
                      + f" | {_num(q.get('change_iou'), digits=2)} | {_num(q.get('contrast'), digits=1)}"
                      + f" | {_num(g.get('mask_iou'), digits=2)} |")
     ref = results.get("reference", {}).get("held_out_real", {})
     if ref:
         lines.append("| *held-out real defects (reference, not trained on)* |" + " |" * len(METRICS)
-                     + f" {_num(ref.get('diversity'))} | {_num(ref.get('memorisation'))} | | | | |")
+                     + f" {_num(ref.get('diversity'))} | {_num(ref.get('memorisation'))} | | | | | |")
     return lines
 
 
@@ -152,6 +153,9 @@ DEFINITIONS = (
     "path of the segmenter trained on the real held-in defects (seed 0), on {crop} px crops at the segmenter's "
     "resolution. *alignment IoU*: mean IoU between each sample's label and that segmenter's prediction on it, "
     "thresholded at its F1-max threshold ({thr}) on its own training data (held-in defects + 20 good images). "
+    "*colour coverage*: per type, the held-out defects' mean colours clustered into up to 4 modes (k-means); the "
+    "overlap of the source's mixture over those modes with theirs (1 = each test colour shown as often as the "
+    "test has it), mean over types; a diagnostic, never a training signal. "
     "*change IoU*: pixels changed by > 10/255 vs the label; *contrast*: mean over types of |mean colour inside the "
     "label − mean colour of the 3 px ring around it| (8-bit units, mean over channels): how visible the defects "
     "are against their surface; *G mask IoU*: G's own mask vs the target "

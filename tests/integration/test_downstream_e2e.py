@@ -62,6 +62,9 @@ def test_summary_has_every_source_with_mean_std_over_seeds(run: tuple[Path, dict
     # the real row's crops are the memorisation bank itself; the toy bundle's default guide weight is 0
     assert res["summary"]["real"]["memorisation"] == pytest.approx(0.0, abs=1e-9)
     assert res["summary"]["copypaste"]["memorisation"] > 0.0
+    for name in ("real", "copypaste", "defectgen"):  # typed defects: a coverage of the test's colours per type
+        assert 0.0 < res["summary"][name]["colour_coverage"] <= 1.0, name
+    assert res["summary"]["draem"]["colour_coverage"] is None  # its anomalies have no defect type: no figure
     assert res["protocol"]["same_as"] == {"defectgen_g0": "defectgen"}
     assert res["summary"]["defectgen_g0"] == res["summary"]["defectgen"]
     print(f"quick downstream run: {seconds:.1f} s")

@@ -1,5 +1,5 @@
-"""Downstream benchmark: the feature-space figures (diversity, memorisation, alignment), the mean ± std over
-seeds, and how the sources are put together (mix, aliases of identical defectgen rows)."""
+"""Downstream benchmark: the feature-space figures (diversity, memorisation, alignment), the colour coverage, the
+mean ± std over seeds, and how the sources are put together (mix, aliases of identical defectgen rows)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from downstream import features
+from downstream.figures import colour_coverage
 from downstream.generate import aliases, needed
 from downstream.seeds import aggregate, mean_std
 from downstream.segmenter import UNet
@@ -112,3 +113,21 @@ def test_defectgen_variants_equal_to_the_main_row_are_aliases() -> None:
     assert aliases(["defectgen_g1", "defectgen_g0"], {"guide_weight": 1.0}, "") == {}
     assert needed(names, {"defectgen_g1": "defectgen"}) == ["defectgen", "defectgen_g0", "copypaste", "mix"]
     assert needed(["mix"], {}) == ["mix", "defectgen", "copypaste"]  # what mix is made of comes along
+
+
+def test_colour_coverage_counts_the_test_colours_a_source_leaves_out() -> None:
+    def defects(colours: list[tuple[int, int, int]]) -> tuple[np.ndarray, np.ndarray]:
+        images = np.full((len(colours), 8, 8, 3), 128, np.uint8)
+        masks = np.zeros((len(colours), 8, 8), np.uint8)
+        masks[:, 2:5, 2:5] = 1
+        for i, c in enumerate(colours):
+            images[i][masks[i] > 0] = c
+        return images, masks
+
+    red, green, brown = (150, 25, 30), (25, 85, 45), (70, 45, 30)
+    test = {"print": np.array([red, green], np.float32), "hole": np.array([brown], np.float32)}
+    images, masks = defects([red, red, brown])
+    mean, per_type = colour_coverage(images, masks, np.array(["print", "print", "hole"]), test)
+    assert per_type == {"print": 0.5, "hole": 1.0} and mean == 0.75  # the green prints are missing
+    images, masks = defects([red, green, brown])
+    assert colour_coverage(images, masks, np.array(["print", "print", "hole"]), test)[0] == 1.0
