@@ -116,6 +116,28 @@ def test_upsampled_mask_keeps_the_drawn_shape(size: tuple[int, int]) -> None:
     assert (got & want).sum() / (got | want).sum() > 0.9
 
 
+@pytest.mark.parametrize("scale", [1.5, 2.0, 2.5, 3.0])
+def test_upsampled_mask_keeps_a_thin_strokes_width(scale: float) -> None:
+    # strokes one model pixel wide (print marks, cracks): their label covers G's drawn area, scaled, not less
+    # (a bilinear resize keeps 0.67 of it at scale 1.5)
+    logit = np.full((32, 32), -4.0, np.float32)
+    logit[5:30:5, 4:28] = 4.0
+    size = (round(32 * scale),) * 2
+    area = upsample_mask(logit, size).sum() / ((logit > 0).sum() * scale**2)
+    assert 0.95 < area < 1.4
+
+
+def test_upsampled_mask_stays_near_what_g_drew() -> None:
+    # a drawn disc next to the part's rim: label only within one model pixel of a drawn pixel
+    logit = np.full((32, 32), -0.1, np.float32)
+    logit[:, 16:] = -30.0
+    logit[8:12, 4:8] = 5.0
+    got = upsample_mask(logit, (96, 96))
+    near = np.zeros((32, 32), bool)
+    near[7:13, 3:9] = True
+    assert got.any() and not (got & ~np.kron(near, np.ones((3, 3), bool))).any()
+
+
 def test_detail_layer_is_zero_when_the_crop_is_the_model_size() -> None:
     guide = np.random.default_rng(2).integers(0, 256, (16, 16, 3), dtype=np.uint8)
     assert np.abs(detail_layer(guide, to_model(guide, 16)).delta).max() < 1e-3

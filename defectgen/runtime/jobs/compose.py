@@ -122,21 +122,24 @@ def upsample(chw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def upsample_mask(mask_logit: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """G's mask (logits, (1,R,R) or (R,R)) at `size` (H, W): bool, logit > 0 after a bilinear resize.
+    """G's mask (logits, (1,R,R) or (R,R)) at `size` (H, W): bool, logit > 0 after a bicubic resize, kept within
+    one model pixel of a pixel G drew (logit > 0 at its own resolution).
 
-    Bilinear, not `upsample`'s bicubic: a cubic kernel overshoots next to a steep logit edge (the part's rim,
-    where G's logit falls from about -0.1 over the background to -30 on the surface), and where the logit
-    hovers just below 0 that overshoot crosses it: thin stray label pieces beside the part, a few data pixels
-    wide (measured on the shipped model: 15-27 % of random targets had one). A linear blend of two negative
-    logits stays negative. The cost: thin strokes come out a little thinner than G's model-resolution mask
-    (prints 0.87 of its area, bicubic 1.26; benchmarks/findings.md).
+    Bicubic like the image, so a stroke's label is as wide as the stroke it labels: a bilinear resize thins thin
+    strokes (G's print labels at 0.87 of its drawn area times the scale squared; this resize 1.03). The
+    restriction drops what the cubic kernel adds on its own: beside a steep logit edge (the part's rim, where G's
+    logit falls from about -0.1 over the background to -30 on the surface) its overshoot crosses 0 and drew thin
+    stray label pieces, far from anything G drew (benchmarks/findings.md).
     """
     logit = np.ascontiguousarray(np.asarray(mask_logit, np.float32).reshape(mask_logit.shape[-2:]))
     h, w = size
-    if logit.shape != (h, w):
-        interp = cv2.INTER_LINEAR if h >= logit.shape[0] and w >= logit.shape[1] else cv2.INTER_AREA
-        logit = cv2.resize(logit, (w, h), interpolation=interp)
-    return logit > 0
+    if logit.shape == (h, w):
+        return logit > 0
+    if h < logit.shape[0] or w < logit.shape[1]:
+        return cv2.resize(logit, (w, h), interpolation=cv2.INTER_AREA) > 0
+    near = cv2.dilate((logit > 0).astype(np.uint8), np.ones((3, 3), np.uint8))
+    near = cv2.resize(near, (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+    return (cv2.resize(logit, (w, h), interpolation=cv2.INTER_CUBIC) > 0) & near
 
 
 @dataclass(frozen=True)
