@@ -152,7 +152,8 @@ def train_patch(
     sample_every: Optional[int] = typer.Option(None, help="Steps between sample grids (default 200)."),
     ckpt_every: Optional[int] = typer.Option(None, help="Steps between checkpoints (default 200)."),
     augment: Optional[str] = typer.Option(None, help="DiffAugment ops on every D input, comma list of "
-                                                     "translation, flip, flipv, color; '' for none (default "
+                                                     "translation, flip, flipv, color (color:S scales its "
+                                                     "ranges, 0 < S <= 1); '' for none (default "
                                                      "translation,color; with --resume it changes the run's "
                                                      "augmentation from there on)."),
     shape_weight: Optional[float] = typer.Option(None, help="Weight of a mask-only shape discriminator on G "

@@ -18,23 +18,31 @@ from defectgen.errors import choice_error
 from defectgen.training.config import ConfigError
 
 
-def _brightness(x: torch.Tensor) -> torch.Tensor:
-    return x + (torch.rand(x.shape[0], 1, 1, 1, device=x.device) - 0.5)
+def _brightness(x: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
+    return x + (torch.rand(x.shape[0], 1, 1, 1, device=x.device) - 0.5) * strength
 
 
-def _saturation(x: torch.Tensor) -> torch.Tensor:
+def _saturation(x: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
     mean = x.mean(dim=1, keepdim=True)
-    return (x - mean) * (torch.rand(x.shape[0], 1, 1, 1, device=x.device) * 2) + mean
+    factor = torch.rand(x.shape[0], 1, 1, 1, device=x.device) * 2 * strength + (1 - strength)  # x0..2 at 1
+    return (x - mean) * factor + mean
 
 
-def _contrast(x: torch.Tensor) -> torch.Tensor:
+def _contrast(x: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
     mean = x.mean(dim=[1, 2, 3], keepdim=True)
-    return (x - mean) * (torch.rand(x.shape[0], 1, 1, 1, device=x.device) + 0.5) + mean
+    factor = torch.rand(x.shape[0], 1, 1, 1, device=x.device) * strength + (1 - strength / 2)  # x0.5..1.5 at 1
+    return (x - mean) * factor + mean
 
 
-def color(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """DiffAugment colour: brightness, saturation, contrast on the image; the mask is untouched."""
-    return _contrast(_saturation(_brightness(image))), mask
+def color(image: torch.Tensor, mask: torch.Tensor, strength: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """DiffAugment colour: brightness, saturation, contrast on the image; the mask is untouched.
+
+    `strength` scales every range about the identity (1: DiffAugment's brightness +-0.5, saturation x0-2,
+    contrast x0.5-1.5; the same numbers are drawn at any strength). At full strength D cannot tell how dark or
+    saturated a defect is against its surface: runs without it drew lighter hole cores, but D then lost its
+    hold on colour (saturated blobs); `color:0.5` in a policy is the middle way.
+    """
+    return _contrast(_saturation(_brightness(image, strength), strength), strength), mask
 
 
 def _shift(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
@@ -146,18 +154,33 @@ def next_ada_p(p: float, real_sign: float, target: float, images: int, kimg: flo
     return min(max(p + step * (1 if real_sign > target else -1), 0.0), 1.0)
 
 
-def _ops() -> dict[str, Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]]:
+def _ops() -> dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]]:
     return {"color": color, "translation": translation, "flip": flip, "flipv": flipv}
 
 
-def parse_policy(policy: str) -> list[str]:
-    """'translation,flip,color' -> validated op names ('' -> no augmentation)."""
-    names = [p.strip() for p in policy.split(",") if p.strip()]
-    ops = _ops()
-    for n in names:
-        if n not in ops:
-            raise ConfigError(choice_error("augmentation", n, sorted(ops)))
-    return names
+STRENGTH_OPS = ("color",)  # ops that take a strength, written name:S in a policy (0 < S <= 1)
+
+
+def parse_policy(policy: str) -> list[tuple[str, float]]:
+    """'translation,flip,color:0.5' -> validated (op name, strength) pairs ('' -> no augmentation)."""
+    ops, out = _ops(), []
+    for token in (t.strip() for t in policy.split(",") if t.strip()):
+        name, colon, value = token.partition(":")
+        if name not in ops:
+            raise ConfigError(choice_error("augmentation", name, sorted(ops)))
+        if not colon:
+            out.append((name, 1.0))
+            continue
+        try:
+            strength = float(value)
+        except ValueError:
+            strength = float("nan")
+        if name not in STRENGTH_OPS or not 0.0 < strength <= 1.0:
+            where = "a strength in (0, 1]" if name in STRENGTH_OPS else f"no strength (only {', '.join(STRENGTH_OPS)})"
+            msg = f"augmentation {token!r}: {name} takes {where}"
+            raise ConfigError(msg)
+        out.append((name, strength))
+    return out
 
 
 def augment(image: torch.Tensor, mask: torch.Tensor, policy: str,
@@ -166,6 +189,6 @@ def augment(image: torch.Tensor, mask: torch.Tensor, policy: str,
     adaptive ones at probability `ada_p`.
     """
     ops = _ops()
-    for name in parse_policy(policy):
-        image, mask = ops[name](image, mask)
+    for name, strength in parse_policy(policy):
+        image, mask = ops[name](image, mask, strength) if name in STRENGTH_OPS else ops[name](image, mask)
     return adaptive(image, mask, ada_p)

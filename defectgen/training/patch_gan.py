@@ -211,7 +211,7 @@ def _d_phase(st: PatchState, fake: tuple[torch.Tensor, ...], real: tuple[torch.T
 
 def shape_policy(policy: str) -> str:
     """The shape D's augmentation: the run's ops without `color`, so its image input stays zeros."""
-    return ",".join(op for op in parse_policy(policy) if op != "color")
+    return ",".join(name for name, _ in parse_policy(policy) if name != "color")
 
 
 def _shape_phase(st: PatchState, f_mask: torch.Tensor, r_mask: torch.Tensor, c_fake: torch.Tensor,

@@ -25,6 +25,7 @@ from defectgen.training.dataset import Sampler, load_training_set
 from defectgen.training.encoder import train_encoder
 from defectgen.training.gan import tiny_model_configs, train_gan
 from defectgen.training.losses import GanLoss
+from defectgen.training.patch_gan import shape_policy
 from defectgen.training.vgg import VGG16Features
 
 RES = 16
@@ -75,6 +76,30 @@ def test_augment_moves_image_and_mask_together():
     assert torch.equal(c_mask, mask)  # colour never touches the mask
     with pytest.raises(ConfigError, match="did you mean 'flip'"):
         parse_policy("flp")
+
+
+def test_colour_strength_scales_the_ranges_and_full_strength_is_diffaugments():
+    img = torch.zeros(4096, 3, 2, 2)
+    img[:, 0] = 0.4  # a reddish surface: saturation and contrast have something to scale
+    mask = torch.zeros(4096, 1, 2, 2)
+    torch.manual_seed(0)
+    full, _ = augment(img, mask, "color")
+    torch.manual_seed(0)
+    r = [torch.rand(4096, 1, 1, 1) for _ in range(3)]  # brightness, saturation, contrast: DiffAugment's draws
+    x = img + (r[0] - 0.5)
+    mean = x.mean(dim=1, keepdim=True)
+    x = (x - mean) * (r[1] * 2) + mean
+    mean = x.mean(dim=[1, 2, 3], keepdim=True)
+    assert torch.equal(full, (x - mean) * (r[2] + 0.5) + mean)  # bit for bit: old runs resume unchanged
+    torch.manual_seed(0)
+    half, _ = augment(img, mask, "color:0.5")
+    shift = (half - img).mean(dim=(1, 2, 3))
+    assert shift.abs().max() <= 0.25 + 1e-6 < (full - img).mean(dim=(1, 2, 3)).abs().max()
+    assert parse_policy("translation, color:0.5") == [("translation", 1.0), ("color", 0.5)]
+    assert shape_policy("translation,color:0.5") == "translation"  # the mask-only D never gets colour
+    for bad in ("color:0", "color:1.5", "color:x", "translation:0.5"):
+        with pytest.raises(ConfigError, match="augmentation"):
+            parse_policy(bad)
 
 
 def test_adaptive_ops_keep_the_mask_on_its_pixels_and_vanish_at_p0():
