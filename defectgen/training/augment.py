@@ -38,9 +38,9 @@ def color(image: torch.Tensor, mask: torch.Tensor, strength: float = 1.0) -> tup
     """DiffAugment colour: brightness, saturation, contrast on the image; the mask is untouched.
 
     `strength` scales every range about the identity (1: DiffAugment's brightness +-0.5, saturation x0-2,
-    contrast x0.5-1.5; the same numbers are drawn at any strength). At full strength D cannot tell how dark or
-    saturated a defect is against its surface: runs without it drew lighter hole cores, but D then lost its
-    hold on colour (saturated blobs); `color:0.5` in a policy is the middle way.
+    contrast x0.5-1.5; the same numbers are drawn at any strength). At full strength D cannot tell how dark a
+    defect is against its surface, and the patch G draws its hole cores too dark; fine-tuned without the op or
+    at half strength, G drew lighter cores but saturated red cracks and prints: the op is what holds G's colours.
     """
     return _contrast(_saturation(_brightness(image, strength), strength), strength), mask
 
