@@ -65,15 +65,16 @@ def source_figures(names: list[str], folder: Path, cfg: SegConfig) -> tuple[dict
     good = np.load(folder / "good_images.npy")
     thr_images, thr_masks = features.threshold_set((real_images, real_masks), good)
     threshold = features.alignment_threshold(net, thr_images, thr_masks)
-    figs = {n: _figures(net, *_arrays(folder, n), bank, threshold) for n in names}
     ev = {k: np.load(folder / f"eval_{k}.npy") for k in ("images", "masks", "types")}
     defective = ev["types"] != GOOD
     ev_colours = mean_colours(ev["images"][defective], ev["masks"][defective])
     ev_types = ev["types"][defective]
     test_colours = {t: ev_colours[ev_types == t] for t in sorted(set(ev_types.tolist()))}
-    for n in names:
-        figs[n]["colour_coverage"], figs[n]["colour_coverage_by_type"] = colour_coverage(
-            *_arrays(folder, n), test_colours)
+    figs = {}
+    for n in names:  # each source's arrays are read once
+        arrays = _arrays(folder, n)
+        figs[n] = _figures(net, *arrays, bank, threshold)
+        figs[n]["colour_coverage"], figs[n]["colour_coverage_by_type"] = colour_coverage(*arrays, test_colours)
     held_out = _figures(net, ev["images"][defective], ev["masks"][defective], ev["types"][defective], bank, None)
     reference = {"alignment_threshold": threshold, "held_out_real": held_out,
                  "feature_space": "down path of the real source's seed-0 segmenter", "crop_px": features.CROP,
