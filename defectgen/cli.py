@@ -166,6 +166,13 @@ def train_patch(
                                                           "applies (or stops) from there on."),
     ada_kimg: Optional[float] = typer.Option(None, help="Thousands of windows for the adaptive p to go from 0 "
                                                         "to 1 (default 100)."),
+    range_weight: Optional[float] = typer.Option(None, help="Weight of the colour-range term: G's pixels inside "
+                                                            "its mask kept within the real defects' 1-99 % range "
+                                                            "per type and channel (default 0 = off; with "
+                                                            "--resume it applies from there on)."),
+    init_from: Optional[Path] = typer.Option(None, help="Start from another patch run's nets (run folder or "
+                                                        "checkpoint, slim ones too: G and D, fresh optimisers, "
+                                                        "step 0); options not given are that run's."),
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in --out."),
     device: Optional[str] = typer.Option(None, help="Torch device, e.g. cpu or cuda:0 (default cuda when "
                                                     "available, else cpu); a resumed run may change it."),
@@ -177,7 +184,7 @@ def train_patch(
                     colour_head=colour_head, held_in=held_in,
                     minutes=minutes, steps=steps, batch=batch, seed=seed, sample_every=sample_every,
                     ckpt_every=ckpt_every, augment=augment, shape_weight=shape_weight, ada_target=ada_target,
-                    ada_kimg=ada_kimg, device=device)
+                    ada_kimg=ada_kimg, range_weight=range_weight, init_from=init_from, device=device)
 
 
 @train_app.command("patch-encoder")

@@ -177,6 +177,11 @@ class PatchSynthesis(nn.Module):
         return levels[::-1]
 
     def forward(self, latent: Tensor, good: Tensor, noise_mode: str = "const") -> tuple[Tensor, Tensor]:
+        rgb, mask = self.raw(latent, good, noise_mode)
+        return self.colour_head(rgb), mask
+
+    def raw(self, latent: Tensor, good: Tensor, noise_mode: str = "const") -> tuple[Tensor, Tensor]:
+        """(the colour head's input, mask logit): where a colour penalty still has a gradient at saturation."""
         check_noise_mode(noise_mode)
         p = self.cfg.window
         assert_shape(good, [latent.shape[0], 3, p, p], "good")
@@ -190,7 +195,7 @@ class PatchSynthesis(nn.Module):
         for i, block in enumerate(self.blocks):
             x, rgb, mask = block(x, goods[i + 1], rgb, mask, ws[2 * i + 1], ws[2 * i + 2], ws[2 * i + 3],
                                  noise_mode)
-        return self.colour_head(rgb), mask
+        return rgb, mask
 
     def colour_head(self, rgb: Tensor) -> Tensor:
         """The summed ToRGB output to G's colour: bound * tanh(x / bound), or x itself for the linear head."""
@@ -198,6 +203,13 @@ class PatchSynthesis(nn.Module):
             return rgb
         bound = self.cfg.colour_bound
         return torch.tanh(rgb) if bound == 1.0 else bound * torch.tanh(rgb / bound)  # the default: one graph op
+
+    def colour_head_input(self, colour: Tensor, margin: float = 1e-3) -> Tensor:
+        """The head's input that draws `colour` (its inverse; colours at the bound map to +-atanh(1 - margin))."""
+        if not self.cfg.colour_tanh:
+            return colour
+        bound = self.cfg.colour_bound
+        return bound * torch.atanh((colour / bound).clamp(-1 + margin, 1 - margin))
 
 
 class PatchGenerator(nn.Module):

@@ -108,6 +108,8 @@ class TrainPatchConfig:
     ms_weight: float = 0.1          # mode-seeking weight (DFMGAN/MSGAN): different latents -> different defects
     ms_cap: float = 1.0             # the ratio |dx| / |dw| stops being rewarded above this (no reward for noise)
     shape_weight: float = 0.0       # weight of a mask-only shape D's adversarial term on G (0: no shape D)
+    range_weight: float = 0.0       # weight of the colour-range term on G (training/colour_range.py; 0: off)
+    init_from: str | None = None    # patch run/checkpoint (full or slim) whose G_ema and D start this run
     ada_target: float = 0.0         # adaptive augmentation (ADA): raise p while E[sign D(real)] > this
     #                                 (0.6: 80 % of reals called real); 0 = off
     ada_kimg: float = 100.0         # windows (thousands) for p to move from 0 to 1 (updated every step)

@@ -36,6 +36,7 @@ from defectgen.nets.patch import (
 from defectgen.training.augment import augment, next_ada_p, parse_policy
 from defectgen.training.checkpoint import CKPT_NAME, Checkpoint, load_optimizer, read_checkpoint, restore_rng
 from defectgen.training.checkpoint import save_checkpoint as _save
+from defectgen.training.colour_range import colour_ranges, range_loss
 from defectgen.training.common import RunLogger, ema_update, prepare_run_dir, run_budgeted, set_trainable, step_seed
 from defectgen.training.config import ConfigError, TrainPatchConfig, from_dict, to_dict
 from defectgen.training.dist import DistInfo
@@ -66,6 +67,7 @@ class PatchState:
     D_shape: PatchDiscriminator | None = None  # mask-only D (`cfg.shape_weight` > 0)
     opt_D_shape: torch.optim.Optimizer | None = None
     ada_p: float = 0.0  # the adaptive augmentation's probability (`cfg.ada_target` > 0)
+    colour_range: tuple[torch.Tensor, torch.Tensor] | None = None  # [T, 3] bounds at G's colour-head input
 
     def configs(self) -> dict[str, dict[str, Any]]:
         out = {"patch_generator": to_dict(self.g_cfg), "patch_discriminator": to_dict(self.d_cfg),
@@ -161,6 +163,35 @@ def restore_state(ck: Checkpoint, cfg: TrainPatchConfig, device: str = "cpu") ->
     return st
 
 
+def init_state(ck: Checkpoint, cfg: TrainPatchConfig, data: PatchData, device: str = "cpu") -> PatchState:
+    """A new run over another patch run's nets (`--init-from`, a full or slim checkpoint): G and G_ema start from
+    its G_ema (a slim copy keeps no other G), D from its D, fresh optimisers, step 0, its ADA p.
+
+    Raises:
+        ConfigError: its nets or defect types differ from what this run's options and data ask for.
+    """
+    g_cfg = from_dict(PatchGeneratorConfig, ck.configs["patch_generator"])
+    d_cfg = from_dict(PatchDiscriminatorConfig, ck.configs["patch_discriminator"])
+    want = model_configs(cfg.window, len(data.type_names), design=cfg.design, colour_head=cfg.colour_head)[0]
+    shaped = ("window", "layered", "colour_tanh", "colour_bound")
+    if [getattr(g_cfg, k) for k in shaped] != [getattr(want, k) for k in shaped]:
+        msg = (f"--init-from {ck.path}: its G has window {g_cfg.window}, layered {g_cfg.layered}, colour bound "
+               f"{g_cfg.colour_bound if g_cfg.colour_tanh else None}; this run asks for window {cfg.window}, "
+               f"design {cfg.design!r}, colour head {cfg.colour_head!r}")
+        raise ConfigError(msg)
+    if list(ck.meta["defect_types"]) != data.type_names:
+        msg = (f"--init-from {ck.path}: its defect types {ck.meta['defect_types']} differ from {cfg.data}'s "
+               f"{data.type_names}")
+        raise ConfigError(msg)
+    st = build_state(cfg, g_cfg, d_cfg, data.type_names, data.held_in, device)
+    ema = ck.state_dict("G_ema" if ck.has("G_ema") else "G")
+    st.G.load_state_dict(ema)
+    st.G_ema.load_state_dict(ema)
+    st.D.load_state_dict(ck.state_dict("D"))
+    st.ada_p = float(ck.meta.get("ada_p", 0.0)) if cfg.ada_target > 0 else 0.0
+    return st
+
+
 def load_patch_generator(path: str | os.PathLike[str], *, ema: bool = True) -> PatchGenerator:
     """The (EMA) generator of a patch run folder or checkpoint, frozen, eval mode."""
     ck = read_checkpoint(path)
@@ -181,20 +212,20 @@ def mode_seeking(image: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 def _fake_inputs(st: PatchState, data: PatchData, types: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """(z, type one-hot, good windows) of the fake batch: half B distinct pairs, two z per pair."""
+    """(z, type one-hot, good windows, type ids) of the fake batch: half B distinct pairs, two z per pair."""
     h = st.cfg.batch // 2
     good = data.goods[torch.randint(len(data.goods), (h,))].repeat(2, 1, 1, 1)  # [B, 3, P, P]
     c = onehot(types[:h], len(st.types)).repeat(2, 1)  # [B, T]
     z = torch.randn(st.cfg.batch, st.g_cfg.z_dim, device=good.device)
-    return z, c, good
+    return z, c, good, types[:h].repeat(2)
 
 
 def _generate(G: PatchGenerator, z: torch.Tensor, c: torch.Tensor, good: torch.Tensor):
-    """(composite, hard alpha, w) with fresh noise, as in training; D sees the binary alpha as the mask."""
+    """(composite, hard alpha, w, colour-head input) with fresh noise, as in training; D sees the binary alpha."""
     w = G.mapping(z, c)
-    colour, logit = G.synthesis(w, good, noise_mode="random")
-    image, alpha = G.compose(good, colour, logit, hard=True)
-    return image, alpha, w
+    rgb, logit = G.synthesis.raw(w, good, noise_mode="random")
+    image, alpha = G.compose(good, G.synthesis.colour_head(rgb), logit, hard=True)
+    return image, alpha, w, rgb
 
 
 def _d_phase(st: PatchState, fake: tuple[torch.Tensor, ...], real: tuple[torch.Tensor, ...], do_r1: bool) -> dict:
@@ -237,19 +268,21 @@ def _shape_adv(st: PatchState, alpha: torch.Tensor, c: torch.Tensor) -> torch.Te
 
 
 def patch_step(st: PatchState, data: PatchData) -> dict[str, float]:
-    """One D step (+ lazy R1; + the shape D's), one G step (adversarial + shape + mode seeking), EMA, w_avg."""
+    """One D step (+ lazy R1; + the shape D's), one G step (adversarial + shape + colour range + mode seeking),
+    EMA, w_avg.
+    """
     cfg, step = st.cfg, st.step
     torch.manual_seed(step_seed(cfg.seed, step, 0))
     idx = torch.randint(len(data.defects), (cfg.batch,))
     r_types = data.types[idx]
     real = (data.defects[idx], data.masks[idx], onehot(r_types, len(st.types)))
-    z, c, good = _fake_inputs(st, data, r_types)
+    z, c, good, f_types = _fake_inputs(st, data, r_types)
 
     set_trainable(st.G, False)
     set_trainable(st.D, True)
     st.opt_D.zero_grad(set_to_none=True)
     with torch.no_grad():
-        f_img, f_mask, _ = _generate(st.G, z, c, good)
+        f_img, f_mask, _, _ = _generate(st.G, z, c, good)
     do_r1 = cfg.r1_interval > 0 and cfg.r1_gamma > 0 and step % cfg.r1_interval == 0
     stats = _d_phase(st, (f_img, f_mask, c), real, do_r1)
     st.opt_D.step()
@@ -261,7 +294,7 @@ def patch_step(st: PatchState, data: PatchData) -> dict[str, float]:
     set_trainable(st.G, True)
     set_trainable(st.D, False)
     st.opt_G.zero_grad(set_to_none=True)
-    image, alpha, w = _generate(st.G, z, c, good)
+    image, alpha, w, rgb = _generate(st.G, z, c, good)
     adv = F.softplus(-st.D(*augment(image, alpha, cfg.augment, st.ada_p), c)).mean()
     ratio = mode_seeking(image, w)
     # maximise the diversity ratio, clipped: a constant gradient near collapse (1/ratio explodes exactly
@@ -271,6 +304,11 @@ def patch_step(st: PatchState, data: PatchData) -> dict[str, float]:
         shape = _shape_adv(st, alpha, c)
         loss = loss + cfg.shape_weight * shape
         stats["loss_G_shape"] = shape.item()
+    if cfg.range_weight > 0:
+        assert st.colour_range is not None
+        excess = range_loss(rgb, alpha, f_types, *st.colour_range)
+        loss = loss + cfg.range_weight * excess
+        stats["loss_G_range"] = excess.item()
     loss.backward()
     st.opt_G.step()
     st.G.mapping.update_w_avg(w.detach(), c)
@@ -299,9 +337,10 @@ def _check_cfg(cfg: TrainPatchConfig) -> None:
     if cfg.colour_head not in COLOUR_HEADS:
         msg = f"--colour-head must be one of {', '.join(COLOUR_HEADS)}, got {cfg.colour_head!r}"
         raise ConfigError(msg)
-    if cfg.shape_weight < 0:
-        msg = f"--shape-weight must be >= 0, got {cfg.shape_weight}"
-        raise ConfigError(msg)
+    for option, value in (("--shape-weight", cfg.shape_weight), ("--range-weight", cfg.range_weight)):
+        if value < 0:
+            msg = f"{option} must be >= 0, got {value}"
+            raise ConfigError(msg)
     if not 0.25 <= cfg.scale <= 16 or cfg.steps < 1 or (cfg.minutes is not None and cfg.minutes <= 0):
         msg = f"need 0.25 <= --scale <= 16, --steps >= 1, --minutes > 0; got {cfg.scale}, {cfg.steps}, {cfg.minutes}"
         raise ConfigError(msg)
@@ -361,7 +400,6 @@ def train_patch(cfg: TrainPatchConfig, out: str | os.PathLike[str], *, resume: b
     out = Path(out)
     cfg, ck = _resolve(cfg, out, resume, override)
     device = resolve_device(device)
-    prepare_run_dir(out, resume)
     data = load_patch_data(cfg.data, window=cfg.window, scale=cfg.scale, held_in=cfg.held_in,
                            per_defect=cfg.per_defect, per_good=cfg.per_good, seed=cfg.seed).to(device)
     if ck is not None and data.held_in != ck.meta["held_in"]:
@@ -369,14 +407,22 @@ def train_patch(cfg: TrainPatchConfig, out: str | os.PathLike[str], *, resume: b
         raise ConfigError(msg)
     if ck is not None:
         st = restore_state(ck, cfg, device)
-        restore_rng(ck)
+    elif cfg.init_from:
+        st = init_state(read_checkpoint(cfg.init_from), cfg, data, device)
     else:
         nets = model_configs(cfg.window, len(data.type_names), tiny, cfg.design, cfg.colour_head)
         st = build_state(cfg, *nets, data.type_names, data.held_in, device)
+    prepare_run_dir(out, resume)  # after every check: a refused run writes nothing
+    if ck is not None:
+        restore_rng(ck)
+    else:
         write_json(out / "config.json", {**st.configs(), "defect_types": st.types, "held_in": data.held_in,
                                          "n_defect_windows": len(data.defects), "n_good_windows": len(data.goods)})
         write_json(out / "held_in.json", data.held_in)
         write_grid(out / "reals.png", real_grid(data, cfg.grid_per_type))
+    lo, hi = colour_ranges(data.defects.cpu(), data.masks.cpu(), data.types.cpu(), len(data.type_names))
+    head_input = st.G.synthesis.colour_head_input
+    st.colour_range = (head_input(lo).to(device), head_input(hi).to(device))
     goods = fixed_goods(data, cfg.grid_per_type, cfg.seed)
     log = RunLogger(out, DistInfo(), total=cfg.steps, start=st.step, every=cfg.log_every, progress=progress,
                     desc="patch")
@@ -390,10 +436,20 @@ def train_patch(cfg: TrainPatchConfig, out: str | os.PathLike[str], *, resume: b
 
 
 def train_patch_cli(*, data: Path, out: Path, resume: bool, device: str | None = None, **options: Any) -> None:
-    """Entry of `defectgen train patch`: keyword options are TrainPatchConfig fields (None = default)."""
+    """Entry of `defectgen train patch`: keyword options are TrainPatchConfig fields (None = default; with
+    `init_from` and no `resume`, None = that run's option, except its budget).
+    """
     given = {k: v for k, v in options.items() if v is not None}
-    cfg = TrainPatchConfig(data=str(data), **given)
-    tunable = ("augment", "shape_weight", "ada_target", "ada_kimg")  # a resume may change these
+    base: dict[str, Any] = {}
+    if given.get("init_from") and not resume:
+        ck = read_checkpoint(given["init_from"])
+        if ck.meta.get("kind") != KIND:
+            msg = f"--init-from {ck.path} is a {ck.meta.get('kind')!r} checkpoint, not a patch run"
+            raise ConfigError(msg)
+        base = {k: v for k, v in ck.configs["train_patch"].items() if k not in ("steps", "minutes", "init_from")}
+        given["init_from"] = str(given["init_from"])
+    cfg = from_dict(TrainPatchConfig, {**base, "data": str(data), **given})
+    tunable = ("augment", "shape_weight", "range_weight", "ada_target", "ada_kimg")  # a resume may change these
     result = train_patch(cfg, out, resume=resume, override=[k for k in tunable if k in given], device=device)
     print(f"trained to step {result.step} -> {out / CKPT_NAME} (samples: {out / 'samples'}, "
           f"report: {out / 'report.json'})")

@@ -243,3 +243,56 @@ def test_a_cuda_run_resumes_on_the_cpu(data, tmp_path):
     cpu = train_patch(cfg(data, 4), tmp_path / "run", resume=True, tiny=True, progress=False, device="cpu")
     assert cpu.step == 4 and not next(cpu.state.G.parameters()).is_cuda
     assert np.isfinite(cpu.history[-1]["loss_G"])
+
+
+def test_init_from_a_slim_run_starts_from_its_nets_and_keeps_its_options(data, tmp_path, monkeypatch):
+    from defectgen.training.slim import export_slim
+
+    monkeypatch.setattr(patch_gan, "next_ada_p", lambda p, *_: min(p + 0.25, 1.0))  # a toy D keeps p at 0
+    train_patch(cfg(data, 2, ada_target=0.6), tmp_path / "src", tiny=True, progress=False)
+    export_slim(tmp_path / "src", tmp_path / "slim")
+    src = read_checkpoint(tmp_path / "slim")
+    d = load_patch_data(data, window=P, per_defect=2, per_good=2)
+    st = patch_gan.init_state(src, cfg(data, 1, ada_target=0.6), d)
+    for name in ("G", "G_ema"):
+        for k, v in getattr(st, name).state_dict().items():
+            assert torch.equal(v, src.state_dict("G_ema")[k]), (name, k)
+    assert all(torch.equal(v, src.state_dict("D")[k]) for k, v in st.D.state_dict().items())
+    assert st.step == 0 and st.ada_p == src.meta["ada_p"] > 0
+    assert not st.opt_G.state  # fresh optimisers
+    # the CLI: options not given (window 16, batch 4, ADA) are the source run's; the budget and new ones are not
+    out = tmp_path / "tuned"
+    r = runner.invoke(app, ["train", "patch", "--data", str(data), "--out", str(out), "--init-from",
+                            str(tmp_path / "slim"), "--steps", "2", "--range-weight", "0.5"])
+    assert r.exit_code == 0, r.output
+    ck = read_checkpoint(out)
+    saved = ck.configs["train_patch"]
+    assert ck.step == 2 and saved["window"] == P and saved["batch"] == 4 and saved["ada_target"] == 0.6
+    assert saved["range_weight"] == 0.5 and saved["init_from"] == str(tmp_path / "slim")
+    logged = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(x["loss_G_range"]) for x in logged if "loss_G" in x)
+
+
+@pytest.mark.parametrize(("args", "message"), [(["--window", "32"], "its G has window 16"),
+                                                (["--colour-head", "wide"], "colour head 'wide'")])
+def test_init_from_other_nets_is_refused_before_writing(data, tmp_path, args, message):
+    train_patch(cfg(data, 1), tmp_path / "src", tiny=True, progress=False)
+    out = tmp_path / "r"
+    r = runner.invoke(app, ["train", "patch", "--data", str(data), "--out", str(out), "--init-from",
+                            str(tmp_path / "src"), *args])
+    assert r.exit_code == 2 and f"--init-from {tmp_path / 'src'}" in r.output and message in r.output, r.output
+    assert not out.exists()
+
+
+def test_the_range_term_can_join_a_resumed_run(data, tmp_path):
+    train_patch(cfg(data, 2), tmp_path / "run", tiny=True, progress=False)
+    plain = read_checkpoint(tmp_path / "run")
+    tuned = train_patch(cfg(data, 4, range_weight=2.0), tmp_path / "run", resume=True, tiny=True, progress=False,
+                        override=["range_weight"])
+    assert read_checkpoint(tmp_path / "run").configs["train_patch"]["range_weight"] == 2.0
+    assert "loss_G_range" not in plain.configs and all("loss_G_range" in h for h in tuned.history)
+    lo, hi = tuned.state.colour_range
+    assert lo.shape == hi.shape == (4, 3) and (lo < hi).all()
+    r = runner.invoke(app, ["train", "patch", "--data", str(data), "--out", str(tmp_path / "bad"), "--window",
+                            str(P), "--range-weight", "-1"])
+    assert r.exit_code == 2 and "--range-weight must be >= 0" in r.output
