@@ -15,6 +15,7 @@ from defectgen.data.imageio import from_model
 from defectgen.measure import colour_modes as colour
 from defectgen.nets.patch import PatchGenerator
 from defectgen.nets.stylegan import count_params
+from defectgen.training.colour_range import colour_ranges
 from defectgen.training.losses import onehot
 from defectgen.training.patch_data import PatchData
 from defectgen.training.report import mask_rgb, pair_cells, write_json
@@ -109,6 +110,17 @@ def out_of_range_share(image: torch.Tensor, mask: torch.Tensor, tol: float = RAN
     return float(outside[inside].float().mean()) if inside.any() else float("nan")
 
 
+def outside_range_share(image: torch.Tensor, mask: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> float:
+    """Share of the mask's pixels with a channel outside [lo, hi] ([3] each: a type's colour range, the held-in
+    defects' 1-99 % quantiles of `colour_range.colour_ranges`); the real windows have a few % by construction.
+    NaN for an empty mask.
+    """
+    lo, hi = lo.to(image.device)[None, :, None, None], hi.to(image.device)[None, :, None, None]
+    outside = ((image < lo) | (image > hi)).any(dim=1)  # [B, P, P]
+    inside = mask[:, 0] > 0.5
+    return float(outside[inside].float().mean()) if inside.any() else float("nan")
+
+
 def mean_colours(image: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
     """(B, 3) float32: each model window's mean 8-bit RGB inside its mask (NaN rows for empty masks)."""
     eight_bit = ((image.clamp(-1.0, 1.0) + 1.0) * 127.5).permute(0, 2, 3, 1)
@@ -116,8 +128,8 @@ def mean_colours(image: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
 
 
 def write_report(st: Any, data: PatchData, out: Path, wall_s: float, kind: str) -> dict[str, Any]:
-    """report.json (run summary; per type G_ema's mask coverage, black and out-of-range shares and colour modes
-    against the real windows') + report.png.
+    """report.json (run summary; per type G_ema's mask coverage, black, out-of-range and outside-the-real-range
+    shares and colour modes against the real windows') + report.png.
 
     `st` is the trainer's `PatchState` (not imported: the trainer imports this module), `kind` its checkpoint kind.
     """
@@ -125,6 +137,7 @@ def write_report(st: Any, data: PatchData, out: Path, wall_s: float, kind: str) 
     n = goods.shape[0]
     z = torch.randn(n, st.g_cfg.z_dim, generator=torch.Generator().manual_seed(st.cfg.seed + 1)).to(goods.device)
     per_type = {}
+    lo, hi = colour_ranges(data.defects.cpu(), data.masks.cpu(), data.types.cpu(), len(st.types))
     with torch.no_grad():
         for t, name in enumerate(st.types):
             c = onehot(torch.full((n,), t, dtype=torch.int64, device=goods.device), len(st.types))
@@ -136,6 +149,10 @@ def write_report(st: Any, data: PatchData, out: Path, wall_s: float, kind: str) 
                               "sample_black_share": round(black_share(image, alpha), 4),
                               "real_black_share": round(black_share(data.defects[real], data.masks[real]), 4),
                               "sample_out_of_range_share": round(out_of_range_share(image, alpha), 4),
+                              "sample_outside_real_range_share": round(outside_range_share(image, alpha, lo[t],
+                                                                                           hi[t]), 4),
+                              "real_outside_real_range_share": round(outside_range_share(
+                                  data.defects[real], data.masks[real], lo[t], hi[t]), 4),
                               "colour_modes": colour.colour_modes(mean_colours(data.defects[real], data.masks[real]),
                                                            mean_colours(image, alpha), seed=st.cfg.seed)}
     rep = {"kind": kind, "step": st.step, "windows_seen": st.step * st.cfg.batch,

@@ -139,8 +139,10 @@ def test_cli_writes_checkpoint_samples_and_report(data, tmp_path):
     rep = json.loads((out / "report.json").read_text())
     assert rep["step"] == 2 and set(rep["per_type"]) == {"crack", "cut", "hole", "print"}
     for row in rep["per_type"].values():  # a share, or NaN where G drew no mask pixel yet
-        keys = ("sample_black_share", "real_black_share", "sample_out_of_range_share")
+        keys = ("sample_black_share", "real_black_share", "sample_out_of_range_share",
+                "sample_outside_real_range_share")
         assert all(math.isnan(row[k]) or 0 <= row[k] <= 1 for k in keys)
+        assert 0 < row["real_outside_real_range_share"] < 0.1  # the reals' own 1-99 % range: a few % outside
         modes = row["colour_modes"]  # the reals' colour modes, even where G drew nothing yet
         assert 1 <= len(modes["centres"]) <= 4 and abs(sum(modes["real_share"]) - 1) < 0.01
         assert math.isnan(modes["coverage"]) or 0 <= modes["coverage"] <= 1

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import torch
 
-from defectgen.training.patch_report import black_share, mean_colours, out_of_range_share
+from defectgen.training.patch_report import black_share, mean_colours, out_of_range_share, outside_range_share
 
 
 def test_black_share_counts_mask_pixels_black_in_every_channel():
@@ -37,6 +37,20 @@ def test_out_of_range_share_counts_mask_pixels_with_any_channel_beyond_the_data_
     assert out_of_range_share(image, mask) == 2 / 8
     assert out_of_range_share(image.clamp(-1, 1), mask) == 0.0
     assert math.isnan(out_of_range_share(image, torch.zeros(1, 1, 4, 4)))
+
+
+def test_outside_range_share_counts_mask_pixels_with_any_channel_outside_the_types_range():
+    lo, hi = torch.tensor([-0.5, -0.5, -0.9]), torch.tensor([0.5, 0.5, 0.0])
+    image = torch.zeros(1, 3, 4, 4)
+    image[0, 2, 0, 0] = 0.2  # blue above its bound: out
+    image[0, 0, 0, 1] = -0.6  # red below its bound: out
+    image[0, :, 0, 2] = torch.tensor([0.5, -0.5, -0.9])  # on the bounds: in
+    image[0, 1, 3, 3] = 3.0  # out, but outside the mask
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[0, 0, :2, :] = 1.0  # 8 pixels
+    assert outside_range_share(image, mask, lo, hi) == 2 / 8
+    assert outside_range_share(image, mask, lo - 1, hi + 1) == 0.0
+    assert math.isnan(outside_range_share(image, torch.zeros(1, 1, 4, 4), lo, hi))
 
 
 def _windows(colours: list[tuple[int, int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
