@@ -170,6 +170,8 @@ def train_patch(
                                                             "its mask kept within the real defects' 1-99 % range "
                                                             "per type and channel (default 0 = off; with "
                                                             "--resume it applies from there on)."),
+    range_types: Optional[str] = typer.Option(None, help="Comma list of the defect types the colour-range term "
+                                                         "bounds (default: every type)."),
     init_from: Optional[Path] = typer.Option(None, help="Start from another patch run's nets (run folder or "
                                                         "checkpoint, slim ones too: G and D, fresh optimisers, "
                                                         "step 0); options not given are that run's."),
@@ -184,7 +186,8 @@ def train_patch(
                     colour_head=colour_head, held_in=held_in,
                     minutes=minutes, steps=steps, batch=batch, seed=seed, sample_every=sample_every,
                     ckpt_every=ckpt_every, augment=augment, shape_weight=shape_weight, ada_target=ada_target,
-                    ada_kimg=ada_kimg, range_weight=range_weight, init_from=init_from, device=device)
+                    ada_kimg=ada_kimg, range_weight=range_weight, range_types=range_types,
+                    init_from=init_from, device=device)
 
 
 @train_app.command("patch-encoder")

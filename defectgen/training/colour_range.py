@@ -39,6 +39,13 @@ def colour_ranges(windows: torch.Tensor, masks: torch.Tensor, types: torch.Tenso
     return lo, hi
 
 
+def only_types(lo: torch.Tensor, hi: torch.Tensor, type_names: list[str], keep: list[str]) -> tuple[torch.Tensor,
+                                                                                                     torch.Tensor]:
+    """The bounds with every type not in `keep` unbounded (-inf, inf): the term then leaves those types alone."""
+    free = torch.tensor([name not in keep for name in type_names])
+    return lo.masked_fill(free[:, None], -float("inf")), hi.masked_fill(free[:, None], float("inf"))
+
+
 def range_loss(head_input: torch.Tensor, alpha: torch.Tensor, types: torch.Tensor, lo_input: torch.Tensor,
                hi_input: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of each sample's mean L1 excess beyond [lo, hi] inside its mask (module docstring).

@@ -109,6 +109,7 @@ class TrainPatchConfig:
     ms_cap: float = 1.0             # the ratio |dx| / |dw| stops being rewarded above this (no reward for noise)
     shape_weight: float = 0.0       # weight of a mask-only shape D's adversarial term on G (0: no shape D)
     range_weight: float = 0.0       # weight of the colour-range term on G (training/colour_range.py; 0: off)
+    range_types: str = ""           # comma list of the defect types the term bounds ("": every type)
     init_from: str | None = None    # patch run/checkpoint (full or slim) whose G_ema and D start this run
     ada_target: float = 0.0         # adaptive augmentation (ADA): raise p while E[sign D(real)] > this
     #                                 (0.6: 80 % of reals called real); 0 = off

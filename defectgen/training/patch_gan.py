@@ -36,7 +36,7 @@ from defectgen.nets.patch import (
 from defectgen.training.augment import augment, next_ada_p, parse_policy
 from defectgen.training.checkpoint import CKPT_NAME, Checkpoint, load_optimizer, read_checkpoint, restore_rng
 from defectgen.training.checkpoint import save_checkpoint as _save
-from defectgen.training.colour_range import colour_ranges, range_loss
+from defectgen.training.colour_range import colour_ranges, only_types, range_loss
 from defectgen.training.common import RunLogger, ema_update, prepare_run_dir, run_budgeted, set_trainable, step_seed
 from defectgen.training.config import ConfigError, TrainPatchConfig, from_dict, to_dict
 from defectgen.training.dist import DistInfo
@@ -402,6 +402,10 @@ def train_patch(cfg: TrainPatchConfig, out: str | os.PathLike[str], *, resume: b
     device = resolve_device(device)
     data = load_patch_data(cfg.data, window=cfg.window, scale=cfg.scale, held_in=cfg.held_in,
                            per_defect=cfg.per_defect, per_good=cfg.per_good, seed=cfg.seed).to(device)
+    range_types = [t.strip() for t in cfg.range_types.split(",") if t.strip()] or data.type_names
+    if unknown := sorted(set(range_types) - set(data.type_names)):
+        msg = f"--range-types: no defect type {', '.join(unknown)} in {cfg.data} (it has {', '.join(data.type_names)})"
+        raise ConfigError(msg)
     if ck is not None and data.held_in != ck.meta["held_in"]:
         msg = f"--resume: the held-in defect files of {cfg.data} differ from the ones the run trained on"
         raise ConfigError(msg)
@@ -422,7 +426,8 @@ def train_patch(cfg: TrainPatchConfig, out: str | os.PathLike[str], *, resume: b
         write_grid(out / "reals.png", real_grid(data, cfg.grid_per_type))
     lo, hi = colour_ranges(data.defects.cpu(), data.masks.cpu(), data.types.cpu(), len(data.type_names))
     head_input = st.G.synthesis.colour_head_input
-    st.colour_range = (head_input(lo).to(device), head_input(hi).to(device))
+    lo, hi = only_types(head_input(lo), head_input(hi), data.type_names, range_types)
+    st.colour_range = (lo.to(device), hi.to(device))
     goods = fixed_goods(data, cfg.grid_per_type, cfg.seed)
     log = RunLogger(out, DistInfo(), total=cfg.steps, start=st.step, every=cfg.log_every, progress=progress,
                     desc="patch")
@@ -449,7 +454,7 @@ def train_patch_cli(*, data: Path, out: Path, resume: bool, device: str | None =
         base = {k: v for k, v in ck.configs["train_patch"].items() if k not in ("steps", "minutes", "init_from")}
         given["init_from"] = str(given["init_from"])
     cfg = from_dict(TrainPatchConfig, {**base, "data": str(data), **given})
-    tunable = ("augment", "shape_weight", "range_weight", "ada_target", "ada_kimg")  # a resume may change these
+    tunable = ("augment", "shape_weight", "range_weight", "range_types", "ada_target", "ada_kimg")  # resume may change
     result = train_patch(cfg, out, resume=resume, override=[k for k in tunable if k in given], device=device)
     print(f"trained to step {result.step} -> {out / CKPT_NAME} (samples: {out / 'samples'}, "
           f"report: {out / 'report.json'})")

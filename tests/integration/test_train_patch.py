@@ -298,3 +298,11 @@ def test_the_range_term_can_join_a_resumed_run(data, tmp_path):
     r = runner.invoke(app, ["train", "patch", "--data", str(data), "--out", str(tmp_path / "bad"), "--window",
                             str(P), "--range-weight", "-1"])
     assert r.exit_code == 2 and "--range-weight must be >= 0" in r.output
+    holes = train_patch(cfg(data, 5, range_weight=2.0, range_types="hole"), tmp_path / "run", resume=True, tiny=True,
+                        progress=False, override=["range_weight", "range_types"])
+    lo, hi = holes.state.colour_range
+    assert torch.isfinite(lo[2]).all() and torch.isinf(lo[[0, 1, 3]]).all() and torch.isinf(hi[[0, 1, 3]]).all()
+    r = runner.invoke(app, ["train", "patch", "--data", str(data), "--out", str(tmp_path / "bad"), "--window",
+                            str(P), "--range-types", "hole,scratch"])
+    assert r.exit_code == 2 and "--range-types: no defect type scratch" in r.output, r.output
+    assert not (tmp_path / "bad").exists()

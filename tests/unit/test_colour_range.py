@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from defectgen.nets.patch import PatchGeneratorConfig, PatchSynthesis
-from defectgen.training.colour_range import colour_ranges, range_loss
+from defectgen.training.colour_range import colour_ranges, only_types, range_loss
 
 
 def test_ranges_are_the_masked_pixels_quantiles_per_type_and_channel():
@@ -57,3 +57,14 @@ def test_the_head_input_inverts_every_head(head):
                                               channel_base=32, channel_max=8, **head))
     c = torch.linspace(-0.99, 0.99, 11)
     assert torch.allclose(syn.colour_head(syn.colour_head_input(c)), c, atol=1e-5)
+
+
+def test_types_left_out_are_unbounded():
+    lo, hi = torch.full((2, 3), -0.5), torch.full((2, 3), 0.5)
+    lo2, hi2 = only_types(lo, hi, ["crack", "hole"], ["hole"])
+    assert torch.equal(lo2[1], lo[1]) and torch.equal(hi2[1], hi[1])
+    x = torch.full((2, 3, 4, 4), -50.0, requires_grad=True)
+    loss = range_loss(x, torch.ones(2, 1, 4, 4), torch.tensor([0, 1]), lo2, hi2)
+    assert loss.item() == pytest.approx(49.5 / 2)  # the hole's excess only, averaged over the batch of two
+    loss.backward()
+    assert x.grad is not None and torch.all(x.grad[0] == 0) and torch.all(x.grad[1] < 0)
