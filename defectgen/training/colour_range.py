@@ -1,9 +1,9 @@
 """The colour-range term of `train patch --range-weight`: G's defect pixels stay within the real defects' range.
 
 D judges every input through DiffAugment's colour op (brightness, saturation, contrast per image), so "how dark
-against its surround" and "how saturated" are ambiguous to it by a factor of up to 3: the default G draws 7-13 % of
-its hole pixels at pure black (the held-in holes 0.4 %) and a quarter of its print pixels redder than any real
-print. Dropping the op lets G's colours run (docs/design.md, "G's colours"); this term bounds them instead,
+against its surround" and "how saturated" are ambiguous to it by a factor of up to 3: the default G draws 7 % of
+its hole pixels at pure black (the held-in holes 0.4 %) and a quarter of its print pixels redder than 99 % of the
+real ones. Dropping the op lets G's colours run (docs/design.md, "Where it is weak"); this term bounds them instead,
 per defect type and channel, by the held-in defect pixels' own quantiles `[q, 1 - q]`.
 
 The hinge is L1 and measured on the colour head's *input* (the bound mapped through the head's inverse): a
