@@ -16,6 +16,10 @@ from __future__ import annotations
 
 import torch
 
+from defectgen.nets.patch import PatchSynthesis
+from defectgen.training.config import ConfigError
+from defectgen.training.patch_data import PatchData
+
 RANGE_QUANTILE = 0.01  # the range is the real defect pixels' [1 %, 99 %] per type and channel
 
 
@@ -44,6 +48,23 @@ def only_types(lo: torch.Tensor, hi: torch.Tensor, type_names: list[str], keep: 
     """The bounds with every type not in `keep` unbounded (-inf, inf): the term then leaves those types alone."""
     free = torch.tensor([name not in keep for name in type_names])
     return lo.masked_fill(free[:, None], -float("inf")), hi.masked_fill(free[:, None], float("inf"))
+
+
+def parse_types(spec: str, type_names: list[str], data: str) -> list[str]:
+    """`--range-types`: a comma list of the data's defect types ("" = all of them); an unknown one is an error."""
+    chosen = [t.strip() for t in spec.split(",") if t.strip()] or list(type_names)
+    if unknown := sorted(set(chosen) - set(type_names)):
+        msg = f"--range-types: no defect type {', '.join(unknown)} in {data} (it has {', '.join(type_names)})"
+        raise ConfigError(msg)
+    return chosen
+
+
+def head_input_bounds(synthesis: PatchSynthesis, data: PatchData, keep: list[str]) -> tuple[torch.Tensor,
+                                                                                               torch.Tensor]:
+    """A run's (lo, hi) [T, 3] at G's colour-head input, on the data's device: its windows' ranges, `keep` only."""
+    lo, hi = colour_ranges(data.defects.cpu(), data.masks.cpu(), data.types.cpu(), len(data.type_names))
+    lo, hi = only_types(synthesis.colour_head_input(lo), synthesis.colour_head_input(hi), data.type_names, keep)
+    return lo.to(data.defects.device), hi.to(data.defects.device)
 
 
 def range_loss(head_input: torch.Tensor, alpha: torch.Tensor, types: torch.Tensor, lo_input: torch.Tensor,

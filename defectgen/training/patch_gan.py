@@ -36,7 +36,7 @@ from defectgen.nets.patch import (
 from defectgen.training.augment import augment, next_ada_p, parse_policy
 from defectgen.training.checkpoint import CKPT_NAME, Checkpoint, load_optimizer, read_checkpoint, restore_rng
 from defectgen.training.checkpoint import save_checkpoint as _save
-from defectgen.training.colour_range import colour_ranges, only_types, range_loss
+from defectgen.training.colour_range import head_input_bounds, parse_types, range_loss
 from defectgen.training.common import RunLogger, ema_update, prepare_run_dir, run_budgeted, set_trainable, step_seed
 from defectgen.training.config import ConfigError, TrainPatchConfig, from_dict, to_dict
 from defectgen.training.dist import DistInfo
@@ -164,8 +164,7 @@ def restore_state(ck: Checkpoint, cfg: TrainPatchConfig, device: str = "cpu") ->
 
 
 def init_state(ck: Checkpoint, cfg: TrainPatchConfig, data: PatchData, device: str = "cpu") -> PatchState:
-    """A new run over another patch run's nets (`--init-from`, a full or slim checkpoint): G and G_ema start from
-    its G_ema (a slim copy keeps no other G), D from its D, fresh optimisers, step 0, its ADA p.
+    """A run over another patch run's nets (`--init-from`, slim too): G, G_ema <- its G_ema, D <- its D, step 0.
 
     Raises:
         ConfigError: its nets or defect types differ from what this run's options and data ask for.
@@ -268,9 +267,7 @@ def _shape_adv(st: PatchState, alpha: torch.Tensor, c: torch.Tensor) -> torch.Te
 
 
 def patch_step(st: PatchState, data: PatchData) -> dict[str, float]:
-    """One D step (+ lazy R1; + the shape D's), one G step (adversarial + shape + colour range + mode seeking),
-    EMA, w_avg.
-    """
+    """One D step (+ lazy R1, + the shape D's), one G step (adversarial, shape, colour range, mode seeking), EMA."""
     cfg, step = st.cfg, st.step
     torch.manual_seed(step_seed(cfg.seed, step, 0))
     idx = torch.randint(len(data.defects), (cfg.batch,))
@@ -402,10 +399,7 @@ def train_patch(cfg: TrainPatchConfig, out: str | os.PathLike[str], *, resume: b
     device = resolve_device(device)
     data = load_patch_data(cfg.data, window=cfg.window, scale=cfg.scale, held_in=cfg.held_in,
                            per_defect=cfg.per_defect, per_good=cfg.per_good, seed=cfg.seed).to(device)
-    range_types = [t.strip() for t in cfg.range_types.split(",") if t.strip()] or data.type_names
-    if unknown := sorted(set(range_types) - set(data.type_names)):
-        msg = f"--range-types: no defect type {', '.join(unknown)} in {cfg.data} (it has {', '.join(data.type_names)})"
-        raise ConfigError(msg)
+    range_types = parse_types(cfg.range_types, data.type_names, cfg.data)
     if ck is not None and data.held_in != ck.meta["held_in"]:
         msg = f"--resume: the held-in defect files of {cfg.data} differ from the ones the run trained on"
         raise ConfigError(msg)
@@ -424,10 +418,7 @@ def train_patch(cfg: TrainPatchConfig, out: str | os.PathLike[str], *, resume: b
                                          "n_defect_windows": len(data.defects), "n_good_windows": len(data.goods)})
         write_json(out / "held_in.json", data.held_in)
         write_grid(out / "reals.png", real_grid(data, cfg.grid_per_type))
-    lo, hi = colour_ranges(data.defects.cpu(), data.masks.cpu(), data.types.cpu(), len(data.type_names))
-    head_input = st.G.synthesis.colour_head_input
-    lo, hi = only_types(head_input(lo), head_input(hi), data.type_names, range_types)
-    st.colour_range = (lo.to(device), hi.to(device))
+    st.colour_range = head_input_bounds(st.G.synthesis, data, range_types)
     goods = fixed_goods(data, cfg.grid_per_type, cfg.seed)
     log = RunLogger(out, DistInfo(), total=cfg.steps, start=st.step, every=cfg.log_every, progress=progress,
                     desc="patch")
@@ -441,9 +432,7 @@ def train_patch(cfg: TrainPatchConfig, out: str | os.PathLike[str], *, resume: b
 
 
 def train_patch_cli(*, data: Path, out: Path, resume: bool, device: str | None = None, **options: Any) -> None:
-    """Entry of `defectgen train patch`: keyword options are TrainPatchConfig fields (None = default; with
-    `init_from` and no `resume`, None = that run's option, except its budget).
-    """
+    """`defectgen train patch`: options are TrainPatchConfig fields (None: the default, or `init_from`'s)."""
     given = {k: v for k, v in options.items() if v is not None}
     base: dict[str, Any] = {}
     if given.get("init_from") and not resume:
