@@ -80,6 +80,12 @@ def plot_curves(log_path: Path, png: Path) -> None:
     plt.close(fig)
 
 
+def _share_in_mask(flag: torch.Tensor, mask: torch.Tensor) -> float:
+    """Share of the mask's pixels (mask [B,1,P,P] > 0.5) where `flag` [B,P,P] is set; NaN for an empty mask."""
+    inside = mask[:, 0] > 0.5
+    return float(flag[inside].float().mean()) if inside.any() else float("nan")
+
+
 BLACK_LEVELS = 5  # 8-bit values at or below this, in every channel, count as drawn at black
 
 
@@ -91,9 +97,7 @@ def black_share(image: torch.Tensor, mask: torch.Tensor, levels: int = BLACK_LEV
     that. NaN for an empty mask.
     """
     eight_bit = torch.round((image.clamp(-1.0, 1.0) + 1.0) * 127.5)
-    dark = (eight_bit <= levels).all(dim=1)  # [B, P, P]
-    inside = mask[:, 0] > 0.5
-    return float(dark[inside].float().mean()) if inside.any() else float("nan")
+    return _share_in_mask((eight_bit <= levels).all(dim=1), mask)
 
 
 RANGE_TOLERANCE = 0.05  # model units (~6 of 255) beyond [-1, 1] before a pixel counts as out of range
@@ -105,9 +109,7 @@ def out_of_range_share(image: torch.Tensor, mask: torch.Tensor, tol: float = RAN
     A linear or wide colour head can draw beyond the data's range; the runtime clips such pixels, so
     they come out as saturated colours the real defects never have (real windows: 0). NaN for an empty mask.
     """
-    outside = (image.abs() > 1.0 + tol).any(dim=1)  # [B, P, P]
-    inside = mask[:, 0] > 0.5
-    return float(outside[inside].float().mean()) if inside.any() else float("nan")
+    return _share_in_mask((image.abs() > 1.0 + tol).any(dim=1), mask)
 
 
 def outside_range_share(image: torch.Tensor, mask: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> float:
@@ -116,9 +118,7 @@ def outside_range_share(image: torch.Tensor, mask: torch.Tensor, lo: torch.Tenso
     NaN for an empty mask.
     """
     lo, hi = lo.to(image.device)[None, :, None, None], hi.to(image.device)[None, :, None, None]
-    outside = ((image < lo) | (image > hi)).any(dim=1)  # [B, P, P]
-    inside = mask[:, 0] > 0.5
-    return float(outside[inside].float().mean()) if inside.any() else float("nan")
+    return _share_in_mask(((image < lo) | (image > hi)).any(dim=1), mask)
 
 
 def mean_colours(image: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
