@@ -289,6 +289,10 @@ def run(
     detail: Optional[bool] = typer.Option(None, "--detail/--no-detail",
                                           help="Add the real defect's detail above the model's resolution "
                                                "(default: the bundle's, on)."),
+    detail_from: Optional[str] = typer.Option(None, help="Source of that detail: reference (the real defect stitched "
+                                                         "into the target, and the surface's grain) or surface (the "
+                                                         "good image's grain only: every defect pixel above it is "
+                                                         "the model's). Default: reference."),
     guide_weight: Optional[float] = typer.Option(None, help="Share 0..1 of the stitched real defect in the model "
                                                             "image: 0 = GAN alone, 1 = warped copy-paste "
                                                             "(default: the bundle's, 0)."),
@@ -320,7 +324,7 @@ def run(
                    lambdas=lambda_ or [], init=init, backend=backend, shard=shard, seed=seed, batch=batch,
                    mask_mode=mask_mode, retry_failed=retry_failed, detail=detail, guide_weight=guide_weight,
                    threads=threads, mask_shape=mask_shape, scale=scale, variants=variants, proposals=proposals,
-                   min_change=min_change)
+                   min_change=min_change, detail_from=detail_from)
     raise typer.Exit(code)
 
 

@@ -183,6 +183,36 @@ def test_guide_weight_one_with_detail_pastes_the_stitched_guide(setup: dict[str,
     assert err["detail"] <= 0.5 < err["smooth"]
 
 
+def test_surface_detail_adds_the_good_parts_grain_not_the_reference(setup: dict[str, Path], tmp_path: Path) -> None:
+    """`--detail-from surface`: what the output gains over `--no-detail` inside the mask is the good part's own
+    detail above the model's resolution, not the stitched reference's (the reference source's gain); recorded."""
+    from defectgen.data.imageio import to_model
+    from defectgen.runtime.jobs.compose import upsample
+
+    root = setup["root"]
+    line = {"image": "big/part_00.png", "mask": "big_masks/part_00.png", "type": "hole",
+            "reference": ["big/part_01.png", "big_masks/part_01.png"]}
+    jobs = root / "detail_from.jsonl"
+    jobs.write_text(json.dumps(line) + "\n")
+    out: dict[str, np.ndarray] = {}
+    for name, flags in (("smooth", ["--no-detail"]), ("surface", ["--detail-from", "surface"]),
+                        ("reference", ["--detail-from", "reference"])):
+        code, _, stderr = invoke("run", "--bundle", setup["bundle16"], "--jobs", jobs, "--out", tmp_path / name,
+                                 "--guide-weight", 1, "--threads", 1, *flags)
+        assert code == 0, stderr
+        (rec,) = jobs_log(tmp_path / name)
+        assert rec["detail_from"] == ("reference" if name == "smooth" else name) and rec["detail"] is (name != "smooth")
+        out[name] = read_image(tmp_path / name / rec["outputs"]["image"]).astype(float)
+    good = read_image(root / "big" / "part_00.png")
+    grain = good - np.clip((upsample(to_model(good, 16), good.shape[:2]) + 1.0) * 127.5, 0, 255)  # what 16 px drops
+    inside = read_mask(root / "big_masks" / "part_00.png") > 0
+
+    def gain_vs_grain(name: str) -> float:
+        return float(np.corrcoef((out[name] - out["smooth"])[inside].ravel(), grain[inside].ravel())[0, 1])
+
+    assert gain_vs_grain("surface") > 0.9 > 0.5 > gain_vs_grain("reference")
+
+
 def test_random_masks_take_the_reference_shape_unless_procedural(setup: dict[str, Path], tmp_path: Path) -> None:
     """`--mask-shape reference` (default): a random target is the reference's own mask, moved (same-size images:
     not rescaled); `procedural` draws the type's shape family instead."""

@@ -51,6 +51,9 @@ FATAL = [
     (["--random-masks", 1, "--min-change", -1], "--min-change must be within [0, 255] grey levels, got -1.0"),
     (["--random-masks", 1, "--threads", 0], "--threads must be >= 1, got 0"),
     (["--random-masks", 1, "--mask-shape", "ref"], "unknown mask shape 'ref'"),
+    (["--random-masks", 1, "--detail-from", "refrence"],
+     "unknown detail source 'refrence' (did you mean 'reference'?)"),
+    (["--random-masks", 1, "--no-detail", "--detail-from", "surface"], "--detail-from surface needs the detail layer"),
     ([], "--images needs --masks DIR"),
 ]
 

@@ -251,7 +251,7 @@ def run_cli(*, out: Path, bundle: Path | None, images: Path | None, mvtec: Path 
             retry_failed: bool = False, progress: bool | None = None, detail: bool | None = None,
             guide_weight: float | None = None, threads: int | None = None, mask_shape: str | None = None,
             scale: float | None = None, variants: int = 1, proposals: int | None = None,
-            min_change: float | None = None) -> int:
+            min_change: float | None = None, detail_from: str | None = None) -> int:
     """`defectgen run`: validate everything cheap, then generate; see the module docstring for the error rule.
 
     Returns:
@@ -267,7 +267,8 @@ def run_cli(*, out: Path, bundle: Path | None, images: Path | None, mvtec: Path 
     request = make_request(bundle=Bundle.load(bundle), source=source, types=types, seed=seed, variants=variants,
                            space=space, steps=steps, lr=lr, lambdas=parse_lambdas(lambdas), init=init,
                            mask_mode=mask_mode, batch=batch, detail=detail, guide_weight=guide_weight,
-                           mask_shape=mask_shape, scale=scale, proposals=proposals, min_change=min_change)
+                           mask_shape=mask_shape, scale=scale, proposals=proposals, min_change=min_change,
+                           detail_from=detail_from)
     info = {"input": str(source.path), "masks_dir": str(masks) if masks else None}
     summary = run_request(request, out=out, backend=backend, shard=shard_kn, retry_failed=retry_failed,
                           progress=progress, info=info, threads=threads)

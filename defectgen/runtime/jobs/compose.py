@@ -172,6 +172,8 @@ def detail_layer(guide: np.ndarray, guide_m: np.ndarray) -> Detail:
     return Detail(guide.astype(np.float32) - low, low)
 
 
+DETAIL_SOURCES = ("reference", "surface")  # `--detail-from`: the guide with the real defect, or the good crop alone
+
 MIN_PIECE_MODEL_PX = 2  # generated labels drop pieces smaller than this (model pixels)
 
 

@@ -35,7 +35,7 @@ def compose_output(p: Prepared, image_m: np.ndarray, mask_logit: np.ndarray, set
         p: the prepared job.
         image_m: float (3,R,R) generated image in [-1,1].
         mask_logit: float (1,R,R) generated mask logit.
-        settings: run settings (`guide_weight`, `detail`, `mask_mode`, `feather_px`, `min_change`).
+        settings: run settings (`guide_weight`, `detail`, `detail_from`, `mask_mode`, `feather_px`, `min_change`).
         res: model resolution.
         patch_design: None for a whole-part bundle, else its patch G's design (`Bundle.patch_design`).
 
@@ -57,7 +57,9 @@ def compose_output(p: Prepared, image_m: np.ndarray, mask_logit: np.ndarray, set
         label = p.mask
     if settings.guide_weight > 0:
         image_m = (1.0 - settings.guide_weight) * np.asarray(image_m, np.float32) + settings.guide_weight * p.stitched
-    pixels = model_pixels(image_m, p.crop, detail_layer(p.guide, p.stitched) if settings.detail else None)
+    # the detail's source: the guide (good crop + stitched real defect) or the good crop alone (its grain only)
+    source = (p.guide, p.stitched) if settings.detail_from == "reference" else (p.crop.of(p.image), p.good)
+    pixels = model_pixels(image_m, p.crop, detail_layer(*source) if settings.detail else None)
     if generated and settings.min_change > 0:
         label = visible_label(label, pixels, p.image, p.crop, settings.min_change,
                               MIN_PIECE_MODEL_PX * p.crop.scale(res) ** 2)

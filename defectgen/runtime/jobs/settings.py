@@ -14,6 +14,7 @@ from defectgen.errors import JobError, choice_error
 from defectgen.runtime.bundle.loader import Bundle
 from defectgen.runtime.bundle.manifest import LOSS_TERMS
 from defectgen.runtime.bundle.sections import MASK_MODES, MASK_SHAPES
+from defectgen.runtime.jobs.compose import DETAIL_SOURCES
 from defectgen.runtime.jobs.invert import InversionConfig
 from defectgen.runtime.jobs.propose import PROPOSAL_DRAWS
 
@@ -30,6 +31,9 @@ class RunSettings:
         feather_px: compositing feather in model pixels (scaled to the crop's full resolution).
         batch: step-graph batch size jobs are grouped into (`pick_batch`: as small as the jobs in hand allow).
         detail: add the full-resolution guide's detail above the model's resolution (`compose.detail_layer`).
+        detail_from: where that detail comes from: "reference", the guide (the good crop with the real defect
+            stitched in: the defect's fine structure and the surface's grain), or "surface", the good crop alone
+            (its grain only; every defect pixel above the grain is the model's).
         guide_weight: share of the guide `S` in the model-resolution output, `(1 − g) G + g S` (0: the model's
             image alone; 1: the stitched real defect, i.e. warped copy-paste with colour matching).
         mask_shape: random targets (`mask: null` jobs) take the reference defect's own mask, moved and
@@ -49,6 +53,7 @@ class RunSettings:
     feather_px: float = 3.0
     batch: int = 1
     detail: bool = True
+    detail_from: str = "reference"
     guide_weight: float = 0.0
     mask_shape: str = "reference"
     scale: float | None = None
@@ -61,6 +66,7 @@ class RunSettings:
         return {"space": inv.space, "steps": inv.steps, "lr": inv.lr, "init": inv.init, "lambdas": inv.lambdas,
                 "mask_mode": self.mask_mode, "feather_px": self.feather_px, "detail": self.detail,
                 "guide_weight": self.guide_weight, "mask_shape": self.mask_shape,
+                **({"detail_from": self.detail_from} if self.detail and self.detail_from != "reference" else {}),
                 **({"min_change": self.min_change} if self.mask_mode == "generated" and self.min_change > 0 else {}),
                 **({"proposals": self.proposals, "proposal_lr": inv.lr_for(True), "proposal_steps": inv.steps_for(True)}
                    if self.mask_shape == "generated" else {}),
@@ -71,13 +77,13 @@ def resolve_settings(bundle: Bundle, *, space: str | None = None, steps: int | N
                      init: str | None = None, lambdas: dict[str, float] | None = None, mask_mode: str | None = None,
                      batch: int | None = None, detail: bool | None = None, guide_weight: float | None = None,
                      mask_shape: str | None = None, scale: float | None = None, proposals: int | None = None,
-                     min_change: float | None = None, **inversion: Any) -> RunSettings:
+                     min_change: float | None = None, detail_from: str | None = None, **inversion: Any) -> RunSettings:
     """Merge options (None: the bundle's `RunDefaults`) and validate them against the bundle.
 
     Args:
         bundle: the loaded bundle.
         space, steps, lr, init, lambdas, mask_mode, batch, detail, guide_weight, mask_shape, scale, proposals,
-            min_change: the run
+            min_change, detail_from: the run
             options (`batch` None: the largest exported step batch until `pick_batch` knows how many jobs there
             are; `scale` only for patch-mode bundles).
         **inversion: further `InversionConfig` fields (e.g. `early_stop_patience=0` for timing).
@@ -87,7 +93,8 @@ def resolve_settings(bundle: Bundle, *, space: str | None = None, steps: int | N
 
     Raises:
         BundleError: unknown space, λ name or a batch size the bundle has no step graph for.
-        JobError: bad init, steps, lr, λ value, mask mode, mask shape, guide weight, scale or proposals.
+        JobError: bad init, steps, lr, λ value, mask mode, mask shape, guide weight, scale, proposals or detail
+            source.
     """
     d = bundle.defaults
     if scale is not None and (bundle.patch is None or not scale > 0):
@@ -126,10 +133,16 @@ def resolve_settings(bundle: Bundle, *, space: str | None = None, steps: int | N
     if not 0.0 <= min_change <= 255.0:  # also refuses NaN
         msg = f"--min-change must be within [0, 255] grey levels, got {min_change}"
         raise JobError(msg)
+    detail = d.detail if detail is None else detail
+    if detail_from is not None and detail_from not in DETAIL_SOURCES:
+        raise JobError(choice_error("detail source", detail_from, DETAIL_SOURCES))
+    if detail_from is not None and not detail:
+        msg = f"--detail-from {detail_from} needs the detail layer, which --no-detail (or the bundle) turns off"
+        raise JobError(msg)
     lam = bundle.lambda_vector(config.lambdas)
     config = dataclasses.replace(config, lambdas={t: float(f"{v:.7g}") for t, v in zip(LOSS_TERMS, lam, strict=True)})
     return RunSettings(inversion=config, mask_mode=mask_mode, feather_px=float(d.feather_px), batch=batch,
-                       detail=d.detail if detail is None else detail, guide_weight=guide_weight,
+                       detail=detail, detail_from=detail_from or "reference", guide_weight=guide_weight,
                        mask_shape=mask_shape, scale=scale, proposals=proposals, min_change=min_change)
 
 
