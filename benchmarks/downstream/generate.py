@@ -47,20 +47,33 @@ class GenContext:
         return self.work / "sources" / name
 
 
-def _guide_weight(run_args: list[str], run_defaults: dict[str, Any]) -> float:
-    """The guide weight `defectgen run` ends up with: the last --guide-weight given, else the bundle's, else 0."""
-    given = [run_args[i + 1] for i, a in enumerate(run_args[:-1]) if a == "--guide-weight"]
-    given += [a.split("=", 1)[1] for a in run_args if a.startswith("--guide-weight=")]
-    return float(given[-1]) if given else float(run_defaults.get("guide_weight", 0.0))
+def _last_given(run_args: list[str], flag: str) -> str | None:
+    """The value of the last `flag V` or `flag=V` in `run_args` (None: not given)."""
+    given = [(i, run_args[i + 1]) for i, a in enumerate(run_args[:-1]) if a == flag]
+    given += [(i, a.split("=", 1)[1]) for i, a in enumerate(run_args) if a.startswith(f"{flag}=")]
+    return max(given)[1] if given else None
+
+
+def _main_value(flag: str, run_args: list[str], run_defaults: dict[str, Any]) -> float | str:
+    """What the main row runs with for a variant's key option: given, else the bundle's, else the runtime's."""
+    value = _last_given(run_args, flag)
+    if flag == "--guide-weight":
+        return float(value) if value is not None else float(run_defaults.get("guide_weight", 0.0))
+    return value if value is not None else "reference"  # --detail-from: no bundle default
 
 
 def aliases(names: list[str], run_defaults: dict[str, Any], run_args: str) -> dict[str, str]:
-    """Variant -> "defectgen" for the `_g1`/`_g0` rows that would repeat the main row exactly."""
+    """Variant -> "defectgen" for the variant rows whose key option (their first) equals the main row's, so
+    they would repeat it exactly."""
     if "defectgen" not in names:
         return {}
-    main = _guide_weight(shlex.split(run_args), run_defaults)
-    return {v: "defectgen" for v, extra in DEFECTGEN_VARIANTS.items()
-            if v != "defectgen" and v in names and float(extra[1]) == main}
+    args = shlex.split(run_args)
+    out = {}
+    for v, (flag, value, *_) in ((v, e) for v, e in DEFECTGEN_VARIANTS.items() if v != "defectgen" and v in names):
+        main = _main_value(flag, args, run_defaults)
+        if (float(value) if isinstance(main, float) else value) == main:
+            out[v] = "defectgen"
+    return out
 
 
 def needed(names: list[str], alias: dict[str, str]) -> list[str]:

@@ -18,7 +18,7 @@ from .sources import Sample
 METRICS = ("pixel_ap", "pixel_auroc", "f1_max", "image_auroc")
 LABELS = {"pixel_auroc": "pixel AUROC", "pixel_ap": "pixel AP", "f1_max": "F1-max", "image_auroc": "image AUROC"}
 FIGURES = ("diversity", "memorisation", "alignment")
-DEFECTGEN_ROWS = ("defectgen", "defectgen_g1", "defectgen_g0", "mix")  # the rows that use the bundle
+DEFECTGEN_ROWS = ("defectgen", "defectgen_g1", "defectgen_g0", "defectgen_surface", "mix")  # rows using the bundle
 
 
 def row_label(name: str, results: dict[str, Any]) -> str:

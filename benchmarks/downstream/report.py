@@ -22,7 +22,8 @@ from .plots import LABELS, METRICS, plot, row_label, source_sheet, zoom_sheet
 __all__ = ["markdown", "source_sheet", "stamp", "write_all", "zoom_sheet"]
 
 # (a, b): a's pixel AP minus b's, the comparisons the protocol is for
-COMPARISONS = (("defectgen", "copypaste"), ("defectgen", "defectgen_g1"), ("defectgen_g0", "copypaste"),
+COMPARISONS = (("defectgen", "copypaste"), ("defectgen", "defectgen_g1"), ("defectgen", "defectgen_surface"),
+               ("defectgen_surface", "copypaste"), ("defectgen_g0", "copypaste"),
                ("defectgen_g1", "copypaste"), ("mix", "copypaste"), ("real", "copypaste"))
 
 

@@ -29,9 +29,11 @@ from .split import Split
 # defectgen with the bundle's recommended settings, then with a fixed guide weight: 1 = the stitched real defect
 # through our pipeline (copy-paste), 0 = G's own image
 # The _g1 row pastes the stitched real defect, which fills the target mask: its label is the target, whatever
-# mask mode the bundle recommends for the generator's own pixels (`aliases` reads the guide weight at [1]).
+# mask mode the bundle recommends for the generator's own pixels. `_surface`: the detail above G's resolution
+# from the good part's own grain instead of the stitched real defect, so every defect pixel above it is G's.
+# A variant's first option is its key: `aliases` compares it with the main row's.
 DEFECTGEN_VARIANTS = {"defectgen": (), "defectgen_g1": ("--guide-weight", "1", "--mask-mode", "target"),
-                      "defectgen_g0": ("--guide-weight", "0")}
+                      "defectgen_g0": ("--guide-weight", "0"), "defectgen_surface": ("--detail-from", "surface")}
 BASELINES = ("copypaste", "draem", "cutpaste")
 SOURCES = (*DEFECTGEN_VARIANTS, *BASELINES, "mix", "real")
 MIX_OF = ("defectgen", "copypaste")  # mix: even jobs from the first, odd jobs from the second

@@ -19,7 +19,8 @@ from defectgen.data.imageio import read_image
 
 ROOT = Path(__file__).resolve().parents[2]
 
-SOURCES = {"defectgen", "defectgen_g1", "defectgen_g0", "copypaste", "draem", "cutpaste", "mix", "real"}
+SOURCES = {"defectgen", "defectgen_g1", "defectgen_g0", "defectgen_surface", "copypaste", "draem", "cutpaste", "mix",
+           "real"}
 METRICS = {"pixel_auroc", "pixel_ap", "f1_max", "image_auroc"}
 PROVENANCE = {"trained_on": "toy weights, no data", "train_command": "make_toy_bundle", "train_seconds": 0.5}
 HELD_IN = {t: ["000.png", "001.png"] for t in DEFAULT_DEFECT_TYPES}  # the first third of make-data's 6 per type

@@ -111,6 +111,10 @@ def test_defectgen_variants_equal_to_the_main_row_are_aliases() -> None:
     assert aliases(names, {}, "") == {"defectgen_g0": "defectgen"}  # the runtime's default is 0
     assert aliases(names, {"guide_weight": 1.0}, "--guide-weight 0.5") == {}
     assert aliases(["defectgen_g1", "defectgen_g0"], {"guide_weight": 1.0}, "") == {}
+    assert aliases(["defectgen", "defectgen_surface"], {}, "") == {}  # the runtime's detail comes from the reference
+    surface = {"defectgen_surface": "defectgen"}
+    assert aliases(["defectgen", "defectgen_surface"], {}, "--detail-from surface") == surface
+    assert aliases(["defectgen", "defectgen_surface"], {}, "--detail-from=surface --detail-from reference") == {}
     assert needed(names, {"defectgen_g1": "defectgen"}) == ["defectgen", "defectgen_g0", "copypaste", "mix"]
     assert needed(["mix"], {}) == ["mix", "defectgen", "copypaste"]  # what mix is made of comes along
 
