@@ -287,7 +287,7 @@ def run(
                                                        "target). Default: the bundle's."),
     retry_failed: bool = typer.Option(False, help="Rerun jobs that OUT/jobs.jsonl records as failed."),
     detail: Optional[bool] = typer.Option(None, "--detail/--no-detail",
-                                          help="Add the real defect's detail above the model's resolution "
+                                          help="Add the detail above the model's resolution, from --detail-from "
                                                "(default: the bundle's, on)."),
     detail_from: Optional[str] = typer.Option(None, help="Source of that detail: reference (the real defect stitched "
                                                          "into the target, and the surface's grain) or surface (the "
