@@ -54,24 +54,41 @@ def _last_given(run_args: list[str], flag: str) -> str | None:
     return max(given)[1] if given else None
 
 
+def _main_detail(run_args: list[str], run_defaults: dict[str, Any]) -> bool:
+    """Whether the main row adds the detail layer: the last --detail/--no-detail, else the bundle's, else on."""
+    flags = [(i, a == "--detail") for i, a in enumerate(run_args) if a in ("--detail", "--no-detail")]
+    return max(flags)[1] if flags else bool(run_defaults.get("detail", True))
+
+
 def _main_value(flag: str, run_args: list[str], run_defaults: dict[str, Any]) -> float | str:
-    """What the main row runs with for a variant's key option: given, else the bundle's, else the runtime's."""
+    """What the main row runs with for one of the variants' options: given, else the bundle's, else the
+    runtime's default."""
     value = _last_given(run_args, flag)
     if flag == "--guide-weight":
         return float(value) if value is not None else float(run_defaults.get("guide_weight", 0.0))
-    return value if value is not None else "reference"  # --detail-from: no bundle default
+    if flag == "--mask-mode":
+        return value if value is not None else str(run_defaults.get("mask_mode") or "target")
+    if flag == "--detail-from":
+        return value if value is not None else "reference"  # no bundle default
+    raise ValueError(f"no rule for the main row's {flag}")
 
 
 def aliases(names: list[str], run_defaults: dict[str, Any], run_args: str) -> dict[str, str]:
-    """Variant -> "defectgen" for the variant rows whose key option (their first) equals the main row's, so
-    they would repeat it exactly."""
+    """Variant -> "defectgen" for the variant rows that would repeat the main row exactly: every option of the
+    variant equals the main row's. A detail-source variant of a main row without the detail layer has no detail
+    to take elsewhere: it is the main row too (and `defectgen run` would refuse it)."""
     if "defectgen" not in names:
         return {}
     args = shlex.split(run_args)
     out = {}
-    for v, (flag, value, *_) in ((v, e) for v, e in DEFECTGEN_VARIANTS.items() if v != "defectgen" and v in names):
-        main = _main_value(flag, args, run_defaults)
-        if (float(value) if isinstance(main, float) else value) == main:
+    for v, extra in DEFECTGEN_VARIANTS.items():
+        if v == "defectgen" or v not in names:
+            continue
+        pairs = list(zip(extra[::2], extra[1::2], strict=True))
+        mains = [_main_value(flag, args, run_defaults) for flag, _ in pairs]
+        same = all((float(value) if isinstance(main, float) else value) == main
+                   for (_, value), main in zip(pairs, mains, strict=True))
+        if same or (any(f == "--detail-from" for f, _ in pairs) and not _main_detail(args, run_defaults)):
             out[v] = "defectgen"
     return out
 

@@ -31,7 +31,7 @@ from .split import Split
 # The _g1 row pastes the stitched real defect, which fills the target mask: its label is the target, whatever
 # mask mode the bundle recommends for the generator's own pixels. `_surface`: the detail above G's resolution
 # from the good part's own grain instead of the stitched real defect, so every defect pixel above it is G's.
-# A variant's first option is its key: `aliases` compares it with the main row's.
+# Each variant is flag/value pairs; `aliases` compares them with the main row's.
 DEFECTGEN_VARIANTS = {"defectgen": (), "defectgen_g1": ("--guide-weight", "1", "--mask-mode", "target"),
                       "defectgen_g0": ("--guide-weight", "0"), "defectgen_surface": ("--detail-from", "surface")}
 BASELINES = ("copypaste", "draem", "cutpaste")

@@ -115,6 +115,11 @@ def test_defectgen_variants_equal_to_the_main_row_are_aliases() -> None:
     surface = {"defectgen_surface": "defectgen"}
     assert aliases(["defectgen", "defectgen_surface"], {}, "--detail-from surface") == surface
     assert aliases(["defectgen", "defectgen_surface"], {}, "--detail-from=surface --detail-from reference") == {}
+    g1 = ["defectgen", "defectgen_g1"]
+    assert aliases(g1, {"mask_mode": "generated"}, "--guide-weight=1") == {}  # same weight, G's labels: not g1
+    assert aliases(g1, {"mask_mode": "generated"}, "--guide-weight 0.5 --guide-weight=1 --mask-mode target") == {
+        "defectgen_g1": "defectgen"}
+    assert aliases(["defectgen", "defectgen_surface"], {"detail": False}, "") == surface  # no detail to move
     assert needed(names, {"defectgen_g1": "defectgen"}) == ["defectgen", "defectgen_g0", "copypaste", "mix"]
     assert needed(["mix"], {}) == ["mix", "defectgen", "copypaste"]  # what mix is made of comes along
 

@@ -56,7 +56,7 @@ class JobRecord:
     variant: int = 0  # k of `--variants K`
     pixels: dict[str, Any] | None = None  # the input's {"channels", "bits", "source"}; outputs keep them, as PNG
     proposal: dict[str, Any] | None = None  # `--mask-shape generated`: {"draw": k, "draws": n, "score": D's}
-    detail_from: str = "reference"  # where `detail` came from (`RunSettings.detail_from`)
+    detail_from: str | None = "reference"  # where `detail` came from (`RunSettings.detail_from`); None: no detail
 
     @classmethod
     def of(cls, spec: JobSpec, settings: RunSettings, *, status: str, error: str | None = None,
@@ -80,7 +80,7 @@ class JobRecord:
             final_terms=None if final_terms is None else dict(zip(LOSS_TERMS, map(_num, final_terms), strict=True)),
             objective=None if history is None else [_num(v) for v in history],
             steps_run=steps_run, time_s=round(seconds, 4), backend=backend, window=window, variant=spec.variant,
-            pixels=pixels, proposal=proposal, detail_from=settings.detail_from,
+            pixels=pixels, proposal=proposal, detail_from=settings.detail_from if settings.detail else None,
         )
 
     def to_line(self) -> str:

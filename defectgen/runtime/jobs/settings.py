@@ -60,6 +60,10 @@ class RunSettings:
     proposals: int = PROPOSAL_DRAWS
     min_change: float = 0.0
 
+    def __post_init__(self) -> None:
+        if self.detail_from not in DETAIL_SOURCES:  # settings built in Python skip `resolve_settings`
+            raise JobError(choice_error("detail source", self.detail_from, DETAIL_SOURCES))
+
     def identity(self) -> dict[str, Any]:
         """The settings that decide a job's result, flat, for `run.json` (batching pads: it is left out)."""
         inv = self.inversion
