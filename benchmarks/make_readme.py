@@ -82,8 +82,8 @@ from copy-paste. Each step is in `downstream/pipeline.py`; the figures in `downs
   alone), `defectgen_surface` (`--detail-from surface`: the detail above G's resolution from the good part's own
   grain, not from the stitched real defect, so every defect pixel above that grain is G's), `copypaste`,
   `draem`, `cutpaste`, `mix` (even jobs from defectgen, odd from copy-paste), `real` (the held-in defects
-  themselves, a reference). A defectgen variant whose key option (guide weight, detail source) equals the main
-  row's is the same set and is reported as `= defectgen`.
+  themselves, a reference). A defectgen variant whose options (guide weight, mask mode, detail source) all equal
+  the main row's is the same set and is reported as `= defectgen`.
 - **Segmenter**: one U-Net (8 channels, 4 levels, 128 px, 500 Adam steps of 16 images, half good half
   synthetic) per source and seed; seeds 0, 1, 2; mean ± sample std (n = 3) of pixel AP, pixel AUROC, F1-max,
   image AUROC on the held-out set; per-type pixel AP (that type's images + all good ones, mean over seeds).

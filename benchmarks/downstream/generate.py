@@ -1,9 +1,9 @@
 """Make every source's synthetic set once (seeded), before any segmenter is trained on it.
 
 The defectgen rows run `defectgen run` in subprocesses, side by side when `--jobs` > 1 (one ONNX Runtime thread
-each); the baselines run in-process. A defectgen variant whose `--guide-weight` equals the one the main row
-runs with (the bundle's recommended settings) would be the same set: it is not made twice but recorded as an
-alias (`same_as`) of the main row.
+each); the baselines run in-process. A defectgen variant whose options all equal what the main row runs with
+(its `--run-args`, else the bundle's recommended settings) would be the same set: it is not made twice but
+recorded as an alias (`same_as`) of the main row.
 """
 
 from __future__ import annotations
