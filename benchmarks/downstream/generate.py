@@ -73,6 +73,11 @@ def _main_value(flag: str, run_args: list[str], run_defaults: dict[str, Any]) ->
     raise ValueError(f"no rule for the main row's {flag}")
 
 
+def _equal(value: str, main: float | str) -> bool:
+    """A variant's option value (as given on the command line) against the main row's resolved one."""
+    return (float(value) if isinstance(main, float) else value) == main
+
+
 def aliases(names: list[str], run_defaults: dict[str, Any], run_args: str) -> dict[str, str]:
     """Variant -> "defectgen" for the variant rows that would repeat the main row exactly: every option of the
     variant equals the main row's. A detail-source variant of a main row without the detail layer has no detail
@@ -85,10 +90,8 @@ def aliases(names: list[str], run_defaults: dict[str, Any], run_args: str) -> di
         if v == "defectgen" or v not in names:
             continue
         pairs = list(zip(extra[::2], extra[1::2], strict=True))
-        mains = [_main_value(flag, args, run_defaults) for flag, _ in pairs]
-        same = all((float(value) if isinstance(main, float) else value) == main
-                   for (_, value), main in zip(pairs, mains, strict=True))
-        if same or (any(f == "--detail-from" for f, _ in pairs) and not _main_detail(args, run_defaults)):
+        same = all(_equal(value, _main_value(flag, args, run_defaults)) for flag, value in pairs)
+        if same or ("--detail-from" in extra[::2] and not _main_detail(args, run_defaults)):
             out[v] = "defectgen"
     return out
 

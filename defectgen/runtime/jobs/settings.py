@@ -138,9 +138,7 @@ def resolve_settings(bundle: Bundle, *, space: str | None = None, steps: int | N
         msg = f"--min-change must be within [0, 255] grey levels, got {min_change}"
         raise JobError(msg)
     detail = d.detail if detail is None else detail
-    if detail_from is not None and detail_from not in DETAIL_SOURCES:
-        raise JobError(choice_error("detail source", detail_from, DETAIL_SOURCES))
-    if detail_from is not None and not detail:
+    if detail_from is not None and not detail:  # an unknown source: `RunSettings` names it
         msg = f"--detail-from {detail_from} needs the detail layer, which --no-detail (or the bundle) turns off"
         raise JobError(msg)
     lam = bundle.lambda_vector(config.lambdas)
