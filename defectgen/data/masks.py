@@ -12,6 +12,7 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
+from defectgen.data.colour_match import match_colour
 from defectgen.data.grain import match_grain
 from defectgen.errors import DataError
 
@@ -420,12 +421,12 @@ def stitch(good: np.ndarray, ref_img: np.ndarray, ref_mask: np.ndarray, target_m
     Target pixels the warped defect misses take the look of its nearest defect pixel (`fill_from_defect`), so
     everything under the target mask looks defective.
 
-    Colour match: the warped reference is shifted by one RGB offset so that its median colour in a ring just
-    around the (target and warped) defect equals the good image's median colour there (a median, because the
-    ring may reach past the reference part onto its background). The defect keeps its own contrast (a dark
-    crack stays darker than the surface) while the pasted surface blends in. Where the warp enlarged the defect
-    past the grain of `good`, the missing grain is added (`match_grain`). Pixels outside
-    `dilate(target_mask, feather_px)` are returned unchanged.
+    Colour match (`match_colour`): the warped reference's colours are scaled per channel so that its median
+    colour in a ring just around the (target and warped) defect equals the good image's median colour there (a
+    median, because the ring may reach past the reference part onto its background). The defect keeps its
+    contrast relative to the surface (a dark crack stays darker than it) while the pasted surface blends in.
+    Where the warp enlarged the defect past the grain of `good`, the missing grain is added (`match_grain`).
+    Pixels outside `dilate(target_mask, feather_px)` are returned unchanged.
 
     Returns:
         uint8 HxWx3, same size as `good`.
@@ -441,7 +442,7 @@ def stitch(good: np.ndarray, ref_img: np.ndarray, ref_mask: np.ndarray, target_m
     warped = warped.astype(np.float32)
     if ring.any():
         sel = ring.astype(bool)
-        warped += np.median(good[sel], axis=0).astype(np.float32) - np.median(warped[sel], axis=0)
+        warped = match_colour(warped, np.median(warped[sel], axis=0), np.median(good[sel], axis=0))
     alpha = feather(target_mask, feather_px)[:, :, None]
     warped = match_grain(warped, (alpha[:, :, 0] > 0).astype(np.uint8), good,
                          rng if rng is not None else np.random.default_rng(0))

@@ -8,6 +8,7 @@ import pytest
 from defectgen.data.masks import dilate
 from defectgen.errors import JobError
 from defectgen.runtime.jobs.compose import (
+    DETAIL_HEADROOM,
     Crop,
     alpha_for,
     composite,
@@ -173,6 +174,20 @@ def test_detail_over_a_darker_generator_stays_in_range_and_keeps_its_texture() -
     out = d.add_to(gen)
     assert out.min() >= 0 and out.max() <= 255
     assert np.abs(d.add_to(d.low) - guide).max() < 1e-3  # a G equal to the coarse guide gets the guide back
+
+
+def test_grain_stays_whole_on_a_dark_generated_core() -> None:
+    """A grainy guide over a G that draws its core far darker: the grain has room there and stays whole, so the
+    enlarged core does not quantise into flat 8-bit blocks (scaled by gen / low it fell under one grey level)."""
+    rng = np.random.default_rng(5)
+    guide = np.clip(50 + rng.normal(0, 3, (64, 64, 3)), 0, 255).astype(np.uint8)
+    d = detail_layer(guide, to_model(guide, 8))
+    gen = np.full(guide.shape, 14.0, np.float32)
+    out = d.add_to(gen)
+    room = gen >= DETAIL_HEADROOM * np.abs(d.delta)
+    assert room.mean() > 0.9
+    assert np.allclose(out[room], gen[room] + d.delta[room], atol=1e-4)
+    assert np.rint(out).std() > 2.0 and out.min() >= 0
 
 
 def test_patch_window_is_centred_on_the_target_and_inside_the_image() -> None:

@@ -12,10 +12,11 @@ upsampled output is smooth (no surface grain, soft defect edges), a give-away a 
 `detail_layer` is the part of the full-resolution guide (the good crop with the real defect stitched in) that
 the model's resolution drops: the guide minus its own round trip through the model's resize. Added to the
 upsampled model image, it restores the grain and the defect's fine structure while the model keeps everything
-coarser (shape, shading, colour). Where the crop is no larger than the model, the layer is zero. Where G is darker
-(brighter) than the guide's coarse copy, darkening (brightening) detail shrinks in the same ratio, so it never
-pushes a pixel past black or white: added plainly, the detail of a real defect's dark core drove G's darker core
-below 0, and the clipped pixels came out as flat black blocks.
+coarser (shape, shading, colour). Where the crop is no larger than the model, the layer is zero. Detail never
+pushes a pixel past black or white (`Detail.add_to`): added plainly, the detail of a real defect's dark core drove
+G's darker core below 0, and the clipped pixels came out as flat black blocks. It shrinks only where G leaves it too
+little room, so the surface's grain survives on G's dark cores too (shrunk with them, the grain fell under one
+grey level there, and the enlarged smooth core quantised into flat blocks again).
 """
 
 from __future__ import annotations
@@ -142,6 +143,9 @@ def upsample_mask(mask_logit: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return (cv2.resize(logit, (w, h), interpolation=cv2.INTER_CUBIC) > 0) & near
 
 
+DETAIL_HEADROOM = 2.0  # detail is added whole where G leaves this many times its size of room to black / white
+
+
 @dataclass(frozen=True)
 class Detail:
     """The guide's detail above the model's resolution (`detail_layer`), float32 HxWx3 in pixel units."""
@@ -150,14 +154,19 @@ class Detail:
     low: np.ndarray  # the guide through the model's resolution and back, 0..255
 
     def add_to(self, gen: np.ndarray, peak: float = 255.0) -> np.ndarray:
-        """`gen + delta`, each sign scaled by how much nearer its end of the range G is than `low`.
+        """`gen + delta`, where G leaves the detail room; scaled down where it does not.
 
-        Darkening detail is scaled by min(1, gen / low), brightening by min(1, (peak - gen) / (peak - low)): a G
-        that equals `low` gets the guide back exactly, and for G in [0, peak] the sum stays in [0, peak].
+        A darkening detail `d` is added in full where G's room below it, `gen`, is at least
+        `min(low, DETAIL_HEADROOM * |d|)`, and scaled by the ratio of the two below that (brightening alike, with
+        `peak - gen` and `peak - low`). So a G that equals `low` gets the guide back exactly, for G in [0, peak]
+        the sum stays in [0, peak], and small detail (grain) stays whole on G's dark cores: scaled by
+        `gen / low` alone, a core G draws at 14 under a guide's 50 kept a quarter of its grain.
         """
         d, low = self.delta, self.low
-        down = np.minimum(1.0, np.clip(gen, 0.0, None) / np.maximum(low, 1e-3))
-        up = np.minimum(1.0, np.clip(peak - gen, 0.0, None) / np.maximum(peak - low, 1e-3))
+        need_down = np.minimum(low, DETAIL_HEADROOM * -d)
+        need_up = np.minimum(peak - low, DETAIL_HEADROOM * d)
+        down = np.minimum(1.0, np.clip(gen, 0.0, None) / np.maximum(need_down, 1e-3))
+        up = np.minimum(1.0, np.clip(peak - gen, 0.0, None) / np.maximum(need_up, 1e-3))
         return gen + d * np.where(d < 0, down, up)
 
 
