@@ -5,7 +5,7 @@ and compares, inside each target mask, the share of 2x2 pixel blocks whose four 
 same share in the input image at the same place. Upscaling a model-resolution crop by nearest neighbour or a
 low-resolution paste shows up as many such flat blocks; a generator that draws at the data's scale does not.
 
-    python benchmarks/blockiness.py --bundle BUNDLE --variants 4     # --scale: the bundle's x 4 unless given
+    python benchmarks/blockiness.py --bundle BUNDLE     # 16 targets x 4 variants; --scale: the bundle's x 4
     python benchmarks/blockiness.py --quick --bundle BUNDLE --out-dir /tmp/q     # smoke test
 
 Writes `benchmarks/results/blockiness.{json,md}` and `blockiness_sheet.png` (the run's contact sheet).
@@ -90,7 +90,7 @@ def main() -> None:
     ap.add_argument("--bundle", type=Path, default=None, help="bundle (default: the embedded one)")
     ap.add_argument("--scale", type=float, default=None, help="`run --scale` (default: the bundle's scale x 4, the "
                                                              "part is rendered at 4x the procedural set's scale)")
-    ap.add_argument("--masks", type=int, default=4, help="random targets (cycling over the defect types)")
+    ap.add_argument("--masks", type=int, default=16, help="random targets (cycling over the defect types)")
     ap.add_argument("--variants", type=int, default=4, help="`run --variants K`")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--run-args", default="", help="more `defectgen run` options, one string")
@@ -113,7 +113,9 @@ def main() -> None:
     unclipped = float(np.nanmean([r["generated_unclipped"] for r in rows])) if rows else None
     summary = {"flat_2x2_share_generated": gen, "flat_2x2_share_input": inp,
                "flat_2x2_share_generated_not_at_black_or_white": unclipped,
+               "flat_2x2_percent_generated": None if gen is None else 100.0 * gen,
                "no_more_blocks_than_input": None if gen is None else bool(gen <= inp), "defects": len(rows),
+               "defects_with_flat_blocks": sum(r["generated"] > 0 for r in rows),
                "run_seconds": round(seconds, 1)}
     table = common.md_table(["job", "type", "variant", "mask px", "window scale", "flat 2x2: generated",
                              "of which not at black/white", "input"],
