@@ -278,6 +278,38 @@ def test_generated_labels_say_where_pixels_changed(layered: bool) -> None:
         assert np.array_equal(out[dilate(label, 2) == 0], image[dilate(label, 2) == 0])
 
 
+def test_a_layered_defect_enlarged_6x_has_its_colour_on_every_label_pixel_and_nothing_outside() -> None:
+    """An 8 px window shown at 6x: every pixel of G's (smoothly resized) label gets G's colour at full strength
+    and every other pixel stays the input's. Upsampled together with the good window, the hard composite's
+    edge followed the model's pixel grid: label pixels there were blends of red and grey, in 6 px steps."""
+    from pathlib import Path
+
+    from defectgen.runtime.jobs.invert import InversionConfig
+    from defectgen.runtime.jobs.output import compose_output
+    from defectgen.runtime.jobs.prepare import Prepared
+    from defectgen.runtime.jobs.settings import RunSettings
+    from defectgen.runtime.jobs.sources import JobSpec
+
+    r, zoom = 8, 6
+    image = np.full((r * zoom, r * zoom, 3), 128, np.uint8)
+    yy, xx = np.mgrid[0:r, 0:r]
+    logit = (2.0 - np.abs(yy - xx + 0.5))[None].astype(np.float32)  # a diagonal stroke, about 3 px wide
+    good = np.zeros((3, r, r), np.float32) + (128 / 127.5 - 1.0)
+    colour = np.stack([np.ones((r, r)), -np.ones((r, r)), -np.ones((r, r))]).astype(np.float32)  # pure red
+    a = 1 / (1 + np.exp(-logit))
+    soft = (a * colour + (1 - a) * good).astype(np.float32)
+    target = np.ones(image.shape[:2], np.uint8)
+    spec = JobSpec(index=0, key="k", id="0" * 16, seed=0, image=Path("x.png"), mask=None, defect_type="crack")
+    p = Prepared(spec=spec, image=image, mask=target, crop=Crop.full(target.shape), good=good,
+                 mask_m=target[None, :r, :r], stitched=good, guide=image, reference=None)
+    settings = RunSettings(inversion=InversionConfig(), mask_mode="generated", feather_px=1.0, detail=False)
+    out, label = compose_output(p, soft, logit, settings, r, patch_design="layered")
+    on = label > 0
+    assert 0.2 < on.mean() < 0.8
+    assert np.array_equal(out[~on], image[~on])  # nothing changes outside the label
+    assert (out[on, 0] >= 250).all() and (out[on, 1:] <= 5).all()  # every label pixel is G's red
+
+
 def test_visible_label_keeps_only_pixels_that_changed() -> None:
     """A label pixel whose colour stays within `min_change` levels of the surface is dropped, specks with it."""
     image = np.full((40, 40, 3), 120, np.uint8)

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from defectgen.data.imageio import RGB8, PixelFormat, mask_to_model, to_model
-from defectgen.data.masks import dilate, drop_specks, feather
+from defectgen.data.masks import dilate, drop_specks, feather, fill_from_defect
 from defectgen.errors import JobError
 
 WINDOW_FILL = 0.75  # a target's box may fill this share of a patch window; the rest is surface context
@@ -311,3 +311,21 @@ def hard_composite(image_m: np.ndarray, mask_logit: np.ndarray, good_m: np.ndarr
         a = 1.0 / (1.0 + np.exp(-logit))
     colour = (np.asarray(image_m, np.float32) - (1.0 - a) * good_m) / np.maximum(a, 0.5)
     return np.where(logit > 0, colour, good_m).astype(np.float32)
+
+
+def defect_colour(image_m: np.ndarray, mask_logit: np.ndarray, good_m: np.ndarray, *,
+                  layered: bool = True) -> np.ndarray:
+    """A patch G's defect colour (its `hard_composite` where its mask is on), continued past the mask by the
+    nearest on-pixel: float (3,R,R).
+
+    The colour is then upsampled on its own and taken inside the full-resolution label, whose edge follows G's
+    smoothly resized mask. Upsampled together with the good window, the hard composite's edge was the model's
+    pixel grid: at 6x (a 512 px part) its staircase of 6 px steps showed around every defect, and the label's
+    edge pixels got G's colour blended with the blurred good window.
+    """
+    hard = hard_composite(image_m, mask_logit, good_m, layered=layered)
+    on = (np.asarray(mask_logit).reshape(hard.shape[-2:]) > 0).astype(np.uint8)
+    if not on.any():
+        return hard
+    every = np.ones_like(on)
+    return np.ascontiguousarray(fill_from_defect(hard.transpose(1, 2, 0), on, every).transpose(2, 0, 1))

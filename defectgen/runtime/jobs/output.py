@@ -12,9 +12,9 @@ from defectgen.runtime.jobs.compose import (
     MIN_PIECE_MODEL_PX,
     alpha_for,
     composite,
+    defect_colour,
     detail_layer,
     generated_mask,
-    hard_composite,
     model_pixels,
     visible_label,
 )
@@ -27,9 +27,10 @@ def compose_output(p: Prepared, image_m: np.ndarray, mask_logit: np.ndarray, set
     """Composite the generated crop over the full-resolution good image; pick the output mask.
 
     With `mask_mode` "generated" the label is G's own mask (within the dilated target) and the composite's
-    alpha follows that label; for a patch G the pixels are then its hard composite (`hard_composite`), so
-    pixels change exactly where the label says; with `min_change` > 0 the label then keeps only the pixels G
-    visibly changes (`visible_label`).
+    alpha follows that label; for a patch G the pixels inside the label are then its defect colour
+    (`defect_colour`, the hard composite's colour at full strength) and every pixel outside the label is the
+    input's, so pixels change exactly where the label says, along the label's smooth full-resolution edge;
+    with `min_change` > 0 the label then keeps only the pixels G visibly changes (`visible_label`).
 
     Args:
         p: the prepared job.
@@ -49,10 +50,11 @@ def compose_output(p: Prepared, image_m: np.ndarray, mask_logit: np.ndarray, set
         msg = "generated image is not finite (NaN/inf)"
         raise JobError(msg)
     generated = settings.mask_mode == "generated"
+    layer_only = generated and patch_design is not None  # a patch G's defect, pasted along its own label
     if generated:
         label = generated_mask(mask_logit, p.mask, p.crop, res, settings.feather_px)
-        if patch_design is not None:
-            image_m = hard_composite(image_m, mask_logit, p.good, layered=patch_design == "layered")
+        if layer_only:
+            image_m = defect_colour(image_m, mask_logit, p.good, layered=patch_design == "layered")
     else:
         label = p.mask
     if settings.guide_weight > 0:
@@ -63,6 +65,6 @@ def compose_output(p: Prepared, image_m: np.ndarray, mask_logit: np.ndarray, set
     if generated and settings.min_change > 0:
         label = visible_label(label, pixels, p.image, p.crop, settings.min_change,
                               MIN_PIECE_MODEL_PX * p.crop.scale(res) ** 2)
-    alpha = alpha_for(label, p.crop, res, settings.feather_px)
+    alpha = label.astype(np.float32) if layer_only else alpha_for(label, p.crop, res, settings.feather_px)
     native = p.image if p.native is None else p.native
     return composite(native, pixels, alpha, p.crop, p.fmt), label
