@@ -60,8 +60,59 @@ def flat_block_share(image: np.ndarray, mask: np.ndarray, *, unclipped: bool = F
     return float(flat[inside].mean()) if inside.any() else float("nan")
 
 
-def measure(args: argparse.Namespace, tmp: Path) -> tuple[list[dict[str, Any]], float, Path]:
-    """Run `defectgen run` on the part; per finished job, the flat-block shares inside its mask."""
+def flat_blocks(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """HxW bool: the pixels of the flat 2x2 blocks lying fully inside `mask` (what `flat_block_share` counts)."""
+    a, b, c, d = image[:-1, :-1], image[:-1, 1:], image[1:, :-1], image[1:, 1:]
+    flat = ((a == b) & (a == c) & (a == d)).all(axis=-1)
+    flat &= (mask[:-1, :-1] > 0) & (mask[:-1, 1:] > 0) & (mask[1:, :-1] > 0) & (mask[1:, 1:] > 0)
+    out = np.zeros(mask.shape, bool)
+    for dy in (0, 1):
+        for dx in (0, 1):
+            out[dy:dy + flat.shape[0], dx:dx + flat.shape[1]] |= flat
+    return out
+
+
+ZOOM_SIDE = 64  # px of the part around a defect in the zoom figure
+
+
+def zoom_crop(image: np.ndarray, mask: np.ndarray) -> tuple[slice, slice]:
+    """A ZOOM_SIDE square around the mask's centre, inside the image."""
+    ys, xs = np.nonzero(mask)
+    h, w = mask.shape
+    y0 = int(np.clip((ys.min() + ys.max()) // 2 - ZOOM_SIDE // 2, 0, h - ZOOM_SIDE))
+    x0 = int(np.clip((xs.min() + xs.max()) // 2 - ZOOM_SIDE // 2, 0, w - ZOOM_SIDE))
+    return slice(y0, y0 + ZOOM_SIDE), slice(x0, x0 + ZOOM_SIDE)
+
+
+def zoom_figure(crops: list[dict[str, Any]]) -> Any:
+    """Input, output and output with its flat blocks in red, at the part's own pixels (nearest, no smoothing)."""
+    fig, axes = common.new_figure(len(crops), 3, size=(7.5, 2.5 * len(crops) + 0.4))
+    axes = np.asarray(axes).reshape(len(crops), 3)
+    for row, c in zip(axes, crops, strict=True):
+        marked = c["output"].copy()
+        marked[c["flat"]] = (255, 0, 0)
+        for ax, img, title in zip(row, (c["input"], c["output"], marked),
+                                  (f"input ({c['type']} {c['index']})", "defectgen run",
+                                   f"flat 2x2 blocks in red: {c['flat'].sum() // 4}+"), strict=True):
+            ax.imshow(img, interpolation="nearest")
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    return fig
+
+
+def zoom_rows(rows: list[dict[str, Any]], crops: dict[int, dict[str, Any]], most: int = 6) -> list[dict[str, Any]]:
+    """The defects with the most flat blocks first, then one of each type not shown yet (at most `most`)."""
+    worst = [r["index"] for r in sorted(rows, key=lambda r: -r["generated"]) if r["generated"] > 0][:most]
+    for t in dict.fromkeys(r["type"] for r in rows):
+        first = next(r["index"] for r in rows if r["type"] == t)
+        if len(worst) < most and first not in worst and not any(crops[i]["type"] == t for i in worst):
+            worst.append(first)
+    return [crops[i] for i in worst]
+
+
+def measure(args: argparse.Namespace, tmp: Path) -> tuple[list[dict[str, Any]], float, Path, dict[int, Any]]:
+    """Run `defectgen run` on the part; per finished job, the flat-block shares inside its mask (and zoom crops)."""
     images, out = tmp / "images", tmp / "out"
     images.mkdir()
     shutil.copy(PART, images / PART.name)
@@ -73,7 +124,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> tuple[list[dict[str, Any]], 
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode not in (0, 1):
         raise SystemExit(f"defectgen run failed:\n{proc.stderr[-2000:]}")
-    source, rows = read_image(PART), []
+    source, rows, crops = read_image(PART), [], {}
     for line in (out / "jobs.jsonl").read_text().splitlines():
         rec = json.loads(line)
         if rec["status"] == "ok":
@@ -82,7 +133,10 @@ def measure(args: argparse.Namespace, tmp: Path) -> tuple[list[dict[str, Any]], 
                          "mask_px": int(mask.sum()), "window": rec["window"],
                          "generated": flat_block_share(img, mask), "input": flat_block_share(source, mask),
                          "generated_unclipped": flat_block_share(img, mask, unclipped=True)})
-    return rows, time.perf_counter() - t0, out / "contact_sheet.png"
+            box = zoom_crop(img, mask)
+            crops[rec["index"]] = {"index": rec["index"], "type": rec["type"], "input": source[box],
+                                   "output": img[box], "flat": flat_blocks(img, mask)[box]}
+    return rows, time.perf_counter() - t0, out / "contact_sheet.png", crops
 
 
 def main() -> None:
@@ -103,7 +157,7 @@ def main() -> None:
         args.scale = part_scale(args.bundle)
     started, stamp = time.time(), machine_stamp()
     with tempfile.TemporaryDirectory() as tmp:
-        rows, seconds, sheet = measure(args, Path(tmp))
+        rows, seconds, sheet, crops = measure(args, Path(tmp))
         out = common.results_dir(args.quick, args.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         if sheet.is_file():
@@ -123,12 +177,16 @@ def main() -> None:
                               common.fmt(r["generated"], 4), common.fmt(r["generated_unclipped"], 4),
                               common.fmt(r["input"], 4)] for r in rows])
     paths = common.write_results("blockiness", summary=summary, data={"rows": rows, "part": PART.name},
-                                 tables=[("Per defect", table)], figure=None, quick=args.quick, out_dir=args.out_dir,
+                                 tables=[("Per defect", table)],
+                                 figure=zoom_figure(zoom_rows(rows, crops)) if rows else None, quick=args.quick,
+                                 out_dir=args.out_dir,
                                  notes=["flat 2x2 share: of the 2x2 pixel blocks fully inside a target mask, the "
                                         "share whose four pixels are identical; upscaled crops raise it",
                                         f"not at black/white: flat blocks with every channel within "
                                         f"{CLIP_LEVELS + 1}..{254 - CLIP_LEVELS} (where grain can survive)",
-                                        "contact sheet of the run: blockiness_sheet.png"],
+                                        "contact sheet of the run: blockiness_sheet.png; the figure shows "
+                                        f"{ZOOM_SIDE} px of the part around the defects with the most flat blocks "
+                                        "(then one of each type), at the part's own pixels"],
                                  machine=stamp, started=started)
     print(paths["md"].read_text())
 

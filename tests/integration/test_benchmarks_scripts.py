@@ -91,7 +91,7 @@ def test_blockiness_quick(tmp_path: Path, toy_model: Callable[..., object],
     assert 0 <= s["defects_with_flat_blocks"] <= 2
     assert s["flat_2x2_percent_generated"] == pytest.approx(100 * s["flat_2x2_share_generated"])
     assert all(row["window"]["scale"] >= 6 for row in data["rows"])  # the bundle's 1.5 x the part's zoom of 4
-    assert (tmp_path / "out" / "blockiness_sheet.png").is_file()
+    assert (tmp_path / "out" / "blockiness_sheet.png").is_file() and (tmp_path / "out" / "blockiness.png").is_file()
 
 
 def test_flat_block_share_counts_upscaled_blocks() -> None:
