@@ -93,7 +93,7 @@ def zoom_figure(crops: list[dict[str, Any]]) -> Any:
         marked[c["flat"]] = (255, 0, 0)
         for ax, img, title in zip(row, (c["input"], c["output"], marked),
                                   (f"input ({c['type']} {c['index']})", "defectgen run",
-                                   f"flat 2x2 blocks in red: {c['flat'].sum() // 4}+"), strict=True):
+                                   f"pixels of flat 2x2 blocks (red): {int(c['flat'].sum())}"), strict=True):
             ax.imshow(img, interpolation="nearest")
             ax.set_title(title, fontsize=8)
             ax.axis("off")
