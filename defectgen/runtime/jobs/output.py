@@ -9,12 +9,14 @@ import numpy as np
 
 from defectgen.errors import JobError
 from defectgen.runtime.jobs.compose import (
+    LAYER_PASTE_MIN_SCALE,
     MIN_PIECE_MODEL_PX,
     alpha_for,
     composite,
     defect_colour,
     detail_layer,
     generated_mask,
+    hard_composite,
     model_pixels,
     visible_label,
 )
@@ -27,10 +29,11 @@ def compose_output(p: Prepared, image_m: np.ndarray, mask_logit: np.ndarray, set
     """Composite the generated crop over the full-resolution good image; pick the output mask.
 
     With `mask_mode` "generated" the label is G's own mask (within the dilated target) and the composite's
-    alpha follows that label; for a patch G the pixels inside the label are then its defect colour
-    (`defect_colour`, the hard composite's colour at full strength) and every pixel outside the label is the
-    input's, so pixels change exactly where the label says, along the label's smooth full-resolution edge;
-    with `min_change` > 0 the label then keeps only the pixels G visibly changes (`visible_label`).
+    alpha follows that label. For a patch G the pixels are then its hard composite (`hard_composite`), so
+    pixels change where the label says; where the window is enlarged `LAYER_PASTE_MIN_SCALE` times or more,
+    the label's pixels get G's defect colour (`defect_colour`) and every other pixel stays the input's, so the
+    defect's edge is the label's smooth full-resolution one, not the model's pixel grid. With `min_change` > 0
+    the label then keeps only the pixels G visibly changes (`visible_label`).
 
     Args:
         p: the prepared job.
@@ -50,11 +53,14 @@ def compose_output(p: Prepared, image_m: np.ndarray, mask_logit: np.ndarray, set
         msg = "generated image is not finite (NaN/inf)"
         raise JobError(msg)
     generated = settings.mask_mode == "generated"
-    layer_only = generated and patch_design is not None  # a patch G's defect, pasted along its own label
+    # a patch G's defect enlarged past LAYER_PASTE_MIN_SCALE: its colour pasted along its own label
+    layer_only = generated and patch_design is not None and p.crop.scale(res) >= LAYER_PASTE_MIN_SCALE
     if generated:
         label = generated_mask(mask_logit, p.mask, p.crop, res, settings.feather_px)
         if layer_only:
             image_m = defect_colour(image_m, mask_logit, p.good, layered=patch_design == "layered")
+        elif patch_design is not None:
+            image_m = hard_composite(image_m, mask_logit, p.good, layered=patch_design == "layered")
     else:
         label = p.mask
     if settings.guide_weight > 0:
