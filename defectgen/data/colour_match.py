@@ -8,17 +8,22 @@ from __future__ import annotations
 import numpy as np
 
 
-def match_colour(pixels: np.ndarray, have: np.ndarray, want: np.ndarray, peak: float = 255.0) -> np.ndarray:
-    """Map each channel so that its level `have` lands on `want`, within [0, peak]: a gain toward black when
-    darkening, toward white when brightening.
+def match_colour(pixels: np.ndarray, have: np.ndarray, want: np.ndarray, where: np.ndarray | None = None,
+                 peak: float = 255.0) -> np.ndarray:
+    """Move each channel's level `have` to `want`: by an offset where that keeps the pixels `where` (HxW bool,
+    default all) within [0, peak], else by a gain toward black (darkening) or white (brightening).
 
-    Lighting scales colours, it does not offset them: a real hole's dark core taken from a brighter part and
-    shifted by the surfaces' difference (60 grey levels on the 512 px example) went below black, and two thirds
-    of it came out clipped, flat black. Scaled, the core stays darker than the surface in the same ratio and in
-    range, so the grain added later survives in it.
+    The offset keeps a defect's contrast to the surface, which is what a detector learns from (matched by a gain
+    everywhere, copy-paste's defects lost contrast and its detector read 3.9 AP less on one segmenter seed). But
+    a real hole's dark core from a brighter part, shifted by the surfaces' difference (60 grey levels on the
+    512 px example), went below black, and two thirds of it came out clipped, flat black; scaled, the core keeps
+    its ratio to the surface and stays in range, so the grain added later survives in it.
     """
     px = np.asarray(pixels, np.float32)
     have, want = np.asarray(have, np.float32), np.asarray(want, np.float32)
+    shifted = px + (want - have)
+    inside = shifted if where is None else shifted[np.asarray(where, bool)]
+    fits = (inside.reshape(-1, px.shape[-1]).min(axis=0) >= 0) & (inside.reshape(-1, px.shape[-1]).max(axis=0) <= peak)
     darker = px * (want / np.maximum(have, 1e-3))
     brighter = peak - (peak - px) * ((peak - want) / np.maximum(peak - have, 1e-3))
-    return np.where(want <= have, darker, brighter).astype(np.float32)
+    return np.where(fits, shifted, np.where(want <= have, darker, brighter)).astype(np.float32)

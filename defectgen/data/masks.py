@@ -421,10 +421,10 @@ def stitch(good: np.ndarray, ref_img: np.ndarray, ref_mask: np.ndarray, target_m
     Target pixels the warped defect misses take the look of its nearest defect pixel (`fill_from_defect`), so
     everything under the target mask looks defective.
 
-    Colour match (`match_colour`): the warped reference's colours are scaled per channel so that its median
+    Colour match (`match_colour`): the warped reference's colours are moved per channel so that its median
     colour in a ring just around the (target and warped) defect equals the good image's median colour there (a
-    median, because the ring may reach past the reference part onto its background). The defect keeps its
-    contrast relative to the surface (a dark crack stays darker than it) while the pasted surface blends in.
+    median: the ring may reach past the reference part), by an offset, or by a gain where an offset would push
+    the defect past black or white. The defect keeps its contrast while the pasted surface blends in.
     Where the warp enlarged the defect past the grain of `good`, the missing grain is added (`match_grain`).
     Pixels outside `dilate(target_mask, feather_px)` are returned unchanged.
 
@@ -442,7 +442,7 @@ def stitch(good: np.ndarray, ref_img: np.ndarray, ref_mask: np.ndarray, target_m
     warped = warped.astype(np.float32)
     if ring.any():
         sel = ring.astype(bool)
-        warped = match_colour(warped, np.median(warped[sel], axis=0), np.median(good[sel], axis=0))
+        warped = match_colour(warped, np.median(warped[sel], axis=0), np.median(good[sel], axis=0), core > 0)
     alpha = feather(target_mask, feather_px)[:, :, None]
     warped = match_grain(warped, (alpha[:, :, 0] > 0).astype(np.uint8), good,
                          rng if rng is not None else np.random.default_rng(0))

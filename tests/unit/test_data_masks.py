@@ -125,31 +125,36 @@ def test_stitch_changes_only_the_feathered_target():
         stitch(good, ref, ref_mask, target[:10], 3)
 
 
-def test_colour_match_scales_toward_black_or_white_and_stays_in_range():
-    px = np.float32([[0, 30, 150, 255]]).T.repeat(3, 1)
-    darker = match_colour(px, np.float32([150] * 3), np.float32([90] * 3))
-    np.testing.assert_allclose(darker[:, 0], [0, 18, 90, 153], atol=1e-3)  # x 0.6: have -> want, 0 stays 0
-    brighter = match_colour(px, np.float32([150] * 3), np.float32([192] * 3))
-    np.testing.assert_allclose(brighter[:, 0], [102, 120, 192, 255], atol=1e-3)  # toward white, 255 stays
-    mixed = match_colour(px, np.float32([150, 150, 150]), np.float32([90, 150, 192]))  # per channel
-    np.testing.assert_allclose(mixed[2], [90, 150, 192], atol=1e-3)
+def test_colour_match_offsets_when_that_fits_else_scales_toward_black_or_white():
+    px = np.float32([[40, 60, 150, 200]]).T.repeat(3, 1)  # a dark core on a 150 surface, a pale edge
+    shifted = match_colour(px, np.float32([150] * 3), np.float32([120] * 3))
+    np.testing.assert_allclose(shifted[:, 0], [10, 30, 120, 170], atol=1e-3)  # an offset: the contrast stays
+    darker = match_colour(px, np.float32([150] * 3), np.float32([90] * 3))  # -60 would put the core below 0
+    np.testing.assert_allclose(darker[:, 0], [24, 36, 90, 120], atol=1e-3)  # x 0.6 instead: in range
+    brighter = match_colour(px, np.float32([150] * 3), np.float32([215] * 3))  # +65 would put 200 past 255
+    np.testing.assert_allclose(brighter[:, 0], [173.095, 180.714, 215, 234.048], atol=1e-2)  # toward white
+    where = np.array([False, True, True, False])[:, None]  # only the pixels that matter decide
+    np.testing.assert_allclose(match_colour(px[:, None], np.float32([150] * 3), np.float32([90] * 3),
+                                            where)[:, 0, 0], [-20, 0, 90, 140], atol=1e-3)
+    mixed = match_colour(px, np.float32([150, 150, 150]), np.float32([120, 150, 90]))  # per channel
+    np.testing.assert_allclose(mixed[2], [120, 150, 90], atol=1e-3)
 
 
 def test_a_dark_defect_from_a_brighter_part_is_not_clipped_to_black():
-    """A real hole whose core is 60 on a 160 surface, pasted where the surface is 100: shifted by the surfaces'
+    """A real hole whose core is 50 on a 160 surface, pasted where the surface is 100: shifted by the surfaces'
     difference it went to 0 (flat black); matched by a gain it stays darker than the surface and in range."""
     rng = np.random.default_rng(0)
     good = np.clip(100 + rng.normal(0, 2.0, (64, 64, 3)), 0, 255).astype(np.uint8)
     ref = np.clip(160 + rng.normal(0, 2.0, (24, 24, 3)), 0, 255).astype(np.uint8)
     ref_mask = np.zeros((24, 24), np.uint8)
     ref_mask[6:18, 6:18] = 1
-    ref[ref_mask > 0] = 60
+    ref[ref_mask > 0] = 50
     target = np.zeros((64, 64), np.uint8)
     target[20:44, 20:44] = 1
     out = stitch(good, ref, ref_mask, target, feather_px=0, rng=np.random.default_rng(1))
     core = out[target > 0].astype(np.float32)
     assert core.min() > 10  # nothing clipped (the old offset put the whole core at 0)
-    assert abs(np.median(core) - 60 * 100 / 160) < 6  # the core keeps its ratio to the surface
+    assert abs(np.median(core) - 50 * 100 / 160) < 6  # the core keeps its ratio to the surface
 
 
 def test_noise_sigma_reads_white_noise_and_ignores_shading():
