@@ -8,7 +8,8 @@ low-resolution paste shows up as many such flat blocks; a generator that draws a
     python benchmarks/blockiness.py --bundle BUNDLE     # 16 targets x 4 variants; --scale: the bundle's x 4
     python benchmarks/blockiness.py --quick --bundle BUNDLE --out-dir /tmp/q     # smoke test
 
-Writes `benchmarks/results/blockiness.{json,md}` and `blockiness_sheet.png` (the run's contact sheet).
+Writes `benchmarks/results/blockiness.{json,md,png}` (the png: a zoom on the defects with the most flat blocks)
+and `blockiness_sheet.png` (the run's contact sheet).
 """
 
 from __future__ import annotations
@@ -45,26 +46,32 @@ def part_scale(bundle: Path | None) -> float | None:
 CLIP_LEVELS = 2  # a channel within this many levels of 0 or 255 is clipped: no grain survives there
 
 
-def flat_block_share(image: np.ndarray, mask: np.ndarray, *, unclipped: bool = False) -> float:
-    """Share of the 2x2 blocks lying fully inside `mask` whose 4 pixels are identical (all channels).
-
-    `unclipped`: count only flat blocks none of whose channels sits at the 8-bit floor or ceiling (a pixel
-    drawn at pure black is flat whatever its resolution; an upscaled block is flat anywhere).
-    """
+def _flat_and_inside(image: np.ndarray, mask: np.ndarray, unclipped: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per 2x2 block (indexed by its top-left pixel): whether its 4 pixels are identical (all channels; with
+    `unclipped`, and none of its channels at the 8-bit floor or ceiling), and whether it lies fully inside `mask`."""
     a, b, c, d = image[:-1, :-1], image[:-1, 1:], image[1:, :-1], image[1:, 1:]
     flat = ((a == b) & (a == c) & (a == d)).all(axis=-1) if image.ndim == 3 else (a == b) & (a == c) & (a == d)
     if unclipped:
         low, high = (a, a) if a.ndim == 2 else (a.min(axis=-1), a.max(axis=-1))
         flat &= (low > CLIP_LEVELS) & (high < 255 - CLIP_LEVELS)
     inside = (mask[:-1, :-1] > 0) & (mask[:-1, 1:] > 0) & (mask[1:, :-1] > 0) & (mask[1:, 1:] > 0)
+    return flat, inside
+
+
+def flat_block_share(image: np.ndarray, mask: np.ndarray, *, unclipped: bool = False) -> float:
+    """Share of the 2x2 blocks lying fully inside `mask` whose 4 pixels are identical (all channels).
+
+    `unclipped`: count only flat blocks none of whose channels sits at the 8-bit floor or ceiling (a pixel
+    drawn at pure black is flat whatever its resolution; an upscaled block is flat anywhere).
+    """
+    flat, inside = _flat_and_inside(image, mask, unclipped)
     return float(flat[inside].mean()) if inside.any() else float("nan")
 
 
 def flat_blocks(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """HxW bool: the pixels of the flat 2x2 blocks lying fully inside `mask` (what `flat_block_share` counts)."""
-    a, b, c, d = image[:-1, :-1], image[:-1, 1:], image[1:, :-1], image[1:, 1:]
-    flat = ((a == b) & (a == c) & (a == d)).all(axis=-1)
-    flat &= (mask[:-1, :-1] > 0) & (mask[:-1, 1:] > 0) & (mask[1:, :-1] > 0) & (mask[1:, 1:] > 0)
+    flat, inside = _flat_and_inside(image, mask, unclipped=False)
+    flat &= inside
     out = np.zeros(mask.shape, bool)
     for dy in (0, 1):
         for dx in (0, 1):
@@ -75,7 +82,7 @@ def flat_blocks(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 ZOOM_SIDE = 64  # px of the part around a defect in the zoom figure
 
 
-def zoom_crop(image: np.ndarray, mask: np.ndarray) -> tuple[slice, slice]:
+def zoom_crop(mask: np.ndarray) -> tuple[slice, slice]:
     """A ZOOM_SIDE square around the mask's centre, inside the image."""
     ys, xs = np.nonzero(mask)
     h, w = mask.shape
@@ -106,7 +113,7 @@ def zoom_rows(rows: list[dict[str, Any]], crops: dict[int, dict[str, Any]], most
     worst = [r["index"] for r in sorted(rows, key=lambda r: -r["generated"]) if r["generated"] > 0][:most]
     for t in dict.fromkeys(r["type"] for r in rows):
         first = next(r["index"] for r in rows if r["type"] == t)
-        if len(worst) < most and first not in worst and not any(crops[i]["type"] == t for i in worst):
+        if len(worst) < most and not any(crops[i]["type"] == t for i in worst):
             worst.append(first)
     return [crops[i] for i in worst]
 
@@ -133,7 +140,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> tuple[list[dict[str, Any]], 
                          "mask_px": int(mask.sum()), "window": rec["window"],
                          "generated": flat_block_share(img, mask), "input": flat_block_share(source, mask),
                          "generated_unclipped": flat_block_share(img, mask, unclipped=True)})
-            box = zoom_crop(img, mask)
+            box = zoom_crop(mask)
             crops[rec["index"]] = {"index": rec["index"], "type": rec["type"], "input": source[box],
                                    "output": img[box], "flat": flat_blocks(img, mask)[box]}
     return rows, time.perf_counter() - t0, out / "contact_sheet.png", crops
