@@ -8,8 +8,9 @@ import pytest
 from defectgen.data.masks import dilate
 from defectgen.errors import JobError
 from defectgen.runtime.jobs.compose import (
-    DETAIL_HEADROOM,
+    DETAIL_KNEE,
     Crop,
+    Detail,
     alpha_for,
     composite,
     detail_layer,
@@ -177,17 +178,35 @@ def test_detail_over_a_darker_generator_stays_in_range_and_keeps_its_texture() -
 
 
 def test_grain_stays_whole_on_a_dark_generated_core() -> None:
-    """A grainy guide over a G that draws its core far darker: the grain has room there and stays whole, so the
-    enlarged core does not quantise into flat 8-bit blocks (scaled by gen / low it fell under one grey level)."""
+    """A grainy guide over a G that draws its core far darker: the grain is added whole where the sum stays above
+    the knee, so the enlarged core does not quantise into flat 8-bit blocks (scaled by gen / low it fell under
+    one grey level)."""
     rng = np.random.default_rng(5)
     guide = np.clip(50 + rng.normal(0, 3, (64, 64, 3)), 0, 255).astype(np.uint8)
     d = detail_layer(guide, to_model(guide, 8))
-    gen = np.full(guide.shape, 14.0, np.float32)
+    gen = np.full(guide.shape, DETAIL_KNEE + 14.0, np.float32)
     out = d.add_to(gen)
-    room = gen >= DETAIL_HEADROOM * np.abs(d.delta)
+    room = gen + d.delta >= DETAIL_KNEE
     assert room.mean() > 0.9
     assert np.allclose(out[room], gen[room] + d.delta[room], atol=1e-4)
     assert np.rint(out).std() > 2.0 and out.min() >= 0
+
+
+def test_detail_short_of_room_keeps_its_order_instead_of_flattening() -> None:
+    """A real crack's deep detail (-20 .. -30 grey levels) over a G that draws the crack at 35: shrunk to fit G's
+    room, every such pixel came out at gen / 2, one flat level; bent, the sum keeps the detail's order and spread,
+    and G at pure black keeps a third of the grain."""
+    rng = np.random.default_rng(6)
+    delta = rng.uniform(-30.0, -20.0, (32, 32, 3)).astype(np.float32)
+    d = Detail(delta=delta, low=np.full_like(delta, 130.0))
+    out = d.add_to(np.full_like(delta, 35.0))
+    assert out.min() > 0
+    assert (np.diff(out.ravel()[np.argsort(delta.ravel())]) >= 0).all()  # a darker detail, a darker pixel
+    assert len(np.unique(np.rint(out))) >= 8
+    grain = rng.normal(0.0, 3.0, (32, 32, 3)).astype(np.float32)
+    at_black = Detail(delta=grain, low=np.full_like(grain, 60.0)).add_to(np.zeros_like(grain))
+    assert 0 < at_black.min() and at_black.max() < DETAIL_KNEE
+    assert 0.25 < at_black.std() / grain.std() < 0.5
 
 
 def test_patch_window_is_centred_on_the_target_and_inside_the_image() -> None:

@@ -14,9 +14,8 @@ the model's resolution drops: the guide minus its own round trip through the mod
 upsampled model image, it restores the grain and the defect's fine structure while the model keeps everything
 coarser (shape, shading, colour). Where the crop is no larger than the model, the layer is zero. Detail never
 pushes a pixel past black or white (`Detail.add_to`): added plainly, the detail of a real defect's dark core drove
-G's darker core below 0, and the clipped pixels came out as flat black blocks. It shrinks only where G leaves it too
-little room, so the surface's grain survives on G's dark cores too (shrunk with them, the grain fell under one
-grey level there, and the enlarged smooth core quantised into flat blocks again).
+G's darker core below 0, and the clipped pixels came out as flat black blocks. Near black and white the sum bends
+smoothly instead, keeping the pixels' order, so the grain survives on G's darkest cores too.
 """
 
 from __future__ import annotations
@@ -143,7 +142,7 @@ def upsample_mask(mask_logit: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return (cv2.resize(logit, (w, h), interpolation=cv2.INTER_CUBIC) > 0) & near
 
 
-DETAIL_HEADROOM = 2.0  # detail is added whole where G leaves this many times its size of room to black / white
+DETAIL_KNEE = 16.0  # grey levels: closer than this to black / white (or than the guide is), the sum bends
 
 
 @dataclass(frozen=True)
@@ -154,20 +153,21 @@ class Detail:
     low: np.ndarray  # the guide through the model's resolution and back, 0..255
 
     def add_to(self, gen: np.ndarray, peak: float = 255.0) -> np.ndarray:
-        """`gen + delta`, where G leaves the detail room; scaled down where it does not.
+        """`gen + delta`, bent smoothly where the sum nears black or white, so it never leaves [0, peak].
 
-        A darkening detail `d` is added in full where G's room below it, `gen`, is at least
-        `min(low, DETAIL_HEADROOM * |d|)`, and scaled by the ratio of the two below that (brightening alike, with
-        `peak - gen` and `peak - low`). So a G that equals `low` gets the guide back exactly, for G in [0, peak]
-        the sum stays in [0, peak], and small detail (grain) stays whole on G's dark cores: scaled by
-        `gen / low` alone, a core G draws at 14 under a guide's 50 kept a quarter of its grain.
+        Below a knee `k` the sum `y` becomes `k · exp((y − k) / k)` (slope 1 at the knee, toward 0 far below,
+        mirrored toward white), with `k = min(DETAIL_KNEE, guide)`: a G equal to `low` gets the guide back
+        exactly, and the order of the pixels is kept everywhere, so the detail's grain survives on G's darkest
+        cores (at a third of its size at black). Clipped, a real defect's dark core over G's darker one came out
+        flat black; shrunk to fit G's room, every pixel short of room came out at the same level, `gen / 2`.
         """
-        d, low = self.delta, self.low
-        need_down = np.minimum(low, DETAIL_HEADROOM * -d)
-        need_up = np.minimum(peak - low, DETAIL_HEADROOM * d)
-        down = np.minimum(1.0, np.clip(gen, 0.0, None) / np.maximum(need_down, 1e-3))
-        up = np.minimum(1.0, np.clip(peak - gen, 0.0, None) / np.maximum(need_up, 1e-3))
-        return gen + d * np.where(d < 0, down, up)
+        guide = self.low + self.delta
+        y = gen + self.delta
+        k_lo = np.clip(np.minimum(DETAIL_KNEE, guide), 1e-3, None)
+        y = np.where(y < k_lo, k_lo * np.exp(np.minimum(y - k_lo, 0.0) / k_lo), y)
+        k_hi = np.clip(np.minimum(DETAIL_KNEE, peak - guide), 1e-3, None)
+        top = peak - y
+        return np.where(top < k_hi, peak - k_hi * np.exp(np.minimum(top - k_hi, 0.0) / k_hi), y).astype(np.float32)
 
 
 def detail_layer(guide: np.ndarray, guide_m: np.ndarray) -> Detail:
