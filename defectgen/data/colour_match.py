@@ -27,3 +27,21 @@ def match_colour(pixels: np.ndarray, have: np.ndarray, want: np.ndarray, where: 
     darker = px * (want / np.maximum(have, 1e-3))
     brighter = peak - (peak - px) * ((peak - want) / np.maximum(peak - have, 1e-3))
     return np.where(fits, shifted, np.where(want <= have, darker, brighter)).astype(np.float32)
+
+
+CORE_SHARE = 0.5  # a defect pixel is core if it differs from the surface by this share of the defect's p90
+
+
+def defect_core(pixels: np.ndarray, defect: np.ndarray, surface: np.ndarray) -> np.ndarray:
+    """The pixels of a defect's mask that look like the defect, not like the surface it is on (HxW bool).
+
+    Real labels are generous: a crack's mask is two or three times as wide as its dark stroke, so many of its
+    pixels show the intact surface. A pixel is core where its colour distance to `surface` (the surface's
+    median colour, (3,)) is at least `CORE_SHARE` of the 90th percentile of that distance over the mask. An
+    empty mask gives an empty core.
+    """
+    inside = np.asarray(defect) > 0
+    if not inside.any():
+        return inside
+    dist = np.linalg.norm(np.asarray(pixels, np.float32) - np.asarray(surface, np.float32), axis=-1)
+    return inside & (dist >= CORE_SHARE * np.percentile(dist[inside], 90))

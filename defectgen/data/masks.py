@@ -12,7 +12,7 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-from defectgen.data.colour_match import match_colour
+from defectgen.data.colour_match import defect_core, match_colour
 from defectgen.data.grain import match_grain
 from defectgen.errors import DataError
 
@@ -335,20 +335,23 @@ def warp_defect(ref_img: np.ndarray, ref_mask: np.ndarray, target_mask: np.ndarr
     return img, m if m.any() else (soft > 0).astype(np.uint8)
 
 
-def fill_from_defect(warped: np.ndarray, wmask: np.ndarray, target_mask: np.ndarray) -> np.ndarray:
+def fill_from_defect(warped: np.ndarray, wmask: np.ndarray, target_mask: np.ndarray,
+                     source: np.ndarray | None = None) -> np.ndarray:
     """Give every target pixel the warped reference's *defect* look: pixels of `target_mask` outside the warped
-    defect `wmask` copy their nearest defect pixel (Voronoi fill, `cv2.distanceTransformWithLabels`).
+    defect `wmask` copy their nearest pixel of `source` (default `wmask`; Voronoi fill,
+    `cv2.distanceTransformWithLabels`).
 
     Why: fitting boxes aligns a reference crack with a target crack only roughly, so without this most of a thin
     target mask would show the reference's intact surface under a "defect" label (label noise that teaches a
     segmenter to ignore the label), while fragments of the real crack fall outside the target and are cut off.
     """
     hole = (target_mask > 0) & (wmask == 0)
-    if not hole.any() or not wmask.any():
+    source = wmask if source is None else source
+    if not hole.any() or not source.any():
         return warped
-    _, labels = cv2.distanceTransformWithLabels((wmask == 0).astype(np.uint8), cv2.DIST_L2, 5,
+    _, labels = cv2.distanceTransformWithLabels((source == 0).astype(np.uint8), cv2.DIST_L2, 5,
                                                 labelType=cv2.DIST_LABEL_PIXEL)
-    ys, xs = np.nonzero(wmask)  # DIST_LABEL_PIXEL numbers the zero pixels 1.. in row-major scan order
+    ys, xs = np.nonzero(source)  # DIST_LABEL_PIXEL numbers the zero pixels 1.. in row-major scan order
     lut_y, lut_x = np.zeros(ys.size + 1, np.intp), np.zeros(xs.size + 1, np.intp)
     lut_y[1:], lut_x[1:] = ys, xs
     out = warped.copy()
@@ -419,7 +422,8 @@ def stitch(good: np.ndarray, ref_img: np.ndarray, ref_mask: np.ndarray, target_m
     """The guide image `S`: `good` with a real defect warped into `target_mask` and pasted, feathered.
 
     Target pixels the warped defect misses take the look of its nearest defect pixel (`fill_from_defect`), so
-    everything under the target mask looks defective.
+    everything under the target mask looks defective: of its core (`defect_core`), not of its label's margin,
+    which shows the surface (a thin crack's generous label filled the misses with surface-coloured patches).
 
     Colour match (`match_colour`): the warped reference's colours are moved per channel so that its median
     colour in a ring just around the (target and warped) defect equals the good image's median colour there (a
@@ -436,13 +440,13 @@ def stitch(good: np.ndarray, ref_img: np.ndarray, ref_mask: np.ndarray, target_m
         msg = f"target mask size {mw}x{mh} != image size {w}x{h}"
         raise DataError(msg)
     warped, wmask = warp_defect(ref_img, ref_mask, target_mask, rng)
-    warped = fill_from_defect(warped, wmask, target_mask)
-    core = ((target_mask > 0) | (wmask > 0)).astype(np.uint8)
-    ring = dilate(core, max(2, feather_px + 2)) & (1 - core)
-    warped = warped.astype(np.float32)
-    if ring.any():
-        sel = ring.astype(bool)
-        warped = match_colour(warped, np.median(warped[sel], axis=0), np.median(good[sel], axis=0), core > 0)
+    both = ((target_mask > 0) | (wmask > 0)).astype(np.uint8)
+    ring = (dilate(both, max(2, feather_px + 2)) & (1 - both)).astype(bool)
+    ref_surface = np.median(warped[ring], axis=0) if ring.any() else None
+    look = wmask if ref_surface is None else defect_core(warped, wmask, ref_surface).astype(np.uint8)
+    warped = fill_from_defect(warped, wmask, target_mask, look).astype(np.float32)
+    if ref_surface is not None:
+        warped = match_colour(warped, ref_surface, np.median(good[ring], axis=0), both > 0)
     alpha = feather(target_mask, feather_px)[:, :, None]
     warped = match_grain(warped, (alpha[:, :, 0] > 0).astype(np.uint8), good,
                          rng if rng is not None else np.random.default_rng(0))

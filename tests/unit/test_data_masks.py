@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from defectgen.data.colour_match import match_colour
+from defectgen.data.colour_match import defect_core
 from defectgen.data.grain import match_grain, noise_sigma
 from defectgen.data.masks import (
     bbox,
@@ -207,6 +208,39 @@ def test_fill_from_defect_copies_the_nearest_defect_pixel():
         src = (out[y, x, 1].astype(int) * 250 + out[y, x, 0] - 1)
         d_src = np.hypot(ys[src] - y, xs[src] - x)
         assert d_src <= np.hypot(ys - y, xs - x).min() + 1.5  # nearest (the 5x5 distance mask is approximate)
+
+
+def test_defect_core_is_the_stroke_not_its_generous_label():
+    """A real crack's label is wider than its dark stroke: the core is the stroke, the margin is surface."""
+    rng = np.random.default_rng(7)
+    img = np.clip(150 + rng.normal(0, 2.0, (40, 40, 3)), 0, 255).astype(np.float32)
+    stroke = np.zeros((40, 40), np.uint8)
+    stroke[18:21, 5:35] = 1
+    img[stroke > 0] = 40 + rng.normal(0, 2.0, (int(stroke.sum()), 3))
+    label = dilate(stroke, 3)
+    core = defect_core(img, label, np.median(img[label == 0], axis=0))
+    np.testing.assert_array_equal(core, stroke > 0)
+    assert not defect_core(img, np.zeros_like(label), np.full(3, 150.0)).any()
+
+
+def test_target_pixels_the_warp_misses_take_the_defects_core_look():
+    """A thin dark crack with a generous label, stitched into a target of the same box that the label's rounded
+    ends miss: those pixels copy the stroke (its core), not the label's surface-coloured margin."""
+    rng = np.random.default_rng(8)
+    good = np.clip(150 + rng.normal(0, 2.0, (40, 40, 3)), 0, 255).astype(np.uint8)
+    ref = good.copy()
+    stroke = np.zeros((40, 40), np.uint8)
+    stroke[19:22, 5:36] = 1
+    ref[stroke > 0] = 40
+    label = dilate(stroke, 3)
+    ys, xs = np.nonzero(label)
+    target = np.zeros_like(label)
+    target[ys.min():ys.max() + 1, xs.min():xs.max() + 1] = 1  # the label's box: its corners are misses
+    missed = (target > 0) & (label == 0)
+    assert missed.sum() >= 8
+    out = stitch(good, ref, label, target, feather_px=0)
+    assert out[missed].astype(float).mean() < 60  # the stroke's 40, not the margin's 150
+    assert np.abs(out[label > 0].astype(int) - ref[label > 0]).mean() < 3  # the real defect itself, as it is
 
 
 def test_place_reference_moves_the_real_mask_onto_the_part():
