@@ -7,7 +7,7 @@
   texture, `(1 − β)·texture + β·image` with β ~ U(0, 0.8); the texture is another good image of the set
   (default) or an image from a user texture folder (DRAEM used DTD).
 - **copy-paste**: a held-in real defect, mirrored/transposed at random, moved to a random spot on the part
-  and pasted with its own mask (`data.masks.stitch`: colour-matched to the new surroundings).
+  and pasted with its own mask (`data.stitching.stitch`: colour-matched to the new surroundings).
 
 All masks are intersected with the part (`data.masks.part_mask`), as the generated defects are, and every
 function changes pixels only inside the mask it returns.
@@ -18,7 +18,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from defectgen.data.masks import erode, place_reference, stitch
+from defectgen.data.masks import erode
+from defectgen.data.stitching import place_reference, stitch
 
 MIN_PIXELS = 4  # a synthetic defect smaller than this is redrawn (it would be invisible at 128 px)
 

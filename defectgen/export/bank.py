@@ -21,8 +21,9 @@ import numpy as np
 
 from defectgen import GOOD
 from defectgen.data.imageio import mask_to_model, to_model, write_image, write_mask
-from defectgen.data.masks import bbox, stitch
+from defectgen.data.masks import bbox
 from defectgen.data.mvtec import Item, MVTecCategory
+from defectgen.data.stitching import stitch
 from defectgen.errors import DataError
 
 BANK_DIR = "defect_bank"

@@ -9,8 +9,9 @@ import pytest
 from cli_helpers import invoke
 
 from defectgen.data.imageio import mask_to_model, read_image, read_mask, to_model
-from defectgen.data.masks import part_mask, random_mask, stitch
+from defectgen.data.masks import part_mask, random_mask
 from defectgen.data.mvtec import MVTecCategory, list_images
+from defectgen.data.stitching import stitch
 from defectgen.runtime.backends import load_backend
 from defectgen.runtime.bundle import Bundle, default_bundle_path
 from defectgen.runtime.jobs.invert import InversionBatch, InversionConfig, invert

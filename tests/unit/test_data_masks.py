@@ -6,22 +6,11 @@ import cv2
 import numpy as np
 import pytest
 
-from defectgen.data.colour_match import match_colour
-from defectgen.data.colour_match import defect_core
+from defectgen.data.colour_match import defect_core, match_colour
 from defectgen.data.grain import match_grain, noise_sigma
-from defectgen.data.masks import (
-    bbox,
-    dilate,
-    feather,
-    fill_from_defect,
-    part_mask,
-    place_reference,
-    random_mask,
-    rgb_to_lab8,
-    stitch,
-    warp_defect,
-)
+from defectgen.data.masks import bbox, dilate, feather, part_mask, random_mask, rgb_to_lab8
 from defectgen.data.procedural import render_part
+from defectgen.data.stitching import fill_from_defect, place_reference, stitch, warp_defect
 from defectgen.errors import DataError
 
 TYPES = ["crack", "cut", "hole", "print", "scratch", "squeeze"]  # the last two map by keyword / to a blob

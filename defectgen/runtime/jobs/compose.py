@@ -27,7 +27,8 @@ import cv2
 import numpy as np
 
 from defectgen.data.imageio import RGB8, PixelFormat, mask_to_model, to_model
-from defectgen.data.masks import dilate, drop_specks, feather, fill_from_defect
+from defectgen.data.masks import dilate, drop_specks, feather
+from defectgen.data.stitching import fill_from_defect
 from defectgen.errors import JobError
 
 WINDOW_FILL = 0.75  # a target's box may fill this share of a patch window; the rest is surface context

@@ -20,7 +20,8 @@ import cv2
 import numpy as np
 
 from defectgen.data.imageio import RGB8, PixelFormat, read_image, read_mask, read_native, to_model, to_rgb8
-from defectgen.data.masks import part_mask, place_reference, random_mask, stitch
+from defectgen.data.masks import part_mask, random_mask
+from defectgen.data.stitching import place_reference, stitch
 from defectgen.errors import JobError
 from defectgen.runtime.backends import Backend
 from defectgen.runtime.bundle import Bundle
