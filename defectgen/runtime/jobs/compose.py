@@ -14,8 +14,8 @@ the model's resolution drops: the guide minus its own round trip through the mod
 upsampled model image, it restores the grain and the defect's fine structure while the model keeps everything
 coarser (shape, shading, colour). Where the crop is no larger than the model, the layer is zero. Detail never
 pushes a pixel past black or white (`Detail.add_to`): added plainly, the detail of a real defect's dark core drove
-G's darker core below 0, and the clipped pixels came out as flat black blocks. Near black and white the sum bends
-smoothly instead, keeping the pixels' order, so the grain survives on G's darkest cores too.
+G's darker core below 0, and the clipped pixels came out as flat black blocks. Near black and white G's colour and
+the sum bend smoothly instead, keeping the pixels' order, so the grain survives on G's darkest cores too.
 """
 
 from __future__ import annotations
@@ -143,7 +143,17 @@ def upsample_mask(mask_logit: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return (cv2.resize(logit, (w, h), interpolation=cv2.INTER_CUBIC) > 0) & near
 
 
-DETAIL_KNEE = 16.0  # grey levels: closer than this to black / white (or than the guide is), the sum bends
+DETAIL_KNEE = 16.0  # grey levels: the least room the bend toward black / white leaves
+
+
+def soft_range(y: np.ndarray, k_lo: np.ndarray | float, k_hi: np.ndarray | float, peak: float) -> np.ndarray:
+    """`y` bent smoothly into (0, peak): below a knee `k_lo` it becomes `k_lo · exp((y − k_lo) / k_lo)` (slope 1
+    at the knee, toward 0 far below), mirrored toward `peak` with `k_hi`; the order of the values is kept."""
+    k_lo = np.clip(k_lo, 1e-3, None)
+    y = np.where(y < k_lo, k_lo * np.exp(np.minimum(y - k_lo, 0.0) / k_lo), y)
+    k_hi = np.clip(k_hi, 1e-3, None)
+    top = peak - y
+    return np.where(top < k_hi, peak - k_hi * np.exp(np.minimum(top - k_hi, 0.0) / k_hi), y)
 
 
 @dataclass(frozen=True)
@@ -154,21 +164,24 @@ class Detail:
     low: np.ndarray  # the guide through the model's resolution and back, 0..255
 
     def add_to(self, gen: np.ndarray, peak: float = 255.0) -> np.ndarray:
-        """`gen + delta`, bent smoothly where the sum nears black or white, so it never leaves [0, peak].
+        """`gen + delta`, bent smoothly near black and white (`soft_range`), so it never leaves [0, peak] and the
+        detail's grain survives on G's darkest colours.
 
-        Below a knee `k` the sum `y` becomes `k · exp((y − k) / k)` (slope 1 at the knee, toward 0 far below,
-        mirrored toward white), with `k = min(DETAIL_KNEE, guide)`: a G equal to `low` gets the guide back
-        exactly, and the order of the pixels is kept everywhere, so the detail's grain survives on G's darkest
-        cores (at a third of its size at black). Clipped, a real defect's dark core over G's darker one came out
-        flat black; shrunk to fit G's room, every pixel short of room came out at the same level, `gen / 2`.
+        Two bends, each keeping the pixels' order:
+        - G's coarse colour first, below `min(DETAIL_KNEE, low)`: a core G draws at pure black where the guide
+          is grey is lifted a few levels, enough room for the grain. Bent with the sum alone, grain of ±2 levels
+          over G at 2 shrank below one level and the core rounded to flat 2x2 blocks.
+        - Then the sum, below `min(max(DETAIL_KNEE, gen), guide)`: a darkening detail over G's colour `g` comes
+          out as `g · exp(d / g)`, nearly `g + d` where `|d| ≪ g`, in proportion to G's level where the detail is
+          as deep as G is dark (a real thin crack's −60 over G's crack at 38 is a stroke at 6-11 with its grain,
+          not a row of 1s); mirrored toward white.
+        A G equal to `low` gets the guide back exactly (neither bend reaches it).
         """
         guide = self.low + self.delta
-        y = gen + self.delta
-        k_lo = np.clip(np.minimum(DETAIL_KNEE, guide), 1e-3, None)
-        y = np.where(y < k_lo, k_lo * np.exp(np.minimum(y - k_lo, 0.0) / k_lo), y)
-        k_hi = np.clip(np.minimum(DETAIL_KNEE, peak - guide), 1e-3, None)
-        top = peak - y
-        return np.where(top < k_hi, peak - k_hi * np.exp(np.minimum(top - k_hi, 0.0) / k_hi), y).astype(np.float32)
+        gen = soft_range(gen, np.minimum(DETAIL_KNEE, self.low), np.minimum(DETAIL_KNEE, peak - self.low), peak)
+        k_lo = np.minimum(np.maximum(DETAIL_KNEE, gen), guide)
+        k_hi = np.minimum(np.maximum(DETAIL_KNEE, peak - gen), peak - guide)
+        return soft_range(gen + self.delta, k_lo, k_hi, peak).astype(np.float32)
 
 
 def detail_layer(guide: np.ndarray, guide_m: np.ndarray) -> Detail:
