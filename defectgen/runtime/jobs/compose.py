@@ -148,7 +148,8 @@ DETAIL_KNEE = 16.0  # grey levels: the least room the bend toward black / white 
 
 def soft_range(y: np.ndarray, k_lo: np.ndarray | float, k_hi: np.ndarray | float, peak: float) -> np.ndarray:
     """`y` bent smoothly into (0, peak): below a knee `k_lo` it becomes `k_lo · exp((y − k_lo) / k_lo)` (slope 1
-    at the knee, toward 0 far below), mirrored toward `peak` with `k_hi`; the order of the values is kept."""
+    at the knee, toward 0 far below), mirrored toward `peak` with `k_hi`; the order of the values is kept.
+    """
     k_lo = np.clip(k_lo, 1e-3, None)
     y = np.where(y < k_lo, k_lo * np.exp(np.minimum(y - k_lo, 0.0) / k_lo), y)
     k_hi = np.clip(k_hi, 1e-3, None)
