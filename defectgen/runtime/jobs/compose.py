@@ -172,10 +172,10 @@ class Detail:
         - G's coarse colour first, below `min(DETAIL_KNEE, low)`: a core G draws at pure black where the guide
           is grey is lifted a few levels, enough room for the grain. Bent with the sum alone, grain of ±2 levels
           over G at 2 shrank below one level and the core rounded to flat 2x2 blocks.
-        - Then the sum, below `min(max(DETAIL_KNEE, gen), guide)`: a darkening detail over G's colour `g` comes
-          out as `g · exp(d / g)`, nearly `g + d` where `|d| ≪ g`, in proportion to G's level where the detail is
-          as deep as G is dark (a real thin crack's −60 over G's crack at 38 is a stroke at 6-11 with its grain,
-          not a row of 1s); mirrored toward white.
+        - Then the sum, below `min(max(DETAIL_KNEE, gen), guide)`: a darkening detail `delta < 0` comes out as
+          `gen · exp(delta / gen)`, nearly `gen + delta` where `|delta| ≪ gen`, in proportion to G's level where
+          the detail is as deep as G is dark (a real thin crack's −60 over G's crack at 38 is a stroke at 6-11
+          with its grain, not a row of 1s); mirrored toward white.
         A G equal to `low` gets the guide back exactly (neither bend reaches it).
         """
         guide = self.low + self.delta
