@@ -125,6 +125,70 @@ def read_native(path: str | os.PathLike[str]) -> tuple[np.ndarray, PixelFormat]:
     return cv2.cvtColor(img, code), PixelFormat("rgba" if img.shape[2] == 4 else "rgb", bits, source)
 
 
+CHANNEL_ORDERS = ("rgb", "bgr")
+
+
+def native_from_array(img: np.ndarray, channel_order: str = "rgb",
+                      where: str = "image") -> tuple[np.ndarray, PixelFormat]:
+    """An image handed over in memory -> the `read_native` form (RGB order) and its format.
+
+    OpenCV hands out BGR, most other libraries RGB: the caller says which (`channel_order`), and outputs are
+    turned back into that order (`array_in_order`). Accepts uint8 / uint16, HxW, HxWx1, HxWx3 or HxWx4.
+
+    Raises:
+        DataError: another dtype or shape, an unknown channel order, or an image smaller than 2x2.
+    """
+    if channel_order not in CHANNEL_ORDERS:
+        msg = f"{where}: unknown channel order {channel_order!r}; choose from {', '.join(CHANNEL_ORDERS)}"
+        raise DataError(msg)
+    img = np.asarray(img)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.dtype not in (np.uint8, np.uint16) or not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] in (3, 4))):
+        msg = f"{where}: expected a uint8/uint16 HxW, HxWx3 or HxWx4 array, got {img.dtype} {img.shape}"
+        raise DataError(msg)
+    if min(img.shape[:2]) < 2:
+        msg = f"{where}: image of {img.shape[1]}x{img.shape[0]} px is too small"
+        raise DataError(msg)
+    bits = 16 if img.dtype == np.uint16 else 8
+    if img.ndim == 2:
+        return np.ascontiguousarray(img), PixelFormat("gray", bits, "array")
+    channels = "rgba" if img.shape[2] == 4 else "rgb"
+    return array_in_order(img, channel_order), PixelFormat(channels, bits, "array")
+
+
+def array_in_order(img: np.ndarray, channel_order: str) -> np.ndarray:
+    """An RGB(A) array in `channel_order` (its own inverse: BGR(A) in gives RGB(A) out); gray stays as it is."""
+    if img.ndim == 2 or channel_order == "rgb":
+        return np.ascontiguousarray(img)
+    order = [2, 1, 0, 3][: img.shape[2]]
+    return np.ascontiguousarray(img[:, :, order])
+
+
+def mask_from_array(mask: np.ndarray, shape: tuple[int, int], where: str = "mask") -> np.ndarray:
+    """A target mask handed over in memory (bool, {0,1} or {0,255}, HxW) -> uint8 {0,1}, size-checked.
+
+    Raises:
+        DataError: not 2-D, not binary, or not the image's size.
+    """
+    m = np.asarray(mask)
+    if m.ndim == 3 and m.shape[2] == 1:
+        m = m[:, :, 0]
+    if m.ndim != 2:
+        msg = f"{where}: expected an HxW mask, got shape {m.shape}"
+        raise DataError(msg)
+    if m.dtype != bool:
+        values = np.unique(m)
+        top = values.max(initial=0)
+        if top not in (0, 1, 255) or not set(values.tolist()) <= {0, top}:
+            msg = f"{where}: mask is not binary (expected bool, 0/1 or 0/255 values)"
+            raise DataError(msg)
+    if m.shape != tuple(shape[:2]):
+        msg = f"{where}: mask size {m.shape[1]}x{m.shape[0]} != image size {shape[1]}x{shape[0]}"
+        raise DataError(msg)
+    return (m > 0).astype(np.uint8)
+
+
 def to_rgb8(img: np.ndarray, path: str | os.PathLike[str] = "image") -> np.ndarray:
     """Any `read_native` array -> uint8 HxWx3 RGB, what the model and every 8-bit step see."""
     img = _to_uint8(img, Path(path))

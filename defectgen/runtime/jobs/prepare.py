@@ -179,7 +179,10 @@ def target_mask(spec: JobSpec, image: np.ndarray) -> np.ndarray:
     """
     if spec.mask is None:
         return _random_target(spec, image)
-    mask = read_mask(spec.mask, image.shape[:2])
+    if spec.pixels is not None and spec.pixels.mask is not None:
+        mask = spec.pixels.mask  # checked against the image when the job was made
+    else:
+        mask = read_mask(spec.mask, image.shape[:2])
     if not mask.any():
         msg = f"target mask is empty (no defect pixels): {spec.mask}"
         raise JobError(msg)
@@ -214,7 +217,7 @@ def prepare(spec: JobSpec, bundle: Bundle, settings: RunSettings, backend: Backe
         JobError: empty mask, a mask that vanishes at model resolution, a bad reference defect, no proposal.
     """
     t0 = time.perf_counter()
-    native, fmt = read_native(spec.image)
+    native, fmt = (spec.pixels.image, spec.pixels.fmt) if spec.pixels is not None else read_native(spec.image)
     image = to_rgb8(native, spec.image)
     ref = _reference(spec, bundle)
     proposing = spec.mask is None and settings.mask_shape == "generated"

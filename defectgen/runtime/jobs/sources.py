@@ -19,15 +19,32 @@ import json
 import os
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from defectgen import GOOD
+from defectgen.data.imageio import PixelFormat
 from defectgen.data.mvtec import MVTecCategory, list_images
 from defectgen.errors import DataError, JobError, choice_error
 
 _SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 _JSONL_FIELDS = ("image", "mask", "type", "seed", "reference")
+
+
+@dataclass(frozen=True, eq=False)
+class InMemory:
+    """A job's pixels handed over in memory (the Python API) instead of by path: the image as stored
+    (`read_native` form, RGB order) with its format, the target mask ({0,1}, checked) if one was given, and
+    where the image came from (its position in the caller's list and its shape there, for the output).
+    """
+
+    image: np.ndarray
+    fmt: PixelFormat
+    mask: np.ndarray | None = None
+    position: int = 0
+    shape: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -45,6 +62,8 @@ class JobSpec:
         reference: a real defect `(image, mask)` to imitate, or None to pick one from the bundle's bank.
         source: the image path as the user gave it (relative to the source root), for messages and logs.
         variant: k of `--variants K` (0 for the first or only one).
+        pixels: the image (and mask) in memory, for jobs of the Python API; `image` and `mask` then only name
+            them (a mask name means "given", None "random").
     """
 
     index: int
@@ -57,6 +76,7 @@ class JobSpec:
     reference: tuple[Path, Path] | None = None
     source: str = ""
     variant: int = 0  # k of `--variants K`: same target, mask and reference as variant 0, another latent init
+    pixels: InMemory | None = field(default=None, compare=False, repr=False)
 
     def name(self, width: int = 3) -> str:
         """Output file stem, the zero-padded index: `007` -> `test/<type>/007.png`."""
