@@ -99,7 +99,7 @@ def test_tampered_and_mismatched_bundles(setup: dict[str, Path], tmp_path: Path)
 
 
 @pytest.mark.parametrize(("line", "message"), [
-    ({"image": "../images/part_00.png"}, "list.jsonl:2: image path '../images/part_00.png' escapes"),
+    ({"image": 7}, "list.jsonl:2: 'image' must be a non-empty path string (relative to the job list's folder"),
     ({"image": "missing.png"}, "list.jsonl:2: image file does not exist"),
     ({"image": "a.png", "type": "hol"}, "list.jsonl:2: unknown defect type 'hol' (did you mean 'hole'?)"),
 ])

@@ -3,8 +3,8 @@ JSONL job list, with deterministic ids, seeds, output names and shards.
 
 A job is paths plus a few strings (`JobSpec`); pixels are read only when the job runs, so enumerating a
 folder of thousands of images costs a list of paths and memory stays flat. Everything cheap to check from
-paths alone (a missing mask for a stem, a JSONL line that is malformed, names an unknown type, escapes the
-list's folder or points at a missing file) raises here, before any job runs (see `scan_jobs`).
+paths alone (a missing mask for a stem, a JSONL line that is malformed, names an unknown type or points at a
+missing file) raises here, before any job runs (see `scan_jobs`).
 
 Identity: a job's `key` describes its inputs relative to their root (so moving the input folder keeps ids),
 its `id` and `seed` are hashes of `key` and the run seed, and its `index` (position in the job list) names its
@@ -222,19 +222,29 @@ def mvtec_jobs(root: Path, *, random_masks: int, types: Sequence[str], run_seed:
     yield from image_jobs(pairs, None, random_masks, types, run_seed)
 
 
-def _inside(root: Path, rel: object, field: str, where: str) -> Path:
-    """Resolve a JSONL path relative to the list's folder; refuse absolute paths and escapes (`..`, links)."""
+def _listed_file(root: Path, rel: object, field: str, where: str) -> Path:
+    """Resolve a JSONL path: a relative one against the list's folder `root`, an absolute one as it is.
+
+    Any existing file is allowed, inside `root` or not (a list may point at a data folder elsewhere);
+    `_key_path` keeps keys relative where it can.
+    """
     if not isinstance(rel, str) or not rel:
-        msg = f"{where}: {field!r} must be a non-empty relative path string, got {rel!r}"
+        msg = (f"{where}: {field!r} must be a non-empty path string (relative to the job list's folder "
+               f"{root}, or absolute), got {rel!r}")
         raise JobError(msg)
-    path = (root / rel).resolve()
-    if Path(rel).is_absolute() or not path.is_relative_to(root):
-        msg = f"{where}: {field} path {rel!r} escapes the job list's folder {root}"
-        raise JobError(msg)
+    path = (root / rel).resolve()  # an absolute `rel` replaces `root`
     if not path.is_file():
-        msg = f"{where}: {field} file does not exist: {path}"
+        msg = (f"{where}: {field} file does not exist: {path} (relative paths are read from the job list's "
+               f"folder {root})")
         raise DataError(msg)
     return path
+
+
+def _key_path(path: Path, root: Path) -> str:
+    """A resolved path as a job key writes it: relative to the list's folder when inside it (so the key is the
+    same whether the line gave it relative or absolute, and moving the folder keeps ids), else absolute.
+    """
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix()
 
 
 def _parse_line(line: str, where: str) -> dict[str, object]:
@@ -259,12 +269,13 @@ def jsonl_jobs(path: Path, *, types: Sequence[str], run_seed: int) -> Iterator[J
         {"image": "parts/a.png", "mask": "masks/a.png" | null, "type": "crack", "seed": 7,
          "reference": ["bank/crack1.png", "bank/crack1_mask.png"]}
 
-    Paths are relative to the list's folder and may not leave it. `type` defaults to cycling over `types`,
+    A relative path is read from the list's folder, an absolute one from anywhere; keys hold paths relative
+    to the list's folder when inside it, else absolute (`_key_path`). `type` defaults to cycling over `types`,
     `mask` null draws a random mask, `seed` overrides the derived seed, `reference` picks the defect to imitate.
     The file is read line by line (never all at once).
 
     Raises:
-        JobError: malformed line, unknown field or type, a path escaping the folder (naming `file:line`).
+        JobError: malformed line, unknown field or type, a path that is not a string (naming `file:line`).
         DataError: the list or a file it names does not exist.
     """
     if not path.is_file():
@@ -278,15 +289,15 @@ def jsonl_jobs(path: Path, *, types: Sequence[str], run_seed: int) -> Iterator[J
                 continue
             where = f"{path}:{lineno}"
             obj = _parse_line(line, where)
-            image = _inside(root, obj.get("image"), "image", where)
-            mask = None if obj.get("mask") is None else _inside(root, obj["mask"], "mask", where)
+            image = _listed_file(root, obj.get("image"), "image", where)
+            mask = None if obj.get("mask") is None else _listed_file(root, obj["mask"], "mask", where)
             t = obj.get("type", types[index % len(types)])
             if t not in types:
                 raise JobError(f"{where}: " + choice_error("defect type", str(t), list(types)))
             reference = _reference(root, obj.get("reference"), where)
-            rel = image.relative_to(root).as_posix()
-            key = (f"line={index}|image={rel}|mask={mask and mask.relative_to(root).as_posix()}|type={t}"
-                   f"|reference={reference and [p.relative_to(root).as_posix() for p in reference]}")
+            rel = _key_path(image, root)
+            key = (f"line={index}|image={rel}|mask={mask and _key_path(mask, root)}|type={t}"
+                   f"|reference={reference and [_key_path(p, root) for p in reference]}")
             seed = _seed(obj.get("seed"), where)
             if seed is not None:
                 key += f"|seed={seed}"
@@ -302,7 +313,7 @@ def _reference(root: Path, ref: object, where: str) -> tuple[Path, Path] | None:
     if not isinstance(ref, list) or len(ref) != 2:
         msg = f"{where}: 'reference' must be [image path, mask path], got {ref!r}"
         raise JobError(msg)
-    return _inside(root, ref[0], "reference image", where), _inside(root, ref[1], "reference mask", where)
+    return _listed_file(root, ref[0], "reference image", where), _listed_file(root, ref[1], "reference mask", where)
 
 
 def _seed(seed: object, where: str) -> int | None:
