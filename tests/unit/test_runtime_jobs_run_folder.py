@@ -133,6 +133,7 @@ def test_run_folder_writes_where_it_names_and_resumes(tmp_path: Path) -> None:
     assert rel == folder.output_paths(_spec()) and all((out / r).is_file() for r in rel)
     assert (out / good_path(_spec())).is_file()
     folder.append(_rec(_spec().id, "ok", *rel))
+    folder.close()  # its lock: one writer per folder
     again = RunFolder.open(out, {"seed": 0}, {}, width=3)
     assert again.resumed and again.is_done(_spec()) and not again.is_done(_spec(id="other"))
     assert again.write_contact_sheet(types=["crack"]) == out / "contact_sheet.png"

@@ -9,6 +9,7 @@ are not retried unless asked (`retry_failed`), so a rerun with the same options 
 
 Each line is appended with one `write` on an `O_APPEND` descriptor and fsynced, so several shards may share
 one output folder on a local filesystem (their names never collide: they come from the global job index).
+`RunFolder.open` locks the folder first (`out_lock`): one unsharded writer, or one writer per shard.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import heapq
 import json
 import os
 import re
+import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from defectgen.data.contact import contact_sheet
 from defectgen.data.imageio import atomic_write_text, read_image, read_mask
 from defectgen.data.mvtec import MVTecWriter, defect_relpaths
 from defectgen.errors import DataError
+from defectgen.runtime.jobs.out_lock import OutLock
 from defectgen.runtime.jobs.record import JobRecord
 from defectgen.runtime.jobs.sources import JobSpec
 
@@ -158,6 +161,22 @@ def _diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
 
 
+def make_folder(out: Path) -> None:
+    """Create `out` (with parents) and check that it is writable.
+
+    Raises:
+        DataError: it cannot be created or is not writable.
+    """
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        msg = f"output folder {out} cannot be created: {e.strerror or e}"
+        raise DataError(msg) from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        msg = f"output folder {out} is not writable"
+        raise DataError(msg)
+
+
 def open_run(out: Path, identity: Mapping[str, Any], info: Mapping[str, Any]) -> bool:
     """Create or reopen an output folder; write `run.json` on first use.
 
@@ -175,14 +194,7 @@ def open_run(out: Path, identity: Mapping[str, Any], info: Mapping[str, Any]) ->
             was made with different options (the message lists them).
     """
     run_file = out / RUN_FILE
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        msg = f"output folder {out} cannot be created: {e.strerror or e}"
-        raise DataError(msg) from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        msg = f"output folder {out} is not writable"
-        raise DataError(msg)
+    make_folder(out)
     if run_file.is_file():
         try:
             old = json.loads(run_file.read_text(encoding="utf-8"))
@@ -196,7 +208,7 @@ def open_run(out: Path, identity: Mapping[str, Any], info: Mapping[str, Any]) ->
                    f"{'; ...' if len(changes) > 4 else ''}); rerun with the same options to resume, or use a new --out")
             raise DataError(msg)
         return True
-    if any(not p.name.startswith(".") for p in out.iterdir()):  # hidden: e.g. a concurrent shard's run.json temp
+    if any(not p.name.startswith(".") for p in out.iterdir()):  # hidden: lock files, a shard's run.json temp
         msg = f"output folder {out} is not empty and has no {RUN_FILE}; refusing to write into it (use a new --out)"
         raise DataError(msg)
     try:
@@ -206,6 +218,10 @@ def open_run(out: Path, identity: Mapping[str, Any], info: Mapping[str, Any]) ->
         msg = f"output folder {out} is not writable: {e.strerror or e}"
         raise DataError(msg) from None
     return False
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def good_path(spec: JobSpec) -> str:
@@ -218,6 +234,9 @@ def good_path(spec: JobSpec) -> str:
 class RunFolder:
     """An opened output folder: resume state, the job log, output names and writing, the contact sheet.
 
+    `open` locks the folder until `close` (or the end of a `with` block); a folder made with the constructor
+    holds no lock.
+
     Args:
         out: the folder.
         width: digits of the output names (`NNN.png`), from the size of the whole job list.
@@ -228,20 +247,46 @@ class RunFolder:
         self.log = JobLog(out / JOBS_FILE)
         self.done: dict[str, Done] = {}
         self.resumed = False
+        self.lock: OutLock | None = None
 
     @classmethod
-    def open(cls, out: Path, identity: Mapping[str, Any], info: Mapping[str, Any], *, width: int = 3) -> RunFolder:
-        """Create or reopen `out` (`open_run`), clear a killed run's leftovers and read what is done.
+    def open(cls, out: Path, identity: Mapping[str, Any], info: Mapping[str, Any], *, width: int = 3,
+             shard: tuple[int, int] = (0, 1), echo: Callable[[str], None] | None = None) -> RunFolder:
+        """Create `out`, lock it for `shard` (`OutLock`), then open the run (`open_run`), clear a killed run's
+        leftovers and read what is done. The lock comes before `run.json`, so a refused run writes nothing.
+
+        Args:
+            shard: `(k, n)`; `(0, 1)` is unsharded and excludes every other run into `out`.
+            echo: where a notice goes (a takeover from a run that ended without releasing); default stderr.
 
         Raises:
-            DataError: as `open_run`.
+            DataError: as `open_run`, or another run holds the folder (the message names it).
         """
         folder = cls(out, width)
-        folder.resumed = open_run(out, identity, info)
-        sweep_temp_files(out)
-        folder.log.repair()
-        folder.done = folder.log.read()
+        make_folder(out)
+        folder.lock = OutLock.acquire(out, shard)
+        try:
+            for notice in folder.lock.notices:
+                (echo or _stderr)(f"defectgen: {notice}")
+            folder.resumed = open_run(out, identity, info)
+            sweep_temp_files(out)
+            folder.log.repair()
+            folder.done = folder.log.read()
+        except BaseException:
+            folder.close()
+            raise
         return folder
+
+    def close(self) -> None:
+        """Release the folder's lock (safe to call twice)."""
+        if self.lock is not None:
+            self.lock.release()
+
+    def __enter__(self) -> RunFolder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def is_done(self, spec: JobSpec, *, retry_failed: bool = False) -> bool:
         """The resume rule (`is_done`) for one job."""
