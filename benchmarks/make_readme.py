@@ -1,214 +1,410 @@
-"""Regenerate `benchmarks/README.md` from the committed results (`benchmarks/results/*.{json,md,png}`).
+"""Regenerate `benchmarks/README.md` from the committed results (`benchmarks/results/`): current results first.
 
-    python benchmarks/make_readme.py
+    python benchmarks/make_readme.py              # writes benchmarks/README.md
+    python benchmarks/make_readme.py --out FILE   # anywhere else (the unit test checks its line budget)
 
-The README = the fixed introduction below + a targets table (each target, the measured figure,
-the command and the machine) + `findings.md` (hand-written: what the profile says, what to change) + every
-result's own markdown (its tables under the command and machine that produced it) and plot, then the
-downstream protocol (`DOWNSTREAM`) and its result when it is a v2 one. Quick (smoke) results are never used.
+The README says what holds now, in under 300 lines: a short introduction (what is measured, on which machines,
+one rerun line per script); the headline table (the downstream protocol's current numbers, the speed and
+footprint summaries against their goals), each row linking to its result and stamped with the machine and commit
+of the result's JSON; then one short section per result with its key table and links to its full `.md` and
+`.png`. How the numbers got there is the dated journal `findings.md`: linked, never pasted. A result measured on
+a model that is no longer shipped says so (`model_provenance.py`). Quick (smoke) results are never used.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import common
+import model_provenance as prov
+from downstream.report import comparisons
+from throughput import headline as throughput_headline
+
+README = common.ROOT / "benchmarks" / "README.md"
+LINE_BUDGET = 300  # the unit test holds the README under it
 
 INTRO = """\
 # Benchmarks
 
-Scripts that prove or disprove "few-step inversion on the edge, fast". Each writes
-`results/<name>.json` (top-level `summary` with the headline figures, `machine`, `command`), `results/<name>.md`
-(its tables) and `results/<name>.png`, all stamped with the machine (CPU model, cores, library versions, git
-commit, load average). `--quick` runs in about 2 minutes for CI smoke tests and writes to `results/quick/`,
-labelled QUICK: those are not results. Nothing here asserts speed.
+Scripts that prove or disprove "few-step inversion on the edge, fast" and measure the quality of the defects.
+Each writes `results/<name>.json` (top-level `summary`, `machine`, `command`), `results/<name>.md` (its tables)
+and `results/<name>.png`, stamped with the machine (CPU, cores, library versions, git commit, load average).
+`--quick` (about 2 minutes, CI smoke tests) writes to `results/quick/`, labelled QUICK: those are not results.
+Nothing here asserts speed. This file is generated: `python benchmarks/make_readme.py`.
 
-Scripts (run from the repository root with the training venv, e.g. `python benchmarks/throughput.py`):
+Rerun from the repository root with the training venv (`python benchmarks/<script>`; each section below gives
+the exact command of its committed result):
 
-- `throughput.py`: one optimisation step (forward + backward) in torch eager vs ONNX Runtime (and CUDA /
-  TensorRT where present), batch 1/4/8; end-to-end defects/s at K = 5, 10, 20 vs the idinvert reference (torch
-  eager, Adam lr 0.01, 100 steps from `w_avg`); FLOPs per step as a share of the measured matmul ceiling.
-  Summary: `ort_vs_torch_step_speedup`, `end_to_end_speedup_vs_idinvert`, `step_flops_share_of_ceiling`.
-- `convergence.py`: objective, mask IoU, background PSNR and defect-region feature distance per Adam step up
-  to 200 for encoder / `w_avg` / random init in spaces z / w / wplus over >= 50 held-out jobs.
-  Summary: `encoder_init_steps_to_match_wavg_100`.
-- `footprint.py`: cold start (new process -> first finished job of `defectgen run`), peak RSS, size of a
-  runtime-only venv vs the training venv. Summary: `cold_start_s`, `peak_rss_mb`, `runtime_venv_mb`,
-  `train_venv_mb`.
+- `downstream.py`: a segmenter trained on each source's synthetic defects, scored on held-out real ones
+  (protocol: [downstream_protocol.md](downstream_protocol.md)).
+- `blockiness.py`: flat 2x2 blocks inside the labels of `defectgen run` on the 512 px example part.
+- `colour_drift.py`: colour distance of G's defects to the real ones, G's proposals vs after the steps.
+- `convergence.py`: objective, mask IoU, PSNR per Adam step for encoder / `w_avg` / random init in z, w, w+.
+- `throughput.py`: one step in torch eager vs ONNX Runtime, end to end vs the idinvert reference, FLOP share.
+- `footprint.py`: cold start of `defectgen run`, peak RSS, runtime-only vs training venv size.
 - `profile_step.py`: ONNX Runtime per-op profile of the step graph and a session-option sweep.
-- `micro_ops.py`: micro-benchmarks behind the profile's findings (2x FIR resampling and leaky-ReLU backward
-  written in cheaper, equivalent forms).
-- `blockiness.py`: share of flat 2x2 blocks inside the masks of `defectgen run` on the 512 px example part
-  (upscaled crops show up as flat blocks), against the input at the same places.
-- `colour_drift.py`: colour distance (per-channel Wasserstein-1, grey levels) of G's defects to the real ones
-  of the type, for G's proposals and after the inversion's steps at several learning rates and spaces.
-- `make_readme.py`: rebuilds this file from `results/`.
+- `micro_ops.py`: the step graph's hot ops written in cheaper, equivalent forms.
+- `defectgen bench` (torch-free, `defectgen/measure/`): step and end-to-end timing of `run`'s own job path on
+  any bundle and backend, for an edge box.
 
-`defectgen bench` is the torch-free counterpart for an edge box (`defectgen/measure/`, which these scripts
-share their measuring code with): step and end-to-end timing of `defectgen run`'s own job path, FLOP share and
-`--profile` on any bundle and backend.
-
-How things are measured (details in each script's docstring):
-- warm-up calls excluded; contenders timed in alternating rounds so that load changes hit all alike; median with
-  p25-p75; absolute times are stamped with the machine and its load average, ratios are within one run;
-- FLOPs = 2 x multiply-accumulates of Conv, ConvTranspose, MatMul and Gemm, from shapes after ONNX shape
-  inference of the exported graph (elementwise ops not counted); the ceiling is the best median fp32 matmul
-  GFLOP/s of ONNX Runtime's `MatMul` (same thread count) and `numpy.matmul` (all cores), measured in the same run;
-- torch eager runs the same nets and objective the step graph is traced from (`export.torch_backend`);
-- the "128 px model" is randomly initialised with the default channel config and exported through
-  `defectgen.export`: untrained weights time the same as trained ones; its quality columns mean nothing;
-- this workplace has no GPU: the CUDA / TensorRT rows are listed as not available, with the reason.
+How things are measured (details in each script's docstring): warm-up excluded, contenders timed in alternating
+rounds, median with p25-p75, ratios within one run; FLOPs = 2 x multiply-accumulates of Conv, ConvTranspose,
+MatMul and Gemm of the exported graph, the ceiling the best measured fp32 matmul GFLOP/s at the same thread
+count; random-weight models time like trained ones, their quality columns mean nothing; the committed results
+come from CPU boxes without a GPU, so their CUDA / TensorRT rows say "not available" and why.
 """
 
+Row = dict[str, str]
 
-DOWNSTREAM = """\
-## downstream (defect quality, few-shot protocol v2)
-
-`downstream.py` asks whether a segmenter trained on a source's synthetic defects finds **real** ones, with few
-real defects (as in practice: MVTec hazelnut has ~17-18 per type) and a comparison that can tell a generator
-from copy-paste. Each step is in `downstream/pipeline.py`; the figures in `downstream/features.py`.
-
-- **Data**: `defectgen make-data --res 128 --n-good 200 --n-defect 18 --n-test-good 20 --seed 1`, or
-  `--data` an MVTec category.
-- **Split**: per type, the first third by sorted file name (6 of 18) is held in: the only real defects a
-  generator, the copy-paste bank and the `real` row may see. The other 12 + `test/good` are evaluation only.
-  `--validate` (tuning) halves the held-in third again and evaluates on its second half + a tenth of
-  `train/good`; it never reads the held-out defects.
-- **Sources**, 500 images each, made once (seed 0) on the same good images in the same order: `defectgen` (the
-  bundle's recommended run settings; for the shipped bundles G proposes each random target, defect and mask),
-  `defectgen_g1` (`--guide-weight 1 --mask-mode target`: the held-in reference pasted into the same targets,
-  i.e. copy-paste through defectgen's pipeline and masks), `defectgen_g0` (`--guide-weight 0`: the generator
-  alone), `defectgen_surface` (`--detail-from surface`: the detail above G's resolution from the good part's own
-  grain, not from the stitched real defect, so every defect pixel above that grain is G's), `copypaste`,
-  `draem`, `cutpaste`, `mix` (even jobs from defectgen, odd from copy-paste), `real` (the held-in defects
-  themselves, a reference). A defectgen variant whose options (guide weight, mask mode, detail source) all equal
-  the main row's is the same set and is reported as `= defectgen`.
-- **Segmenter**: one U-Net (8 channels, 4 levels, 128 px, 500 Adam steps of 16 images, half good half
-  synthetic) per source and seed; seeds 0, 1, 2; mean ± sample std (n = 3) of pixel AP, pixel AUROC, F1-max,
-  image AUROC on the held-out set; per-type pixel AP (that type's images + all good ones, mean over seeds).
-- **Feature space** of the figures: the down path of the `real` row's seed-0 segmenter (no pretrained LPIPS
-  exists here). A defect crop is a 40 px window at 128 px, centred on the defect, holding the defect's pixels
-  relative to the median colour of the 2 px of surface around it, on flat grey (the surface itself would
-  dominate; copy-paste's colour shift would hide copies). Distance = LPIPS with uniform weights: per level,
-  channel-unit-normalised activations, mean squared difference over pixels, mean over levels.
-  - *diversity*: mean distance over pairs of crops within a type, averaged over types;
-  - *memorisation*: mean distance of each crop to its nearest held-in real crop (any type, any of the 8
-    mirror/transpose variants); 0 = a copy. The held-out real defects are the reference (a new real defect);
-  - *alignment*: mean IoU between each sample's label and that segmenter's prediction on it, thresholded at the
-    F1-max threshold over its own training data (held-in defects + 20 good images).
-  - A one-seed check run (default bundle: not fair, not a result) read memorisation 0.020 for defectgen with
-    guide weight 1, 0.025 copy-paste, 0.056 held-out real defects, 0.064 the generator alone, 0.15-0.20
-    DRAEM/CutPaste; alignment 0.86 real, 0.65-0.66 copy-paste and defectgen g1, 0.34 the generator alone.
-- **Fair defectgen row**: `--bundle B`, trained on `train/good` + the held-in defects only. Why: every other
-  source sees only those 6 real defects per type; a generator trained on more would win by its data, not its
-  method, and one that saw a held-out defect would be scored on its own training images. Next to the bundle,
-  `B/provenance.json` (zip bundles: `B.provenance.json` beside `B.zip`) says so:
-  `{"trained_on": "...", "train_command": "...", "train_seconds": 1234}`, optionally `"held_in": {type: [file
-  names]}` (e.g. the patch trainer's `held_in.json`), which is checked against the split: a held-out file there
-  makes the rows not fair. Without the file the JSON records null and the rows are labelled "not fair". The
-  shipped default bundle (trained on a whole set with all its defects) is refused, also as a copy, unless
-  `--allow-default-bundle` (smoke runs; "not fair"). `--train-budget MINUTES` trains a whole-part bundle on
-  the held-in split inside the run and writes its provenance.
-- **Results**: `results/downstream.{json,md,png}` (JSON `summary`: per source `pixel_ap`/`pixel_auroc`/`f1_max`/
-  `image_auroc` as `{mean, std, n}`, `per_type_ap`, `diversity`, `memorisation`, `alignment`; `protocol`:
-  `held_in_per_type`, `seeds`, `data`, `defectgen_bundle` with `path`, `trained_on`, `train_command`,
-  `train_seconds`), plus a contact sheet per source. Only a full, fair run of all sources writes there; quick,
-  validation, partial and not-fair runs go to `results/quick/`, `results/validation/`, `results/quick/scratch/`.
-- **Time** (2-core CPU): one segmenter takes 0.6 s per step on one thread, ~300 s for 500 steps when it has
-  a core to itself (280-580 s measured beside other jobs). 8 sources x 3 seeds = 24 trainings (21 when a
-  `_g1`/`_g0` row equals the main one), two at a time with `--jobs 2`: ~60 min; making the sources ~5 min (three
-  `defectgen run`s of 500 jobs, 120-200 s each with the default 64 px bundle), data, arrays and figures ~2 min:
-  **about 70 min on an otherwise idle box**; beside another job on one core, about twice that. Measured: a
-  one-seed run of all sources with `--jobs 1` on a box loaded by two other jobs took 58 min (7 trainings,
-  generation 6.5 min, figures 51 s). The first full run of the committed setting (3 seeds, all sources, patch
-  bundle, `--jobs 2`, idle box) took **56 min** (3341 s): generation 1.5 min, 21 trainings of 236-381 s.
-  `--quick` (CI) takes 25-40 s on one core.
-- **Cache**: each finished (source, seed) is kept in `WORK/seg_cache/` (`--work WORK`; default a temp folder),
-  keyed by the bytes of its training and evaluation arrays, the segmenter config with the seed and the code that
-  trains and scores (`segmenter.py`, `metrics.py`, `train_task`). A rerun with the same `--work` that changes
-  only the defectgen rows (another bundle, other `--run-args`) retrains only those (about 25 min instead of
-  56); the JSON marks each reused run `"cached": true`.
-- **Contrast** (pixel-level, per source and type): |mean colour inside the label − mean colour of the 3 px ring
-  around it| in 8-bit units, mean over channels: how visible the defects are against their own surface.
-
-```bash
-OMP_NUM_THREADS=1 python benchmarks/downstream.py --bundle B --jobs 2    # the full protocol
-python benchmarks/downstream.py --quick --allow-default-bundle           # CI smoke test (not fair)
-```
-"""
-
-
-def downstream_section() -> list[str]:
-    """The protocol text, then the committed result if it was made by this protocol (v2)."""
-    parts = [DOWNSTREAM]
-    res = load("downstream")
-    if res is not None and res.get("protocol", {}).get("version") == 2:
-        md = (common.RESULTS / "downstream.md").read_text()
-        parts.append(md.replace("](", "](results/").replace("\n## ", "\n### ").replace("# ", "### ", 1))
-    else:
-        parts.append("No result of this protocol is committed yet.\n")
-    return parts
 
 def load(name: str) -> dict[str, Any] | None:
+    """A committed result's JSON (`results/<name>.json`, `name` may hold a folder), or None when missing or quick."""
     p = common.RESULTS / f"{name}.json"
-    return json.loads(p.read_text()) if p.is_file() else None
+    if not p.is_file():
+        return None
+    res = json.loads(p.read_text(encoding="utf-8"))
+    return None if res.get("quick") else res
 
 
-def target_rows(res: dict[str, dict[str, Any] | None]) -> list[list[str]]:
-    f = common.fmt
+def stamp(machine: dict[str, Any] | None) -> str:
+    """'AMD EPYC · git 2db13def9962+dirty · 2026-12-02': where and at which commit a result was measured."""
+    if not machine:
+        return "–"
+    git = machine.get("git") or {}
+    commit = f"{git.get('commit') or '?'}{'+dirty' if git.get('dirty') else ''}"
+    return f"{machine.get('cpu_model', '?')} · git {commit} · {str(machine.get('date_utc', '?'))[:10]}"
 
-    def got(name: str, key: str, digits: int = 2) -> tuple[str, str, str]:
-        r = res.get(name)
-        if r is None:
-            return "not run yet", "–", "–"
-        v = r["summary"].get(key)
-        # merged throughput results: the headline comes from the 128 px model, stamped by its own run
-        src = next((m for m in r.get("models", []) if "128" in str(m.get("label"))), r) if name == "throughput" else r
-        return f(v, digits), f"`{src['command']}`", src["machine"]["date_utc"]
 
-    rows = []
-    for target, name, key, ok, digits in [
-        ("ONNX Runtime step >= 1.5x torch eager (128 px, batch 8)", "throughput", "ort_vs_torch_step_speedup",
-         lambda v: v >= 1.5, 2),
-        (">= 60 % of the measured matmul GFLOP/s (128 px, batch 8)", "throughput", "step_flops_share_of_ceiling",
-         lambda v: v >= 0.6, 3),
-        ("encoder init reaches the 100-step w_avg objective in <= 5 steps", "convergence",
-         "encoder_init_steps_to_match_wavg_100", lambda v: v <= 5, 0),
-        ("end to end >= 25x the idinvert reference defects/s", "throughput", "end_to_end_speedup_vs_idinvert",
-         lambda v: v >= 25, 1),
-        ("cold start <= 1.5 s", "footprint", "cold_start_s", lambda v: v <= 1.5, 2),
-        ("peak RSS <= 400 MB", "footprint", "peak_rss_mb", lambda v: v <= 400, 0),
-        ("runtime venv <= 150 MB", "footprint", "runtime_venv_mb", lambda v: v <= 150, 0),
-    ]:
-        value, cmd, when = got(name, key, digits)
-        r = res.get(name)
-        raw = r["summary"].get(key) if r else None
-        verdict = "–" if raw is None else ("met" if ok(raw) else "**not met**")
-        rows.append([target, value, verdict, cmd, when])
+BLOCK_START = re.compile(r"[-*+] |[#>|]|\d+[.)] ")  # a wrapped line starting so would begin a list, heading, table
+
+
+def para(text: str) -> str:
+    """A prose paragraph wrapped like the hand-written markdown of this repository (no line starts a block)."""
+    lines: list[str] = []
+    for line in textwrap.wrap(text, 115, break_long_words=False, break_on_hyphens=False):
+        if lines and BLOCK_START.match(line):
+            lines[-1] += " " + line
+        else:
+            lines.append(line)
+    return "\n".join(lines)
+
+
+def link(rel: str, text: str, label: str | None = None) -> str:
+    """A link into `results/`, followed by the no-longer-shipped label where there is one."""
+    return f"[{text}](results/{rel})" + (f" *({label})*" if label else "")
+
+
+# ---- key tables from a result's markdown ----------------------------------------------------------------------------
+def md_tables(md: str) -> list[tuple[str, list[str]]]:
+    """Each table of a result's markdown with the `## ` heading above it."""
+    out: list[tuple[str, list[str]]] = []
+    heading, table = "", []
+    for line in [*md.splitlines(), ""]:
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        if table:
+            out.append((heading, table))
+            table = []
+        if line.startswith("## "):
+            heading = line[3:].strip()
+    return out
+
+
+def cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def key_table(md: str, heading: str, keep: Callable[[Row], bool] | None = None, limit: int | None = None) -> list[str]:
+    """The first table under a heading starting with `heading`, its rows filtered by `keep` and cut at `limit`."""
+    for head, table in md_tables(md):
+        if head.startswith(heading):
+            names = cells(table[0])
+            rows = [r for r in table[2:] if keep is None or keep(dict(zip(names, cells(r), strict=False)))]
+            return [f"*{head}:*", "", *table[:2], *rows[:limit], ""]
+    return []
+
+
+@dataclass(frozen=True)
+class Section:
+    """A result's short section: what it measures and which of its tables are key."""
+
+    name: str
+    what: str
+    tables: tuple[tuple[str, Callable[[Row], bool] | None, int | None], ...]
+    random_res: int | None = None  # times random-weight nets without naming them in its JSON
+    extra: str = ""
+
+
+SECTIONS = (
+    Section("blockiness", "Flat 2x2 blocks inside the labels of `defectgen run` on the 512 px example part, "
+            "against the input at the same places.", (("Summary", None, None),),
+            extra=" · " + link("blockiness_sheet.png", "contact sheet")),
+    Section("colour_drift", "Colour distance (per-channel Wasserstein-1, grey levels) of G's defects to the real "
+            "ones, for G's proposals and after the steps at several learning rates and spaces.",
+            (("Colour W1", None, None),)),
+    Section("convergence", "Objective, mask IoU, PSNR and feature distance per Adam step for encoder / `w_avg` / "
+            "random init in z, w, w+.", (("Steps to reach", None, None),)),
+    Section("throughput", "One optimisation step in torch eager vs ONNX Runtime, and end to end vs the idinvert "
+            "reference (torch eager, Adam lr 0.01, 100 steps from `w_avg`); rows at batch 8, 1 thread.",
+            (("One optimisation step", lambda r: r.get("batch") == "8" and r.get("threads") == "1", None),
+             ("End to end", lambda r: r.get("batch") == "8" and r.get("K") in ("5", "100"), None))),
+    Section("footprint", "Cold start (new process to the first finished job of `defectgen run`), peak RSS, size "
+            "of a runtime-only venv vs the training venv.", (("Cold start", None, None), ("Install size", None, None))),
+    Section("profile_step", "ONNX Runtime per-op profile of the step graph (top 8 ops) and a session-option sweep.",
+            (("Per-op time", None, 8),)),
+    # micro_ops times single ops at the 128 px random model's layer shapes (its docstring)
+    Section("micro_ops", "Micro-benchmarks behind the profile: 2x FIR resampling and the leaky-ReLU backward in "
+            "cheaper, equivalent forms.", (("Summary", None, None),), random_res=128),
+)
+
+
+def section(s: Section) -> list[str]:
+    res, md_path = load(s.name), common.RESULTS / f"{s.name}.md"
+    if res is None or not md_path.is_file():
+        return [f"## {s.name}", "", "Not run yet.", ""]
+    label = prov.result_label(res, s.random_res)
+    lines = [f"## {s.name}" + (f" *({label})*" if label else ""), "", para(s.what), "",
+             para(f"`{res.get('command')}` · {stamp(res.get('machine'))} · {link(f'{s.name}.md', 'full tables')} · "
+                  f"{link(f'{s.name}.png', 'plot')}{s.extra}"), ""]
+    for m in res.get("models", []):  # merged runs (throughput): each model stamped by its own run
+        mlabel = prov.result_label(m) if prov.RANDOM_NETS.search(str(m.get("bundle"))) else prov.stale_label(
+            *prov.machine_commit(m.get("machine") or {}))
+        lines.append(f"- {m['label']}: `{m.get('command')}` · {stamp(m.get('machine'))}"
+                     + (f" *({mlabel})*" if mlabel else ""))
+    lines += [""] if res.get("models") else []
+    md = md_path.read_text(encoding="utf-8")
+    for heading, keep, limit in s.tables:
+        lines += key_table(md, heading, keep, limit)
+    return lines
+
+
+# ---- the headline table ---------------------------------------------------------------------------------------------
+def verdict(ok: bool | None) -> str:
+    return "–" if ok is None else ("met" if ok else "**not met**")
+
+
+def ms(m: dict[str, Any]) -> str:
+    """Mean ± std of a downstream metric in points (x100)."""
+    return "–" if m.get("mean") is None else f"{100 * m['mean']:.1f} ± {100 * m['std']:.1f}"
+
+
+def differences(summary: dict[str, Any]) -> dict[tuple[str, str], str]:
+    """The downstream report's pixel-AP comparisons, keyed by (a, b): '+0.2 pixel-AP points (SE 1.1; ...)'."""
+    out = {}
+    for line in comparisons(summary):
+        pair, text = line.split(": ", 1)
+        a, b = pair.split(" − ")
+        out[(a, b)] = text
+    return out
+
+
+def downstream_rows() -> list[list[str]]:
+    res = load("downstream")
+    if res is None:
+        return [["downstream", "defect quality", "not run yet", "–", "–"]]
+    s, at, n = res["summary"], stamp(res.get("machine")), len(res["protocol"]["seeds"])
+    src = link("downstream.md", "downstream", prov.result_label(res))
+    diff = differences(s)
+    rows = [[src, f"pixel AP on held-out real defects ({n} seeds): defectgen / copy-paste / real",
+             f"**{ms(s['defectgen']['pixel_ap'])}** / {ms(s['copypaste']['pixel_ap'])} / {ms(s['real']['pixel_ap'])}",
+             "–", at],
+            [src, "defectgen − copy-paste", diff.get(("defectgen", "copypaste"), "–"), "–", at]]
+    if "defectgen_g1" in s:
+        gain = 100 * (s["defectgen"]["pixel_ap"]["mean"] - s["defectgen_g1"]["pixel_ap"]["mean"])
+        rows.append([src, "defectgen − defectgen_g1 (G's pixels vs the real defect pasted into G's masks)",
+                     diff.get(("defectgen", "defectgen_g1"), "–"), f">= +2: {verdict(gain >= 2)}", at])
+    align = s["defectgen"].get("alignment")
+    rows.append([src, "alignment IoU of defectgen's labels (a real-trained segmenter's view)",
+                 common.fmt(align, 3), f">= 0.5: {verdict(None if align is None else align >= 0.5)}", at])
+    five = load("downstream_5seeds/downstream")
+    if five is not None:
+        k = len(five["protocol"]["seeds"])
+        rows.append([link("downstream_5seeds/downstream.md", "downstream, 5 seeds", prov.result_label(five)),
+                     f"defectgen − copy-paste ({k} seeds)", differences(five["summary"]).get(
+                         ("defectgen", "copypaste"), "–"), "–", stamp(five.get("machine"))])
     return rows
 
 
-def main() -> None:
-    names = ["throughput", "convergence", "footprint", "profile_step", "micro_ops", "blockiness", "colour_drift"]
-    res = {n: load(n) for n in names}
-    parts = [INTRO, "## Targets", "",
-             common.md_table(["target", "measured", "verdict", "command", "measured at (UTC)"], target_rows(res)),
-             "", "Machine of the latest runs: " + next((common.stamp_line(r["machine"]) for r in res.values() if r),
-                                                     "–"), ""]
-    findings = common.ROOT / "benchmarks" / "findings.md"
-    if findings.is_file():
-        parts += [findings.read_text(), ""]
-    for n in names:
-        md = common.RESULTS / f"{n}.md"
-        if not md.is_file():
-            parts += [f"## {n}", "", "Not run yet.", ""]
-            continue
-        text = md.read_text().replace("](", "](results/").replace("\n## ", "\n### ").replace("# ", "## ", 1)
-        parts += [text, ""]
-    parts += downstream_section()
-    (common.ROOT / "benchmarks" / "README.md").write_text("\n".join(parts))
-    print("wrote benchmarks/README.md")
+def blockiness_rows() -> list[list[str]]:
+    res = load("blockiness")
+    if res is None:
+        return []
+    s = res["summary"]
+    value = (f"{common.fmt(s.get('flat_2x2_percent_generated'), 3)} % of 2x2 blocks (input "
+             f"{common.fmt(100 * s['flat_2x2_share_input'], 3)} %); {s.get('defects_with_flat_blocks')} of "
+             f"{s.get('defects')} defects")
+    return [[link("blockiness.md", "blockiness", prov.result_label(res)), "flat 2x2 blocks inside the labels, 4x "
+             "the training scale", value, f"no more than the input: {verdict(s.get('no_more_blocks_than_input'))}",
+             stamp(res.get("machine"))]]
+
+
+PERCENT = "{:.0%}"  # shares of the ceiling, e.g. 44%
+
+# (figure, summary key, goal, passes, format)
+SPEED = (("ONNX Runtime step vs torch eager", "ort_vs_torch_step_speedup", ">= 1.5x", lambda v: v >= 1.5, "{:.2f}x"),
+         ("step FLOP/s share of the matmul ceiling", "step_flops_share_of_ceiling", ">= 60%", lambda v: v >= 0.6,
+          PERCENT),
+         ("end to end vs the idinvert reference", "end_to_end_speedup_vs_idinvert", ">= 25x", lambda v: v >= 25,
+          "{:.1f}x"))
+OTHER = (("convergence", "encoder init reaches the 100-step `w_avg` objective", "encoder_init_steps_to_match_wavg_100",
+          "<= 5 steps", lambda v: v <= 5, "{:.0f} steps"),
+         ("footprint", "cold start of `defectgen run`", "cold_start_s", "<= 1.5 s", lambda v: v <= 1.5, "{:.2f} s"),
+         ("footprint", "peak RSS", "peak_rss_mb", "<= 400 MiB", lambda v: v <= 400, "{:.0f} MiB"),
+         ("footprint", "runtime-only venv", "runtime_venv_mb", "<= 150 MiB", lambda v: v <= 150, "{:.0f} MiB"))
+
+
+def target_row(src: str, figure: str, value: Any, goal: str, ok: Callable[[float], bool], fmt: str,
+               at: str) -> list[str]:
+    shown = "–" if value is None else fmt.format(value)
+    return [src, figure, shown, f"{goal}: {verdict(None if value is None else ok(value))}", at]
+
+
+def speed_rows() -> list[list[str]]:
+    rows, res = [], load("throughput")
+    threads = int(m.group(1)) if res and (m := re.search(r"at (\d+) thread", " ".join(res.get("notes", [])))) else 1
+    for model in (res or {}).get("models", []):  # each model's own summary figures, by throughput's own rule
+        random = prov.RANDOM_NETS.search(str(model.get("bundle")))
+        label = prov.result_label(model) if random else prov.stale_label(*prov.machine_commit(model["machine"]))
+        src = link("throughput.md", f"throughput, {model['label']}" + ("" if random or label else " (shipped)"),
+                   label)
+        summary = throughput_headline([model], threads)
+        at = summary.pop("_at", "") or ""
+        step, e2e = re.search(r"step at batch (\d+)", at), re.search(r"end to end at batch (\d+), K=(\d+)", at)
+        where = {"step": f"batch {step.group(1)}, {threads} thread" if step else "",
+                 "e2e": f"batch {e2e.group(1)}, K = {e2e.group(2)}" if e2e else ""}
+        for figure, key, goal, ok, fmt in SPEED:
+            rows.append(target_row(src, f"{figure} ({where['e2e' if 'end_to_end' in key else 'step']})",
+                                   summary.get(key), goal, ok, fmt, stamp(model.get("machine"))))
+    bench = load("defectgen_bench")
+    if bench is not None and bench.get("step"):
+        top = max(bench["step"], key=lambda r: r["batch"])
+        rows.append(target_row(link("defectgen_bench.txt", "defectgen bench", prov.result_label(bench)),
+                               f"step FLOP/s share of the matmul ceiling (shipped bundle, batch {top['batch']})",
+                               top.get("share_of_ceiling"), ">= 60%", lambda v: v >= 0.6, PERCENT,
+                               stamp(bench.get("machine"))))
+    for name, figure, key, goal, ok, fmt in OTHER:
+        res = load(name)
+        if res is not None:
+            rows.append(target_row(link(f"{name}.md", name, prov.result_label(res)), figure,
+                                   res["summary"].get(key), goal, ok, fmt, stamp(res.get("machine"))))
+    return rows
+
+
+def held_in(per_type: dict[str, int]) -> str:
+    counts = set(per_type.values())
+    return str(counts.pop()) if len(counts) == 1 else ", ".join(f"{k} {v}" for k, v in per_type.items())
+
+
+# ---- the downstream section -----------------------------------------------------------------------------------------
+def downstream_section() -> list[str]:
+    res = load("downstream")
+    if res is None:
+        return ["## downstream", "", "No result of the protocol is committed yet.", ""]
+    p, s = res["protocol"], res["summary"]
+    label, b = prov.result_label(res), p["defectgen_bundle"]
+    types = p["data"]["types"]
+    head = ["source", "pixel AP", "F1-max", "image AUROC", "alignment", "memorisation", "diversity", *types]
+    rows = [[name, ms(v["pixel_ap"]), ms(v["f1_max"]), ms(v["image_auroc"]), common.fmt(v.get("alignment"), 3),
+             common.fmt(v.get("memorisation"), 3), common.fmt(v.get("diversity"), 3),
+             *[common.fmt(100 * v["per_type_ap"][t], 1) if t in v.get("per_type_ap", {}) else "–" for t in types]]
+            for name, v in s.items() if name not in p.get("same_as", {})]
+    same = ", ".join(f"{a} = {b_}" for a, b_ in p.get("same_as", {}).items())
+    fair = "fair" if b.get("fair") else f"NOT FAIR ({b.get('not_fair_because')})"
+    lines = [f"## downstream: defect quality (protocol v{p['version']})" + (f" *({label})*" if label else ""), "",
+             para(f"A segmenter per source and seed ({len(p['seeds'])} seeds), trained on good images + that "
+                  f"source's synthetic defects, scored on the held-out **real** defects of {p['data']['name']}; "
+                  f"{held_in(p['held_in_per_type'])} real defects per type held in. How: "
+                  "[downstream_protocol.md](downstream_protocol.md)."), "",
+             para(f"`{res.get('command')}` · {stamp(res.get('machine'))} · {res['timing']['total_s']:.0f} s · "
+                  f"{link('downstream.md', 'full note')} · {link('downstream.png', 'plot')} · contact sheets "
+                  "`results/downstream_<source>.png`"), "",
+             para(f"defectgen bundle: `{b.get('path')}`, {fair}; trained on {b.get('trained_on')}."), "",
+             para("*Mean ± std over seeds (x100); per-type columns: pixel AP, mean over seeds" + (
+                 f"; {same}, the same set" if same else "") + ":*"), "",
+             common.md_table(head, rows), "", "*Comparisons (pixel AP):*", "",
+             *[f"- {c}" for c in comparisons(s)], "", "Other downstream results:", ""]
+    r5 = load("downstream_5seeds/downstream")
+    if r5 is not None:
+        l5 = prov.result_label(r5)
+        lines.append(f"- {link('downstream_5seeds/downstream.md', 'downstream_5seeds')}: the defectgen and "
+                     f"copy-paste rows over seeds {r5['protocol']['seeds']} · {stamp(r5.get('machine'))}"
+                     + (f" *({l5})*" if l5 else ""))
+    detail = sorted((common.RESULTS / "downstream_detail").glob("*/downstream.json"))
+    rd = load(str(detail[0].relative_to(common.RESULTS).with_suffix(""))) if detail else None
+    if rd is not None:
+        ld = prov.result_label(rd)
+        lines.append(f"- {link('downstream_detail/README.md', 'downstream_detail')}: where the output's fine detail "
+                     f"comes from (`--detail-from`, `--no-detail`, a guide blend), 5 seeds, with the runtime of "
+                     f"{str(rd['machine'].get('date_utc'))[:10]} · {stamp(rd.get('machine'))}"
+                     + (f" *({ld})*" if ld else ""))
+    tuning = common.RESULTS / "downstream_tuning.md"
+    if tuning.is_file():
+        lt = prov.file_label(tuning)
+        lines.append(f"- {link('downstream_tuning.md', 'downstream_tuning.md')}: the validation-split tuning log "
+                     "of the run settings" + (f" *({lt})*" if lt else ""))
+    return [*lines, ""]
+
+
+def bench_section() -> list[str]:
+    """`defectgen bench` (the torch-free timer) on the shipped bundle: step and end to end at K = 5 per batch."""
+    res = load("defectgen_bench")
+    if res is None or not res.get("step"):
+        return []
+    label, b = prov.result_label(res), res.get("bundle") or {}
+    e2e = {r["batch"]: r for r in res.get("end_to_end", []) if r.get("steps") == 5}
+    rows = [[str(r["batch"]), f"{1000 * r['median_s']:.1f}", f"{1000 * r['median_s'] / r['batch']:.1f}",
+             PERCENT.format(r["share_of_ceiling"]), common.fmt((e2e.get(r["batch"]) or {}).get("defects_per_s")),
+             common.fmt(((e2e.get(r["batch"]) or {}).get("quality") or {}).get("mask_iou"), 3)] for r in res["step"]]
+    return ["## defectgen bench" + (f" *({label})*" if label else ""), "",
+            para(f"`defectgen bench` on `{Path(str(b.get('source'))).name}` ({b.get('resolution')} px, "
+                 f"{b.get('space')}), {res.get('backend')}, {res.get('threads')} thread · {stamp(res.get('machine'))}"
+                 f" · {link('defectgen_bench.txt', 'full output')}"), "",
+            common.md_table(["batch", "step median ms", "ms / sample", "share of ceiling", "defects/s (K = 5)",
+                             "mask IoU (K = 5)"], rows), ""]
+
+
+def machines() -> str:
+    """Which CPUs the committed results were measured on, and which results each."""
+    by: dict[str, list[str]] = {}
+    for p in sorted(common.RESULTS.glob("*.json")):
+        res = load(p.stem)
+        if res and res.get("machine"):
+            m = res["machine"]
+            by.setdefault(f"{m.get('cpu_model')} ({m.get('physical_cores')} cores)", []).append(p.stem)
+    return "; ".join(f"{cpu}: {', '.join(names)}" for cpu, names in by.items())
+
+
+def build() -> str:
+    rows = downstream_rows() + blockiness_rows() + speed_rows()
+    parts = [INTRO, para("Machines of the committed results (this project's shared CPU boxes): " + machines() + "."),
+             "", "## Current results", "",
+             para("Each row links to its result; the last column is the result's machine, git commit and date. A "
+                  "result measured on a model that is no longer shipped says so."), "",
+             common.md_table(["result", "figure", "value", "goal", "measured (CPU · commit · date)"], rows), "",
+             para("How these numbers came about, session by session, newest first: the journal "
+                  "[findings.md](findings.md) (entries marked *Superseded* were overtaken by a later measurement)."),
+             "", *downstream_section()]
+    for s in SECTIONS:
+        parts += section(s)
+    parts += bench_section()
+    return "\n".join(parts).rstrip("\n") + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--out", type=Path, default=README, help="where to write (default benchmarks/README.md)")
+    out = ap.parse_args(argv).out
+    text = build()
+    out.write_text(text, encoding="utf-8")
+    print(f"wrote {out} ({text.count(chr(10))} lines)")
 
 
 if __name__ == "__main__":
