@@ -30,6 +30,7 @@ from defectgen.errors import DataError, JobError, NotYetAvailable
 from defectgen.runtime.backends import load_backend, resolve_backend_name
 from defectgen.runtime.bundle import MANIFEST_NAME, Bundle, default_bundle_path
 from defectgen.runtime.jobs.loop import Summary, run_jobs
+from defectgen.runtime.jobs.review import write_review_page
 from defectgen.runtime.jobs.run_folder import JOBS_FILE, RunFolder
 from defectgen.runtime.jobs.settings import RunSettings, pick_batch, resolve_settings
 from defectgen.runtime.jobs.sources import (
@@ -225,6 +226,7 @@ def run_request(request: RunRequest, *, out: Path, backend: str, shard: tuple[in
     finally:
         engine.close()
     folder.write_contact_sheet(types=request.types)
+    write_review_page(out, request.types)
     return summary
 
 
@@ -234,6 +236,7 @@ def _report(summary: Summary, out: Path) -> int:
     print(f"defectgen: {summary.ok} generated, {summary.skipped} already done, {summary.failed} failed "
           f"of {summary.total} jobs in {summary.seconds:.1f} s ({rate:.2f} jobs/s) -> {out}"
           + (f" (contact sheet: {sheet})" if sheet.is_file() else ""))
+    print(f"  review page: {out / 'index.html'}")
     if not summary.any_failed:
         return 0
     parts = [f"{summary.failed} job(s) failed in this run"] if summary.failed else []
@@ -311,7 +314,8 @@ def demo_cli(*, out: Path, seed: int = 0, bundle: Path | None = None, backend: s
     n_img = len(list(EXAMPLES.glob("*.png")))
     print(f"demo: {len(request.types)} defect types x {n_img} example parts ({summary.ok} generated, "
           f"{summary.skipped} already there) in {time.perf_counter() - t0:.1f} s with {request.bundle.source}\n"
-          f"  images: {out / 'test'}\n  masks:  {out / 'ground_truth'}\n  contact sheet: {sheet}")
+          f"  images: {out / 'test'}\n  masks:  {out / 'ground_truth'}\n  contact sheet: {sheet}\n"
+          f"  review page: {out / 'index.html'}")
     if summary.any_failed:
         msg = f"demo: {summary.failed + summary.failed_before} job(s) failed; first: {summary.first_error}"
         raise JobError(msg)
