@@ -6,9 +6,10 @@ segmenter seeds (mean ± std), plus diversity, memorisation and mask-appearance 
 segmenter trained on the real held-in defects. Protocol: `downstream/pipeline.py`; figures: `downstream/features.py`;
 fairness of the defectgen bundle (its provenance.json): `downstream/bundle_info.py`.
 
-    python benchmarks/downstream.py --bundle B --jobs 2            # the full protocol (B: trained on held-in data)
-    python benchmarks/downstream.py --quick --allow-default-bundle  # CI smoke test, about a minute, not fair
-    python benchmarks/downstream.py --validate --bundle B           # tuning: never reads the held-out defects
+    python benchmarks/downstream.py --jobs 2                 # the full protocol with the embedded default bundle
+    python benchmarks/downstream.py --bundle B --jobs 2      # the same with another bundle B (trained on held-in data)
+    python benchmarks/downstream.py --quick                  # CI smoke test, about a minute, not fair
+    python benchmarks/downstream.py --validate --bundle B    # tuning: never reads the held-out defects
 
 Writes downstream.{json,md,png} and downstream_<source>.png contact sheets to --out (default benchmarks/results;
 quick, validation and not-fair runs go to a subfolder).

@@ -11,9 +11,13 @@ whoever trained it:
   `held_in.json`): checked against this run's split, and a file the split holds out makes the row not fair.
 
 With a provenance file whose `trained_on` is set, the row is recorded as fair; without one the three fields are
-null and the row is labelled "not fair". The shipped default bundle was trained on a whole set with all of its
-defects: it is refused (also as a copy: it is recognised by its manifest's hash) unless `--allow-default-bundle`
-is given, for smoke runs, and then the row is "not fair" whatever the provenance says.
+null and the row is labelled "not fair".
+
+Without `--bundle` the rows use the embedded default bundle (also when given as a copy: it is recognised by its
+manifest's hash). Its model was trained on the held-in third, and its provenance is committed here as
+`default_bundle.provenance.json`, bound to the manifest's sha256: a re-export of the default bundle (new
+manifest) no longer matches it and is refused until that file is updated, unless `--allow-default-bundle` is
+given for a smoke run, whose row is then "not fair".
 
 The manifest is read as JSON (its format is `docs/bundle.md`), so nothing here depends on the runtime's modules.
 """
@@ -32,6 +36,7 @@ import defectgen
 MANIFEST = "manifest.json"
 PROVENANCE = "provenance.json"
 PROVENANCE_KEYS = ("trained_on", "train_command", "train_seconds")
+DEFAULT_PROVENANCE = Path(__file__).resolve().with_name("default_bundle.provenance.json")
 
 
 def fail(msg: str) -> NoReturn:
@@ -72,34 +77,53 @@ def provenance_path(path: Path) -> Path:
     return path / PROVENANCE if path.is_dir() else path.with_suffix(".provenance.json")
 
 
-def read_provenance(path: Path) -> dict[str, Any] | None:
-    """The provenance file's three keys (missing keys -> None), or None without a file."""
-    p = provenance_path(path)
-    if not p.is_file():
-        return None
+def _read_json(p: Path) -> dict[str, Any]:
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         fail(f"{p}: not a readable JSON file ({e})")
     if not isinstance(data, dict):
         fail(f"{p}: expected a JSON object with {', '.join(PROVENANCE_KEYS)}")
-    return {k: data.get(k) for k in PROVENANCE_KEYS}
+    return data
+
+
+def default_provenance() -> dict[str, Any] | None:
+    """The committed provenance of the embedded default bundle; None when its manifest is not the one described."""
+    manifest = default_bundle_path() / MANIFEST
+    if not (DEFAULT_PROVENANCE.is_file() and manifest.is_file()):
+        return None
+    data = _read_json(DEFAULT_PROVENANCE)
+    return data if data.get("manifest_sha256") == hashlib.sha256(manifest.read_bytes()).hexdigest() else None
+
+
+def _provenance_data(path: Path) -> dict[str, Any] | None:
+    """The whole provenance record of a bundle (the committed one for the default bundle), or None."""
+    if is_default(path):
+        return default_provenance()
+    p = provenance_path(path)
+    return _read_json(p) if p.is_file() else None
+
+
+def read_provenance(path: Path) -> dict[str, Any] | None:
+    """The provenance's three keys (missing keys -> None), or None without a provenance record."""
+    data = _provenance_data(path)
+    return None if data is None else {k: data.get(k) for k in PROVENANCE_KEYS}
 
 
 def check_bundle(path: Path | None, *, allow_default: bool, train_budget: float) -> Path | None:
-    """The bundle to use (None: train one with `--train-budget`); refuses the default bundle without the flag."""
+    """The bundle to use (None: train one with `--train-budget`; no `--bundle`: the embedded default bundle).
+
+    Refuses a default bundle that its committed provenance no longer describes, unless `allow_default`.
+    """
     if path is None and train_budget > 0:
         return None
-    if path is None:
-        if not allow_default:
-            fail("the defectgen rows need a bundle trained on train/good + the held-in defects: pass --bundle PATH "
-                 "(or --train-budget MINUTES); the shipped default bundle needs --allow-default-bundle (not fair)")
-        path = default_bundle_path()
+    path = default_bundle_path() if path is None else path
     if not (path.is_dir() and (path / MANIFEST).is_file()) and not zipfile.is_zipfile(path):
         fail(f"--bundle {path}: not a bundle folder with {MANIFEST} nor a bundle zip")
-    if is_default(path) and not allow_default:
-        fail(f"--bundle {path} is the shipped default bundle (trained with all defects): not a fair defectgen row; "
-             f"pass --allow-default-bundle for a smoke run")
+    if is_default(path) and default_provenance() is None and not allow_default:
+        fail(f"{path} is the embedded default bundle, but {DEFAULT_PROVENANCE.name} does not describe this export "
+             f"of it (manifest sha256 differs): update that file, pass --bundle PATH, or --allow-default-bundle "
+             f"for a smoke run (not fair)")
     return path
 
 
@@ -108,9 +132,9 @@ def describe(path: Path, *, how: str) -> dict[str, Any]:
     man = read_manifest(path)
     default = is_default(path)
     prov = read_provenance(path) or dict.fromkeys(PROVENANCE_KEYS)
-    fair = bool(prov["trained_on"]) and not default
-    why = ("the shipped default bundle (trained on a whole set with all its defects)" if default else
-           "" if fair else f"no {PROVENANCE} with `trained_on` beside the bundle")
+    fair = bool(prov["trained_on"])
+    why = ("" if fair else f"the embedded default bundle, which {DEFAULT_PROVENANCE.name} does not describe"
+           if default else f"no {PROVENANCE} with `trained_on` beside the bundle")
     return {"path": str(path), **prov, "fair": fair, "not_fair_because": why or None, "how": how,
             "default_bundle": default, "manifest_sha256": manifest_sha(path), "resolution": man.get("resolution"),
             "defect_types": man.get("defect_types"), "run_defaults": effective_defaults(man)}
@@ -141,10 +165,8 @@ def check_held_in(record: dict[str, Any], held_in: dict[str, list[str]]) -> dict
 
     A bundle whose trainer saw a defect this split holds out would be scored on what it was trained on.
     """
-    prov_path = provenance_path(Path(record["path"])) if record.get("path") else None
-    listed = None
-    if prov_path is not None and prov_path.is_file():
-        listed = json.loads(prov_path.read_text(encoding="utf-8")).get("held_in")
+    data = _provenance_data(Path(record["path"])) if record.get("path") else None
+    listed = data.get("held_in") if data else None
     if not isinstance(listed, dict):
         record["held_in_checked"] = False
         return record

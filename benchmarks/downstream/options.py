@@ -42,9 +42,12 @@ def parse_args(argv: list[str] | None = None, doc: str = "") -> argparse.Namespa
     p.add_argument("--work", type=Path, help="scratch folder (default: $TMPDIR/defectgen_downstream_<mode>)")
     p.add_argument("--quick", action="store_true", help="tiny sizes for CI (about a minute on one core)")
     p.add_argument("--bundle", type=Path, help="bundle of the defectgen rows, trained on train/good + the held-in "
-                                               "defects only; fairness is read from its provenance.json")
+                                               "defects only; fairness is read from its provenance.json (default: "
+                                               "the embedded default bundle, provenance in "
+                                               "downstream/default_bundle.provenance.json)")
     p.add_argument("--allow-default-bundle", action="store_true",
-                   help="accept the shipped default bundle (smoke runs only: its row is labelled not fair)")
+                   help="accept the embedded default bundle when its committed provenance no longer describes it "
+                        "(a re-export; smoke runs only: its row is labelled not fair)")
     p.add_argument("--train-budget", type=float, default=0.0,
                    help="minutes to train+export a whole-part bundle on the held-in split instead of --bundle")
     p.add_argument("--sources", default=",".join(SOURCES), help=f"comma list of {', '.join(SOURCES)}")

@@ -84,8 +84,7 @@ def _bundle(args: argparse.Namespace, path: Path | None, split: Split, work: Pat
             notes: list[str]) -> tuple[Path, dict[str, Any]]:
     """The bundle of the defectgen rows and its protocol record (training one with `--train-budget`)."""
     if path is not None:
-        return path, bundle_info.describe(path, how="given (--bundle)" if args.bundle else "default (--allow-default-"
-                                                                                            "bundle)")
+        return path, bundle_info.describe(path, how="given (--bundle)" if args.bundle else "embedded default bundle")
     from .train_bundle import train_bundle
 
     held_in = write_held_in(split, work / "held_in")

@@ -1,5 +1,7 @@
-"""Downstream benchmark: the defectgen row's bundle must be fair. The shipped default bundle is refused (also a
-copy of it) unless --allow-default-bundle; fairness is read from the bundle's provenance.json."""
+"""Downstream benchmark: the defectgen row's bundle must be fair. Fairness is read from the bundle's
+provenance.json; the embedded default bundle (the default without --bundle) has its provenance committed beside
+the protocol, bound to its manifest's hash, and a default bundle that record does not describe is refused unless
+--allow-default-bundle."""
 
 from __future__ import annotations
 
@@ -32,23 +34,39 @@ def _refused(capsys: pytest.CaptureFixture[str], fn: object, *args: object, **kw
     return err
 
 
-def test_default_bundle_is_refused_without_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_embedded_default_bundle_is_the_fair_default() -> None:
     default = bundle_info.default_bundle_path()
-    err = _refused(capsys, bundle_info.check_bundle, default, allow_default=False, train_budget=0)
-    assert "default bundle" in err and "--allow-default-bundle" in err
-    err = _refused(capsys, bundle_info.check_bundle, None, allow_default=False, train_budget=0)
-    assert "--bundle PATH" in err
-    assert bundle_info.check_bundle(None, allow_default=True, train_budget=0) == default
+    assert bundle_info.check_bundle(None, allow_default=False, train_budget=0) == default
     assert bundle_info.check_bundle(None, allow_default=False, train_budget=5) is None  # trained here instead
+    rec = bundle_info.describe(default, how="test")
+    assert rec["default_bundle"] and rec["fair"] is True and rec["not_fair_because"] is None
+    assert "held-in third" in rec["trained_on"] and "--patch models/default/patch_gan" in rec["train_command"]
+    held_in = json.loads((ROOT / "models" / "default" / "patch_gan" / "held_in.json").read_text())
+    assert bundle_info.check_held_in(rec, held_in)["fair"] and rec["held_in_checked"]  # what the trainer saw
+    rec = bundle_info.check_held_in(bundle_info.describe(default, how="test"), {"hole": ["000.png"]})
+    assert rec["fair"] is False and "crack/000.png" in rec["not_fair_because"]  # a smaller held-in set: not fair
 
 
-def test_a_copy_of_the_default_bundle_is_refused_too(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_copy_of_the_default_bundle_gets_the_committed_provenance(tmp_path: Path) -> None:
     copy = tmp_path / "renamed"
     copy.mkdir()
     shutil.copyfile(bundle_info.default_bundle_path() / "manifest.json", copy / "manifest.json")
-    _refused(capsys, bundle_info.check_bundle, copy, allow_default=False, train_budget=0)
+    (copy / "provenance.json").write_text(json.dumps({"trained_on": "something else"}))  # not the one read
+    assert bundle_info.check_bundle(copy, allow_default=False, train_budget=0) == copy
     rec = bundle_info.describe(copy, how="test")
-    assert rec["default_bundle"] and rec["fair"] is False
+    assert rec["default_bundle"] and rec["fair"] and "held-in third" in rec["trained_on"]
+
+
+def test_a_default_bundle_the_record_does_not_describe_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    reexported = _fake_bundle(tmp_path / "default_bundle")  # as if the default bundle were exported again
+    monkeypatch.setattr(bundle_info, "default_bundle_path", lambda: reexported)
+    assert bundle_info.default_provenance() is None  # the committed record names another manifest hash
+    err = _refused(capsys, bundle_info.check_bundle, None, allow_default=False, train_budget=0)
+    assert "default bundle" in err and "--allow-default-bundle" in err and "provenance" in err
+    assert bundle_info.check_bundle(None, allow_default=True, train_budget=0) == reexported
+    rec = bundle_info.describe(reexported, how="test")
+    assert rec["fair"] is False and bundle_info.DEFAULT_PROVENANCE.name in rec["not_fair_because"]
 
 
 def test_not_a_bundle_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -98,17 +116,17 @@ def test_zip_bundle_reads_the_provenance_beside_it(tmp_path: Path) -> None:
     assert rec["fair"] and rec["train_command"] is None and rec["resolution"] == 16
 
 
-def test_the_script_refuses_the_default_bundle_in_one_line(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "downstream.py"), "--quick", "--out",
-                           str(tmp_path / "out"), "--work", str(tmp_path / "work")],
+def test_the_script_refuses_a_bad_bundle_in_one_line_before_any_work(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "downstream.py"), "--quick", "--bundle",
+                           str(tmp_path / "missing"), "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")],
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
-    assert "--allow-default-bundle" in proc.stderr
+    assert "not a bundle" in proc.stderr
     assert not (tmp_path / "work" / "data").exists()  # refused before any work
 
 
 def test_quick_and_unfair_runs_may_not_overwrite_the_committed_results(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "downstream.py"), "--quick",
-                           "--allow-default-bundle", "--out", str(ROOT / "benchmarks" / "results"), "--work",
+                           "--out", str(ROOT / "benchmarks" / "results"), "--work",
                            str(tmp_path / "work")], capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2 and "may not overwrite" in proc.stderr, proc.stderr
