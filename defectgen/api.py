@@ -13,7 +13,7 @@ Nothing here imports torch: it runs on the edge install. The full reference is `
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,9 +24,18 @@ from defectgen.data.imageio import array_in_order, mask_from_array, native_from_
 from defectgen.errors import DataError, JobError
 from defectgen.runtime.backends import Backend, load_backend, resolve_backend_name
 from defectgen.runtime.bundle import Bundle
+from defectgen.runtime.jobs.folder_run import Source, check_source, check_threads, make_request, run_request
+from defectgen.runtime.jobs.loop import Summary
 from defectgen.runtime.jobs.pipeline import Outcome, generate_outcomes
 from defectgen.runtime.jobs.settings import RunSettings, pick_batch, resolve_settings
-from defectgen.runtime.jobs.sources import InMemory, JobSpec, check_types, job_identity, with_variants
+from defectgen.runtime.jobs.sources import (
+    InMemory,
+    JobSpec,
+    check_types,
+    job_identity,
+    parse_shard,
+    with_variants,
+)
 
 ImageLike = np.ndarray
 MaskLike = np.ndarray | None
@@ -92,8 +101,6 @@ class Generator:
             BundleError: a missing or tampered bundle, or an option it cannot serve (space, batch, λ name).
             JobError: a bad option value.
         """
-        from defectgen.runtime.commands.run import check_threads  # the CLI's rule, shared
-
         name = resolve_backend_name(backend)
         check_threads(threads, name)
         b = Bundle.load(Path(bundle) if bundle is not None else None)
@@ -172,21 +179,44 @@ class Generator:
         for outcome in generate_outcomes(specs, bundle=self.bundle, backend=self.engine, settings=settings):
             yield _defect(outcome, settings, self.engine.name, channel_order)
 
-    def run(self, out: str | Path, **request: Any) -> Any:
-        """Run a job list into an output folder, exactly as `defectgen run` (resumable, shardable, locked).
+    def run(self, out: str | Path, *, images: str | Path | None = None, mvtec: str | Path | None = None,
+            jobs: str | Path | None = None, masks: str | Path | None = None, random_masks: int | None = None,
+            types: str | Sequence[str] | None = None, seed: int = 0, variants: int = 1,
+            shard: str | tuple[int, int] | None = None, retry_failed: bool = False, progress: bool | None = None,
+            echo: Callable[[str], None] | None = None, info: dict[str, Any] | None = None,
+            source: Source | None = None) -> Summary:
+        """Run a job list from disk into an output folder, exactly as `defectgen run` (the command is this call).
 
         Args:
-            out: the output folder (MVTec layout + `jobs.jsonl` + contact sheet + review page).
-            **request: the source and run options of `defectgen run`: one of `images=`, `mvtec=`, `jobs=`
-                (paths), with `masks=` or `random_masks=`; `types`, `seed`, `variants`, `shard` ("k/n"),
-                `retry_failed`, `progress`.
+            out: the output folder: MVTec layout, `jobs.jsonl`, contact sheet and review page (`index.html`).
+            images, mvtec, jobs: exactly one source: a folder of good images (with `masks`, a folder of target
+                masks by stem, or `random_masks`, targets per image), an MVTec category, or a JSONL job list.
+            types, seed, variants: as for `generate`.
+            shard: "k/n": this process runs jobs with `index % n == k` (several may share `out`).
+            retry_failed: rerun jobs an earlier run recorded as failed.
+            progress: a progress bar (None: only on a terminal).
+            echo: where one-line per-job failure messages go (default: stderr).
+            info: extra fields for `run.json`'s informational part.
+            source: an already checked `Source` instead of `images` / `mvtec` / `jobs` (the CLI's).
 
         Returns:
-            The run's `Summary` (ok, skipped, failed counts, seconds, first error).
-        """
-        from defectgen.runtime.jobs.folder_run import run_folder
+            The run's `Summary`: ok, skipped, failed counts, seconds, first error.
 
-        return run_folder(self, Path(out), **request)
+        Raises:
+            DefectgenError: as `defectgen run`'s fatal errors (bad source, output folder unusable or in use).
+        """
+        if source is None:
+            source = check_source(images=_path(images), mvtec=_path(mvtec), jobs=_path(jobs), masks=_path(masks),
+                                  random_masks=random_masks)
+        shard_kn = shard if isinstance(shard, tuple) else parse_shard(shard)
+        request = make_request(bundle=self.bundle, source=source, types=_as_list(types), seed=seed,
+                               variants=variants, settings=self.settings, batch_given=self.batch_given)
+        return run_request(request, out=Path(out), backend=self.backend_name, shard=shard_kn,
+                           retry_failed=retry_failed, progress=progress, echo=echo, info=info, engine=self.engine)
+
+
+def _path(p: str | Path | None) -> Path | None:
+    return None if p is None else Path(p)
 
 
 def _as_list(types: str | Sequence[str] | None) -> list[str] | None:

@@ -158,7 +158,7 @@ def test_guide_weight_one_with_detail_pastes_the_stitched_guide(setup: dict[str,
     """`--guide-weight 1` + detail = the full-resolution stitched reference inside the mask (warped copy-paste);
     without detail it is that guide through the model's resolution (smooth); both recorded per job."""
     from defectgen.runtime.bundle import Bundle
-    from defectgen.runtime.commands.run import Source, make_request
+    from defectgen.runtime.jobs.folder_run import Source, make_request
     from defectgen.runtime.jobs.prepare import prepare
 
     root = setup["root"]

@@ -20,7 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 # Every module of the torch-free layers, discovered from the tree so a new module can't be forgotten.
-MODULES = ["defectgen.errors", "defectgen.cli"] + sorted(
+MODULES = ["defectgen.errors", "defectgen.cli", "defectgen.api"] + sorted(
     ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
     for layer in ("data", "runtime", "measure")
     for p in (ROOT / "defectgen" / layer).rglob("*.py")
@@ -91,4 +91,18 @@ def test_info_imports_neither_torch_nor_onnx(run_blocked: Callable[..., Any]) ->
         import defectgen.runtime.commands.info
         assert "torch" not in sys.modules and "onnx" not in sys.modules
     """, blocked=("torch", "onnx"))
+    assert r.returncode == 0, r.stderr
+
+
+def test_the_python_api_generates_without_torch(run_blocked: Callable[..., Any]) -> None:
+    r = run_blocked("""
+        import numpy as np
+        from defectgen.api import Generator
+        rng = np.random.default_rng(0)
+        part = rng.integers(90, 160, (128, 128, 3)).astype(np.uint8)
+        with Generator.load(threads=1) as gen:
+            d, = gen.generate(part, types="hole", seed=0)
+        assert d.ok and d.mask.any() and d.image.shape == part.shape
+        assert "torch" not in sys.modules
+    """)
     assert r.returncode == 0, r.stderr

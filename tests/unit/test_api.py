@@ -157,3 +157,4 @@ def test_an_array_and_the_same_file_give_the_same_defect(gen: Generator, tmp_pat
     assert a.ok and b.ok
     np.testing.assert_array_equal(a.image, b.image)
     np.testing.assert_array_equal(a.mask, b.mask)
+

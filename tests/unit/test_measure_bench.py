@@ -121,7 +121,8 @@ def test_bench_and_run_give_the_model_identical_inputs(toy: Path, tmp_path: Path
     import defectgen.measure.bench as bench_mod
     import defectgen.runtime.jobs.prepare as prepare_mod
     from defectgen.runtime.backends import load_backend
-    from defectgen.runtime.commands.run import EXAMPLES, Source, make_request, run_request
+    from defectgen.runtime.commands.run import EXAMPLES
+    from defectgen.runtime.jobs.folder_run import Source, make_request, run_request
 
     seen: dict[str, list[tuple[Any, Any]]] = {"run": [], "bench": []}
 
