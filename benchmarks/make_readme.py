@@ -8,15 +8,14 @@ one rerun line per script); the headline table (the downstream protocol's curren
 footprint summaries against their goals), each row linking to its result and stamped with the machine and commit
 of the result's JSON; then one short section per result with its key table and links to its full `.md` and
 `.png`. How the numbers got there is the dated journal `findings.md`: linked, never pasted. A result measured on
-a model that is no longer shipped says so (`model_provenance.py`). Quick (smoke) results are never used.
+a model that is no longer shipped says so (`model_provenance.py`). Quick (smoke) results are never used;
+formatting helpers are in `readme_format.py`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import re
-import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 import common
 import model_provenance as prov
 from downstream.report import comparisons
+from readme_format import PERCENT, Row, key_table, link, load, ms, para, stamp, verdict
 from throughput import headline as throughput_headline
 
 README = common.ROOT / "benchmarks" / "README.md"
@@ -60,77 +60,6 @@ MatMul and Gemm of the exported graph, the ceiling the best measured fp32 matmul
 count; random-weight models time like trained ones, their quality columns mean nothing; the committed results
 come from CPU boxes without a GPU, so their CUDA / TensorRT rows say "not available" and why.
 """
-
-Row = dict[str, str]
-
-
-def load(name: str) -> dict[str, Any] | None:
-    """A committed result's JSON (`results/<name>.json`, `name` may hold a folder), or None when missing or quick."""
-    p = common.RESULTS / f"{name}.json"
-    if not p.is_file():
-        return None
-    res = json.loads(p.read_text(encoding="utf-8"))
-    return None if res.get("quick") else res
-
-
-def stamp(machine: dict[str, Any] | None) -> str:
-    """'AMD EPYC · git 2db13def9962+dirty · 2026-12-02': where and at which commit a result was measured."""
-    if not machine:
-        return "–"
-    git = machine.get("git") or {}
-    commit = f"{git.get('commit') or '?'}{'+dirty' if git.get('dirty') else ''}"
-    return f"{machine.get('cpu_model', '?')} · git {commit} · {str(machine.get('date_utc', '?'))[:10]}"
-
-
-BLOCK_START = re.compile(r"[-*+] |[#>|]|\d+[.)] ")  # a wrapped line starting so would begin a list, heading, table
-
-
-def para(text: str) -> str:
-    """A prose paragraph wrapped like the hand-written markdown of this repository (no line starts a block)."""
-    lines: list[str] = []
-    for line in textwrap.wrap(text, 115, break_long_words=False, break_on_hyphens=False):
-        if lines and BLOCK_START.match(line):
-            lines[-1] += " " + line
-        else:
-            lines.append(line)
-    return "\n".join(lines)
-
-
-def link(rel: str, text: str, label: str | None = None) -> str:
-    """A link into `results/`, followed by the no-longer-shipped label where there is one."""
-    return f"[{text}](results/{rel})" + (f" *({label})*" if label else "")
-
-
-# ---- key tables from a result's markdown ----------------------------------------------------------------------------
-def md_tables(md: str) -> list[tuple[str, list[str]]]:
-    """Each table of a result's markdown with the `## ` heading above it."""
-    out: list[tuple[str, list[str]]] = []
-    heading, table = "", []
-    for line in [*md.splitlines(), ""]:
-        if line.startswith("|"):
-            table.append(line)
-            continue
-        if table:
-            out.append((heading, table))
-            table = []
-        if line.startswith("## "):
-            heading = line[3:].strip()
-    return out
-
-
-def cells(line: str) -> list[str]:
-    return [c.strip() for c in line.strip().strip("|").split("|")]
-
-
-def key_table(md: str, heading: str, keep: Callable[[Row], bool] | None = None, limit: int | None = None) -> list[str]:
-    """The first table under a heading starting with `heading`, its rows filtered by `keep` and cut at `limit`."""
-    for head, table in md_tables(md):
-        if head.startswith(heading):
-            names = cells(table[0])
-            rows = [r for r in table[2:] if keep is None or keep(dict(zip(names, cells(r), strict=False)))]
-            return [f"*{head}:*", "", *table[:2], *rows[:limit], ""]
-    return []
-
 
 @dataclass(frozen=True)
 class Section:
@@ -175,10 +104,9 @@ def section(s: Section) -> list[str]:
              para(f"`{res.get('command')}` · {stamp(res.get('machine'))} · {link(f'{s.name}.md', 'full tables')} · "
                   f"{link(f'{s.name}.png', 'plot')}{s.extra}"), ""]
     for m in res.get("models", []):  # merged runs (throughput): each model stamped by its own run
-        mlabel = prov.result_label(m) if prov.RANDOM_NETS.search(str(m.get("bundle"))) else prov.stale_label(
-            *prov.machine_commit(m.get("machine") or {}))
-        lines.append(f"- {m['label']}: `{m.get('command')}` · {stamp(m.get('machine'))}"
-                     + (f" *({mlabel})*" if mlabel else ""))
+        mlabel = prov.result_label(m)
+        lines.append(para(f"- {m['label']}: `{m.get('command')}` · {stamp(m.get('machine'))}"
+                          + (f" *({mlabel})*" if mlabel else ""), "  "))
     lines += [""] if res.get("models") else []
     md = md_path.read_text(encoding="utf-8")
     for heading, keep, limit in s.tables:
@@ -187,15 +115,6 @@ def section(s: Section) -> list[str]:
 
 
 # ---- the headline table ---------------------------------------------------------------------------------------------
-def verdict(ok: bool | None) -> str:
-    return "–" if ok is None else ("met" if ok else "**not met**")
-
-
-def ms(m: dict[str, Any]) -> str:
-    """Mean ± std of a downstream metric in points (x100)."""
-    return "–" if m.get("mean") is None else f"{100 * m['mean']:.1f} ± {100 * m['std']:.1f}"
-
-
 def differences(summary: dict[str, Any]) -> dict[tuple[str, str], str]:
     """The downstream report's pixel-AP comparisons, keyed by (a, b): '+0.2 pixel-AP points (SE 1.1; ...)'."""
     out = {}
@@ -246,8 +165,6 @@ def blockiness_rows() -> list[list[str]]:
              stamp(res.get("machine"))]]
 
 
-PERCENT = "{:.0%}"  # shares of the ceiling, e.g. 44%
-
 # (figure, summary key, goal, passes, format)
 SPEED = (("ONNX Runtime step vs torch eager", "ort_vs_torch_step_speedup", ">= 1.5x", lambda v: v >= 1.5, "{:.2f}x"),
          ("step FLOP/s share of the matmul ceiling", "step_flops_share_of_ceiling", ">= 60%", lambda v: v >= 0.6,
@@ -271,8 +188,7 @@ def speed_rows() -> list[list[str]]:
     rows, res = [], load("throughput")
     threads = int(m.group(1)) if res and (m := re.search(r"at (\d+) thread", " ".join(res.get("notes", [])))) else 1
     for model in (res or {}).get("models", []):  # each model's own summary figures, by throughput's own rule
-        random = prov.RANDOM_NETS.search(str(model.get("bundle")))
-        label = prov.result_label(model) if random else prov.stale_label(*prov.machine_commit(model["machine"]))
+        random, label = prov.RANDOM_NETS.search(str(model.get("bundle"))), prov.result_label(model)
         src = link("throughput.md", f"throughput, {model['label']}" + ("" if random or label else " (shipped)"),
                    label)
         summary = throughput_headline([model], threads)
@@ -334,23 +250,31 @@ def downstream_section() -> list[str]:
     r5 = load("downstream_5seeds/downstream")
     if r5 is not None:
         l5 = prov.result_label(r5)
-        lines.append(f"- {link('downstream_5seeds/downstream.md', 'downstream_5seeds')}: the defectgen and "
-                     f"copy-paste rows over seeds {r5['protocol']['seeds']} · {stamp(r5.get('machine'))}"
-                     + (f" *({l5})*" if l5 else ""))
+        seeds = ",".join(map(str, r5["protocol"]["seeds"]))
+        lines.append(para(f"- {link('downstream_5seeds/downstream.md', 'downstream_5seeds')}: the defectgen and "
+                          f"copy-paste rows over seeds {seeds} · {stamp(r5.get('machine'))}"
+                          + (f" *({l5})*" if l5 else ""), "  "))
     detail = sorted((common.RESULTS / "downstream_detail").glob("*/downstream.json"))
     rd = load(str(detail[0].relative_to(common.RESULTS).with_suffix(""))) if detail else None
     if rd is not None:
         ld = prov.result_label(rd)
-        lines.append(f"- {link('downstream_detail/README.md', 'downstream_detail')}: where the output's fine detail "
-                     f"comes from (`--detail-from`, `--no-detail`, a guide blend), 5 seeds, with the runtime of "
-                     f"{str(rd['machine'].get('date_utc'))[:10]} · {stamp(rd.get('machine'))}"
-                     + (f" *({ld})*" if ld else ""))
-    tuning = common.RESULTS / "downstream_tuning.md"
-    if tuning.is_file():
-        lt = prov.file_label(tuning)
-        lines.append(f"- {link('downstream_tuning.md', 'downstream_tuning.md')}: the validation-split tuning log "
-                     "of the run settings" + (f" *({lt})*" if lt else ""))
+        lines.append(para(f"- {link('downstream_detail/README.md', 'downstream_detail')}: where the output's fine "
+                          "detail comes from (`--detail-from`, `--no-detail`, a guide blend), 5 seeds, with the "
+                          f"runtime of {str(rd['machine'].get('date_utc'))[:10]} · {stamp(rd.get('machine'))}"
+                          + (f" *({ld})*" if ld else ""), "  "))
     return [*lines, ""]
+
+
+def notes_section() -> list[str]:
+    """Hand-written notes in `results/` (a `.md` without a JSON beside it), committed ones only, by their title."""
+    lines = []
+    for md in sorted(common.RESULTS.glob("*.md")):
+        if md.with_suffix(".json").is_file() or prov.added(md) is None:
+            continue
+        title = next((x.lstrip("# ").strip() for x in md.read_text(encoding="utf-8").splitlines() if x.strip()), "")
+        label = prov.file_label(md)
+        lines.append(para(f"- {link(md.name, md.name)}: {title}" + (f" *({label})*" if label else ""), "  "))
+    return ["## Notes in results/", "", *lines, ""] if lines else []
 
 
 def bench_section() -> list[str]:
@@ -394,7 +318,7 @@ def build() -> str:
              "", *downstream_section()]
     for s in SECTIONS:
         parts += section(s)
-    parts += bench_section()
+    parts += bench_section() + notes_section()
     return "\n".join(parts).rstrip("\n") + "\n"
 
 

@@ -113,14 +113,17 @@ def result_label(result: dict[str, Any], random_res: int | None = None) -> str |
     return stale_label(*machine_commit(result.get("machine") or {}))
 
 
+def added(path: Path) -> tuple[str, str] | None:
+    """(commit, ISO date) of the commit that added a file, or None for a file git does not track."""
+    rel = path.resolve().relative_to(ROOT)
+    lines = (_git("log", "--diff-filter=A", "--format=%H %cI", "--", str(rel)) or "").splitlines()
+    return (lines[-1].split()[0], lines[-1].split()[1]) if lines else None
+
+
 def file_label(path: Path) -> str | None:
     """The label of a hand-written result file (no JSON stamp), by the commit that added it.
 
     Not the last commit that touched it: later edits (a renamed module in its text) measure nothing.
     """
-    rel = path.resolve().relative_to(ROOT)
-    lines = (_git("log", "--diff-filter=A", "--format=%H %cI", "--", str(rel)) or "").splitlines()
-    if not lines:
-        return None
-    commit, date = lines[-1].split()
-    return stale_label(commit, date)
+    found = added(path)
+    return stale_label(*found) if found else None
