@@ -1,8 +1,12 @@
-# Two entry points (README top): `make demo` runs the main job, `make test` runs lint + the whole suite.
-# Each creates .venv on first use. torch is pinned to the CPU-installable 2.13 line.
+# `make demo` runs the main job on the runtime install alone (no torch); `make test` runs lint + the whole suite
+# (what CI runs), `make test-fast` the suite without the tests marked slow. Each creates its venv on first use.
+# torch is pinned to the CPU-installable 2.13 line.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+RUN_VENV := .venv-runtime
+# two workers, a test file per worker: module fixtures (a trained toy model, a bundle) are built once
+PYTEST := $(BIN)/pytest -q -n 2 --dist loadfile
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -11,20 +15,29 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e ".[train,dev]"
 	touch $@
 
-.PHONY: install demo test lint bench-quick clean
+$(RUN_VENV)/bin/.installed: pyproject.toml
+	$(PY) -m venv $(RUN_VENV)
+	$(RUN_VENV)/bin/pip install -q --upgrade pip
+	$(RUN_VENV)/bin/pip install -q -e .
+	touch $@
+
+.PHONY: install demo test test-fast lint bench-quick clean
 install: $(BIN)/.installed
 
-demo: install
-	$(BIN)/defectgen demo --out demo_out
+demo: $(RUN_VENV)/bin/.installed
+	$(RUN_VENV)/bin/defectgen demo --out demo_out
 
 lint: install
 	$(BIN)/ruff check defectgen tests benchmarks
 
 test: lint
-	$(BIN)/pytest -q tests
+	$(PYTEST) tests
+
+test-fast: lint
+	$(PYTEST) -m "not slow" tests
 
 bench-quick: install
 	$(BIN)/python benchmarks/throughput.py --quick
 
 clean:
-	rm -rf $(VENV) demo_out
+	rm -rf $(VENV) $(RUN_VENV) demo_out
