@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from defectgen.errors import DefectgenError, JobError
@@ -203,3 +205,57 @@ def test_provider_fallback_is_logged(bundle: Bundle, caplog: pytest.LogCaptureFi
     with caplog.at_level("WARNING"):
         b.session("mapping.onnx")
     assert "CUDAExecutionProvider could not be used" in caplog.text
+
+
+def test_optimized_cache_of_external_data_graphs_loads_in_a_later_process(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shipped bundle keeps its weights in `weights.bin` (ONNX external data): the cached optimised graph
+    must carry its own data, so a second backend loads it instead of re-optimising (and deleting) it."""
+    monkeypatch.setenv("DEFECTGEN_CACHE", str(tmp_path))
+    bundle = Bundle.load(None)
+    file = bundle.step_file("wplus", 1)
+    assert (bundle.root / "weights.bin").is_file()  # the case under test: graphs with external data
+    r = bundle.resolution
+    rng = np.random.default_rng(0)
+    good = rng.uniform(-1, 1, (1, 3, r, r)).astype(np.float32)
+    mask = np.zeros((1, 1, r, r), np.float32)
+    mask[..., r // 4:r // 2, r // 4:r // 2] = 1
+    latent = rng.standard_normal((1, *bundle.latent_shape("wplus"))).astype(np.float32)
+
+    def run() -> tuple[np.ndarray, np.ndarray]:
+        with OrtBackend(bundle, threads=1) as b:
+            return b.step("wplus", latent, good, mask, good, bundle.lambda_vector())
+
+    first = run()
+    cache = bundle.cache_dir("ort")
+    files = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
+    assert any(n.endswith(".onnx") for n in files), files
+    optimized: list[str] = []  # sessions asked to write an optimised graph
+    real = ort.InferenceSession
+
+    def spy(path: str, so: ort.SessionOptions | None = None, **kw: object) -> ort.InferenceSession:
+        if so is not None and so.optimized_model_filepath:
+            optimized.append(path)
+        return real(path, so, **kw)
+
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    second = run()
+    assert optimized == [], f"{file} was optimised again"
+    assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == files  # nothing rewritten or deleted
+    np.testing.assert_array_equal(second[0], first[0])
+    np.testing.assert_array_equal(second[1], first[1])
+
+
+def test_rebuilt_cache_replaces_the_old_graphs_data(bundle: Bundle, toy: ToyModel) -> None:
+    """A cache entry that does not load is rebuilt; the data file of the graph it replaced goes with it."""
+    good, mask, _, _ = toy.inputs(2)
+    want = OrtBackend(bundle, threads=1).encode(good, mask)
+    key = optimized_cache_key(bundle.entry("encoder.onnx").sha256)
+    cached = bundle.cache_dir("ort") / f"encoder-{key}.onnx"
+    stale = cached.with_name(f"{cached.stem}.1-deadbeef.data")
+    stale.write_bytes(b"old")
+    cached.write_bytes(b"garbage")
+    np.testing.assert_array_equal(OrtBackend(bundle, threads=1).encode(good, mask), want)
+    assert cached.stat().st_size > 100
+    assert not stale.exists()
+    assert not [p for p in cached.parent.iterdir() if p.name.endswith(".tmp")]

@@ -7,6 +7,9 @@ in `w` space never loads the `wplus` graphs), and on the CPU provider the optimi
   the bundle's `ort` cache folder (`Bundle.cache_dir`: `<user cache>/bundles/<key>/ort/<stem>-<key>.onnx`);
   later processes load that file with optimisations disabled
   (measured on the 64 px PoC step graph, 2 CPU cores: 126 ms -> 40 ms session creation, identical outputs).
+  Its initializers of 1 KiB and more go to a data file of its own beside it (`<stem>-<key>.<token>.data`):
+  left to itself ORT keeps the untouched ones pointing at the bundle's shared `weights.bin`, which it then
+  looks for in the cache folder, so the cache never loaded and every run re-optimised.
 - `key` hashes the onnxruntime version, the provider, the file's sha256, the CPU architecture and model name:
   `ORT_ENABLE_ALL` includes the NCHWc layout transform, whose blocked layout depends on the CPU's vector
   width, so ORT itself warns that such a model only runs correctly "in the same environment".
@@ -22,11 +25,13 @@ on CUDA only with device-resident inputs across Adam steps, which this per-call 
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import logging
 import os
 import platform
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +48,8 @@ _ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor
 log = logging.getLogger(__name__)
 Provider = str | tuple[str, dict[str, Any]]
 PROVIDER_SETS = ("ort-cpu", "ort-cuda", "ort-trt")
+_DATA_SUFFIX = ".data"  # the cached graph's own external-data file
+_EXTERNAL_MIN_BYTES = 1024  # smaller initializers stay inline: ORT must read shape constants (Split sizes) at load
 
 
 def physical_cores() -> int:
@@ -177,15 +184,42 @@ class OrtBackend(GraphBackend):
             try:  # already optimised: re-running the optimisers would only cost start-up time
                 return ort.InferenceSession(str(cached), self._options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL),
                                             providers=providers)
-            except Exception:  # noqa: BLE001 - a truncated/foreign cache file: rebuild it below
-                cached.unlink(missing_ok=True)
+            except Exception as e:  # noqa: BLE001 - a truncated/foreign cache file: rebuilt (and replaced) below
+                log.warning("%s: cached optimised graph %s does not load (%s); rebuilding it", file, cached,
+                            str(e).splitlines()[0] if str(e) else type(e).__name__)
+        return self._optimize_into(src, cached, providers)
+
+    def _optimize_into(self, src: Path, cached: Path, providers: list[Provider]) -> ort.InferenceSession:
+        """Create the session from `src` with all optimisations and install the optimised graph as `cached`.
+
+        The graph's large initializers go to a data file of its own beside it (`<stem>-<key>.<token>.data`),
+        so the cache never points back at the bundle's external data (`weights.bin`, which ORT would look for
+        in the cache folder). The token is unique per writer and the graph is renamed into place last, so a
+        concurrent process sees no graph or a whole graph with its whole data file; data files of graphs this
+        one replaced are deleted.
+        """
+        token = f"{os.getpid()}-{secrets.token_hex(4)}"
+        tmp = cached.with_name(f".{cached.name}.{token}.tmp")
+        data = cached.with_name(f"{cached.stem}.{token}{_DATA_SUFFIX}")
         so = self._options(ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
-        tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
         so.optimized_model_filepath = str(tmp)
+        so.add_session_config_entry("session.optimized_model_external_initializers_file_name", data.name)
+        so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                    str(_EXTERNAL_MIN_BYTES))
         so.log_severity_level = 3  # ORT warns the NCHWc graph is hardware specific: the cache key says so already
-        sess = ort.InferenceSession(str(src), so, providers=providers)
+        try:
+            sess = ort.InferenceSession(str(src), so, providers=providers)
+        except BaseException:
+            for p in (tmp, data):
+                p.unlink(missing_ok=True)
+            raise
         if tmp.is_file():
             os.replace(tmp, cached)  # atomic: a concurrent process sees no file or a whole one
+            for old in cached.parent.glob(f"{glob.escape(cached.stem)}.*{_DATA_SUFFIX}"):
+                if old != data:
+                    old.unlink(missing_ok=True)
+        else:
+            data.unlink(missing_ok=True)
         return sess
 
     def _providers_for_file(self, file: str) -> list[Provider]:
