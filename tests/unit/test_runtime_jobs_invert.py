@@ -264,3 +264,45 @@ def test_a_proposed_sample_returns_its_last_latent_unless_told_to_keep_the_best(
         np.testing.assert_array_equal(last.latent, best.latent)
     else:
         assert not np.array_equal(last.latent, best.latent) and f_best < f_last
+
+
+class _CountingBackend:
+    """Delegates to a real backend and records the rows of every `encode` call."""
+
+    def __init__(self, inner: OrtBackend) -> None:
+        self.inner, self.name, self.encoded = inner, inner.name, []
+
+    def encode(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        self.encoded.append(len(image))
+        return self.inner.encode(image, mask)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("space", ["wplus", "w", "z"])
+def test_encoder_runs_only_on_samples_that_start_from_it(backend: OrtBackend, bundle: Bundle, toy: ToyModel,
+                                                         space: str) -> None:
+    """Samples with a start of their own (G's proposals) or a variant's random start never use the encoder's
+    output, so it does not run for them; the samples that do use it start where they would in a full batch."""
+    good, mask, stitched, types = toy.inputs(4, 2)
+    cfg = InversionConfig(space=space, init="encoder")
+    spy = _CountingBackend(backend)
+    everyone = init_latent(spy, bundle, InversionBatch(good, mask, stitched, types), cfg, np.random.default_rng(0))
+    assert spy.encoded == [4]
+    own = np.random.default_rng(3).standard_normal(toy.latent_shape(space)).astype(np.float32)
+
+    spy.encoded.clear()
+    mixed = InversionBatch(good, mask, stitched, types, variants=[(7, 0), (7, 0), (7, 1), (7, 0)],
+                           starts=[None, own, None, None])
+    c0 = init_latent(spy, bundle, mixed, cfg, np.random.default_rng(0))
+    assert spy.encoded == [2]  # sample 1 has its own start, sample 2 is a variant drawn elsewhere
+    np.testing.assert_array_equal(c0[[0, 3]], everyone[[0, 3]])
+    np.testing.assert_array_equal(c0[1], own)
+
+    spy.encoded.clear()
+    proposed = InversionBatch(good, mask, stitched, types, starts=[own] * 4)
+    res = invert(spy, bundle, proposed, config=InversionConfig(space=space, init="encoder", steps=2))
+    assert spy.encoded == []
+    assert np.isfinite(res.final_objective).all()
+    np.testing.assert_array_equal(res.init_latent, np.stack([own] * 4))

@@ -16,7 +16,8 @@ Rules (see `InversionConfig` for the knobs):
   closest thing to w_avg). `random`: z ~ N(0, I), mapped (and broadcast) for w / w+. A sample that is variant
   k > 0 of its job (`InversionBatch.variants`, `defectgen run --variants K`) starts from z ~ N(0, I) seeded by
   (job seed, k) instead, whatever the init: K variants of one target become K different defects. A sample
-  with a start of its own (`InversionBatch.starts`: G proposed its target, `propose`) starts there.
+  with a start of its own (`InversionBatch.starts`: G proposed its target, `propose`) starts there. The encoder
+  runs only on the samples that start from it (none when every sample has a start of its own).
 - **Adam** on the latent, per-sample bias-corrected, with `lr_schedule="cosine"`: the StyleGAN2 projector's ramp,
   lr · ½(1 − cos(π · min(1, (1 − t) / rampdown))) · min(1, t / rampup), t = step / steps; rampup defaults to 0
   because with 5-20 steps a ramp-up would waste the first step. A sample starting from G's own proposal takes
@@ -190,9 +191,11 @@ def init_latent(backend: Backend, bundle: Bundle, batch: InversionBatch, config:
     from their (job seed, k), so K variants of one target are K different defects, and samples with a start of
     their own start there (module docstring).
     """
-    c0 = _configured_init(backend, bundle, batch, config, rng)
     own = [s is not None for s in batch.starts] if batch.starts is not None else [False] * len(batch)
     picks = [i for i, (_, k) in enumerate(batch.variants or []) if k > 0 and not own[i]]
+    elsewhere = set(picks)
+    rows = np.array([i for i in range(len(batch)) if not own[i] and i not in elsewhere], int)
+    c0 = _configured_init(backend, bundle, batch, config, rng, rows)
     if picks:
         z = np.stack([np.random.default_rng([seed, k]).standard_normal(bundle.z_dim)
                       for seed, k in (batch.variants[i] for i in picks)]).astype(np.float32)  # type: ignore[index]
@@ -207,20 +210,32 @@ def init_latent(backend: Backend, bundle: Bundle, batch: InversionBatch, config:
 
 
 def _configured_init(backend: Backend, bundle: Bundle, batch: InversionBatch, config: InversionConfig,
-                     rng: np.random.Generator) -> np.ndarray:
+                     rng: np.random.Generator, rows: np.ndarray) -> np.ndarray:
+    """`config.init` for the whole batch; the encoder runs on `rows` only (the samples that start from it: the
+    others' starts replace its output), their latents are the same as with the whole batch encoded.
+    """
     space, n = config.space, len(batch)
     onehot = bundle.type_onehot(batch.types)
     if config.init == "encoder":
-        wp = backend.encode(batch.stitched, batch.mask)
+        z = None  # drawn for every sample whatever `rows`, so the random stream does not depend on it
+        if space == "z":
+            z = rng.standard_normal((n, config.z_candidates, bundle.z_dim)).astype(np.float32)
+        c0 = np.zeros((n, *bundle.latent_shape(space)), np.float32)
+        if not len(rows):
+            return c0
+        wp = backend.encode(batch.stitched[rows], batch.mask[rows])
         if space == "wplus":
-            return wp
+            c0[rows] = wp
+            return c0
         w_enc = wp.mean(1)
         if space == "w":
-            return w_enc
-        z = rng.standard_normal((n, config.z_candidates, bundle.z_dim)).astype(np.float32)
-        w = backend.map(z.reshape(-1, bundle.z_dim), np.repeat(onehot, config.z_candidates, 0))
-        dist = ((w.reshape(n, config.z_candidates, -1) - w_enc[:, None]) ** 2).sum(-1)
-        return z[np.arange(n), dist.argmin(1)]
+            c0[rows] = w_enc
+            return c0
+        zr = z[rows]  # type: ignore[index]
+        w = backend.map(zr.reshape(-1, bundle.z_dim), np.repeat(onehot[rows], config.z_candidates, 0))
+        dist = ((w.reshape(len(rows), config.z_candidates, -1) - w_enc[:, None]) ** 2).sum(-1)
+        c0[rows] = zr[np.arange(len(rows)), dist.argmin(1)]
+        return c0
     if config.init == "wavg":
         if space == "z":
             return np.zeros((n, bundle.z_dim), np.float32)
