@@ -44,6 +44,18 @@ def test_append_read_and_torn_tail(tmp_path: Path) -> None:
     assert log.read()["b"] == Done("ok", "j.png", "n.png")
 
 
+def test_append_writes_a_batch_of_lines_with_one_write_and_one_fsync(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    log, calls = JobLog(tmp_path / "jobs.jsonl"), []
+    real_write, real_fsync = os.write, os.fsync
+    monkeypatch.setattr(os, "write", lambda fd, data: calls.append("write") or real_write(fd, data))
+    monkeypatch.setattr(os, "fsync", lambda fd: calls.append("fsync") or real_fsync(fd))
+    log.append(_rec("a", "ok", "i.png", "m.png"), _rec("b", "failed", error="x"), _rec("c", "ok", "j.png", "n.png"))
+    log.append()  # an empty batch touches nothing
+    assert calls == ["write", "fsync"]
+    assert list(log.read()) == ["a", "b", "c"] and log.path.read_text().count("\n") == 3
+
+
 def test_repair_whole_file_torn(tmp_path: Path) -> None:
     p = tmp_path / "jobs.jsonl"
     p.write_bytes(b'{"id": "a"')

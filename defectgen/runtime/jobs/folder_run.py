@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from defectgen import __version__
+from defectgen.data.imageio import deferred_sync
 from defectgen.errors import JobError
 from defectgen.runtime.backends import Backend, load_backend, resolve_backend_name
 from defectgen.runtime.bundle import MANIFEST_NAME, Bundle
@@ -198,8 +199,9 @@ def run_request(request: RunRequest, *, out: Path, backend: str, shard: tuple[in
         summary = run_jobs((s for s in request.jobs() if in_shard(s.index, shard)), total=total, folder=folder,
                            bundle=request.bundle, backend=engine, settings=request.settings,
                            retry_failed=retry_failed, echo=echo, progress=progress, base=request.source.base)
-        folder.write_contact_sheet(types=request.types)
-        write_review_page(out, request.types)
+        with deferred_sync():  # one flush to disk for the sheet, the page and its outline PNGs
+            folder.write_contact_sheet(types=request.types)
+            write_review_page(out, request.types)
     finally:
         if own:
             engine.close()

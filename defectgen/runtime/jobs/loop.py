@@ -1,5 +1,6 @@
 """The job loop of `defectgen run`: skip finished jobs, run the rest through the job pipeline
-(`pipeline.generate_outcomes`: prepare, batch, invert, compose), write each result and its log line.
+(`pipeline.generate_batches`: prepare, batch, invert, compose), write each batch's results, flush them to disk
+once, then append their log lines in one write (two flushes a batch instead of about three a job).
 
 Error policy inside the loop: a `DefectgenError` raised by one job (bad image or mask, empty mask, NaN
 objective, ...) fails that job only: it gets a `jobs.jsonl` line with status "failed" and its error, one line on
@@ -10,6 +11,7 @@ stay valid and a rerun resumes after them. Anything else is a bug and keeps its 
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -18,10 +20,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from defectgen.data.imageio import deferred_sync
 from defectgen.errors import DataError, DefectgenError
 from defectgen.runtime.backends.base import Backend
 from defectgen.runtime.bundle.loader import Bundle
-from defectgen.runtime.jobs.pipeline import Outcome, generate_outcomes
+from defectgen.runtime.jobs.pipeline import Outcome, generate_batches
 from defectgen.runtime.jobs.run_folder import RunFolder
 from defectgen.runtime.jobs.settings import RunSettings
 from defectgen.runtime.jobs.sources import JobSpec
@@ -59,35 +62,52 @@ class _Loop:
             self.bar.update(1)
             self.bar.set_postfix(ok=self.summary.ok, failed=self.summary.failed, refresh=False)
 
-    def fail(self, outcome: Outcome, extra_seconds: float = 0.0) -> None:
+    def fail(self, outcome: Outcome) -> None:
+        """Count, report and tick a failed job whose line was appended."""
         spec = outcome.spec
-        self.folder.append(outcome.record(self.settings, backend=self.backend, base=self.base,
-                                          extra_seconds=extra_seconds))
         self.summary.failed += 1
         self.summary.first_error = self.summary.first_error or f"job {spec.name(self.width)}: {outcome.error}"
         self.echo(f"defectgen: job {spec.name(self.width)} ({spec.source or spec.image}) failed: {outcome.error}")
         self._tick()
 
-    def write(self, outcome: Outcome) -> None:
-        """Write a finished job's files, then its line (the resume rule needs the files first)."""
-        if not outcome.ok:
-            self.fail(outcome)
-            return
-        t0 = time.perf_counter()
+    def write(self, outcomes: list[Outcome]) -> None:
+        """Write one batch: every finished job's files, one flush of them to disk, then the batch's lines in
+        one append (the resume rule needs the files first, on disk too: `run_folder`'s module docstring).
+        """
+        lines: list[tuple[Outcome, tuple[str, str] | None, float]] = []  # outcome, its files, write seconds
         try:
-            outputs = self.folder.write_result(outcome.spec, outcome.image, outcome.mask, outcome.source)
+            with deferred_sync() as files:
+                for outcome in outcomes:
+                    lines.append(self._write_files(outcome))
         except OSError as e:
             msg = (f"cannot write outputs into {self.folder.out}: {e.strerror or e}; "
                    f"finished jobs are kept, rerun to resume")
+            with contextlib.suppress(OSError):  # record the jobs whose files are whole, then stop
+                files.sync()
+                self._append(lines)
             raise DataError(msg) from None
+        self._append(lines)
+
+    def _write_files(self, outcome: Outcome) -> tuple[Outcome, tuple[str, str] | None, float]:
+        if not outcome.ok:
+            return outcome, None, 0.0
+        t0 = time.perf_counter()
+        try:
+            outputs = self.folder.write_result(outcome.spec, outcome.image, outcome.mask, outcome.source)
         except DefectgenError as e:
             outcome.error = str(e)
-            self.fail(outcome, time.perf_counter() - t0)
-            return
-        self.folder.append(outcome.record(self.settings, backend=self.backend, outputs=outputs, base=self.base,
-                                          extra_seconds=time.perf_counter() - t0))
-        self.summary.ok += 1
-        self._tick()
+            return outcome, None, time.perf_counter() - t0
+        return outcome, outputs, time.perf_counter() - t0
+
+    def _append(self, lines: list[tuple[Outcome, tuple[str, str] | None, float]]) -> None:
+        self.folder.append(*(outcome.record(self.settings, backend=self.backend, outputs=outputs, base=self.base,
+                                            extra_seconds=seconds) for outcome, outputs, seconds in lines))
+        for outcome, _, _ in lines:
+            if outcome.ok:
+                self.summary.ok += 1
+                self._tick()
+            else:
+                self.fail(outcome)
 
 
 def run_jobs(specs: Iterable[JobSpec], *, total: int, folder: RunFolder, bundle: Bundle, backend: Backend,
@@ -131,7 +151,7 @@ def run_jobs(specs: Iterable[JobSpec], *, total: int, folder: RunFolder, bundle:
                     continue
                 yield spec
 
-        for outcome in generate_outcomes(pending(), bundle=bundle, backend=backend, settings=settings):
-            loop.write(outcome)
+        for outcomes in generate_batches(pending(), bundle=bundle, backend=backend, settings=settings):
+            loop.write(outcomes)
     loop.summary.seconds = time.perf_counter() - t0
     return loop.summary

@@ -1,8 +1,9 @@
 """The one job pipeline: job specs in, finished defects out (prepare -> batch -> invert -> compose), no files.
 
-`defectgen run` (through `run_jobs`, which writes each outcome into its run folder) and the Python API
-(`defectgen.api.Generator.generate`, which hands outcomes back in memory) both consume `generate_outcomes`, so
-a defect made from an array and one made from a file go through the same code.
+`defectgen run` (through `run_jobs`, which writes each batch of outcomes into its run folder, from
+`generate_batches`) and the Python API (`defectgen.api.Generator.generate`, which hands outcomes back in memory,
+from `generate_outcomes`: the same batches one outcome at a time) consume the same pipeline, so a defect made
+from an array and one made from a file go through the same code.
 
 Error policy: a `DefectgenError` raised by one job (bad image or mask, empty mask, NaN objective, ...) makes that
 job a failed `Outcome` with its error; the stream goes on. Anything else is a bug and propagates.
@@ -67,20 +68,37 @@ def generate_outcomes(specs: Iterable[JobSpec], *, bundle: Bundle, backend: Back
                       settings: RunSettings) -> Iterator[Outcome]:
     """Run jobs in batches of `settings.batch`, yielding each one's `Outcome` as its batch finishes.
 
-    A job that fails to prepare is yielded at once; the others in order within their batch. Specs are consumed
-    lazily, so a caller may stream millions of jobs with flat memory.
+    A job that fails to prepare comes before the jobs of the batch it would have joined; the others in order
+    within their batch. Specs are consumed lazily, so a caller may stream millions of jobs with flat memory.
+    """
+    for group in generate_batches(specs, bundle=bundle, backend=backend, settings=settings):
+        yield from group
+
+
+def generate_batches(specs: Iterable[JobSpec], *, bundle: Bundle, backend: Backend,
+                     settings: RunSettings) -> Iterator[list[Outcome]]:
+    """`generate_outcomes` one batch at a time: the outcomes of each inverted batch, after the failures to
+    prepare met while it filled (a run of such failures is cut into lists of at most `settings.batch`).
+
+    For a consumer that writes files: it can flush a whole batch to disk at once (`run_jobs`).
     """
     batch: list[Prepared] = []
+    failed: list[Outcome] = []
     for spec in specs:
         try:
             batch.append(prepare(spec, bundle, settings, backend))
         except DefectgenError as e:
-            yield Outcome(spec, error=str(e))
+            failed.append(Outcome(spec, error=str(e)))
+            if len(failed) < settings.batch:
+                continue
+            yield failed
+            failed = []
             continue
         if len(batch) >= settings.batch:
-            yield from _finish(batch, bundle=bundle, backend=backend, settings=settings)
-            batch = []
-    yield from _finish(batch, bundle=bundle, backend=backend, settings=settings)
+            yield [*failed, *_finish(batch, bundle=bundle, backend=backend, settings=settings)]
+            batch, failed = [], []
+    if batch or failed:
+        yield [*failed, *_finish(batch, bundle=bundle, backend=backend, settings=settings)]
 
 
 def _finish(jobs: list[Prepared], *, bundle: Bundle, backend: Backend, settings: RunSettings) -> Iterator[Outcome]:

@@ -7,8 +7,10 @@ line is appended, so after a `kill -9` a job is either fully recorded or redone;
 crash inside the append can make one) is cut off when the log is opened. Failed jobs are recorded too and
 are not retried unless asked (`retry_failed`), so a rerun with the same options never duplicates a line.
 
-Each line is appended with one `write` on an `O_APPEND` descriptor and fsynced, so several shards may share
-one output folder on a local filesystem (their names never collide: they come from the global job index).
+The run writes in batches (`loop`): a batch's files without fsync, then one flush to disk for all of them
+(`imageio.deferred_sync`), then the batch's lines in one `write` on an `O_APPEND` descriptor and one fsync, so
+a line on disk always follows its files on disk, after a power cut too. Several shards may share one output
+folder on a local filesystem (their names never collide: they come from the global job index).
 `RunFolder.open` locks the folder first (`out_lock`): one unsharded writer, or one writer per shard.
 """
 
@@ -112,9 +114,11 @@ class JobLog:
                 except ValueError:
                     continue
 
-    def append(self, record: JobRecord) -> None:
-        """Append one record as one complete line, flushed to disk before returning."""
-        data = record.to_line().encode("utf-8")
+    def append(self, *records: JobRecord) -> None:
+        """Append records as complete lines in one write, flushed to disk (one fsync) before returning."""
+        if not records:
+            return
+        data = "".join(r.to_line() for r in records).encode("utf-8")
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             view = memoryview(data)
@@ -303,7 +307,8 @@ class RunFolder:
     def write_result(self, spec: JobSpec, image: np.ndarray, mask: np.ndarray, source: np.ndarray) -> tuple[str, str]:
         """Write a job's image and mask atomically (mask first), and its source part once under `train/good/`.
 
-        Images keep their channels and bit depth (`read_native` arrays); masks are 8-bit 0/255.
+        Images keep their channels and bit depth (`read_native` arrays); masks are 8-bit 0/255. Inside
+        `imageio.deferred_sync` the files reach the disk when that block flushes them (the loop's batches).
 
         Returns:
             The written (image, mask) paths relative to the folder.
@@ -311,12 +316,14 @@ class RunFolder:
         writer = MVTecWriter(self.out)
         writer.write_defect(spec.defect_type, spec.name(self.width), image, mask)
         good = self.out / good_path(spec)
-        if not good.is_file():  # the source part once, so OUT is a whole MVTec category (train/good + test/<type>)
+        # the source part once, so OUT is a whole MVTec category (train/good + test/<type>); an empty one is what
+        # a power cut before the batch's flush can leave
+        if not good.is_file() or not good.stat().st_size:
             writer.write_good("train", good.stem, source)
         return self.output_paths(spec)
 
-    def append(self, record: JobRecord) -> None:
-        self.log.append(record)
+    def append(self, *records: JobRecord) -> None:
+        self.log.append(*records)
 
     def write_contact_sheet(self, *, per_type: int = 8, types: Iterable[str] | None = None) -> Path | None:
         """`OUT/contact_sheet.png`: one row per defect type, its `per_type` lowest-index finished jobs.
