@@ -66,12 +66,15 @@ def make_data(
     n_defect: int = typer.Option(40, help="Defective test images per defect type."),
     n_test_good: int = typer.Option(20, help="Good test images (test/good)."),
     seed: int = typer.Option(0, help="Everything is derived from this seed."),
+    category: str = typer.Option("nuts", help="Part family: nuts (crack, cut, hole, print), plate (brushed metal: "
+                                 "scratch, pit, stain, burr) or fabric (woven cloth: tear, thread, spot, fold)."),
 ) -> None:
-    """Write the procedural nut dataset (crack, cut, hole, print) in MVTec AD layout, plus a contact sheet."""
+    """Write a procedural dataset (nuts, plate or fabric) in MVTec AD layout, plus a contact sheet."""
     from defectgen.data.procedural import make_dataset
 
-    sheet = make_dataset(out, res=res, n_good=n_good, n_defect=n_defect, n_test_good=n_test_good, seed=seed)
-    typer.echo(f"wrote {out} (contact sheet: {sheet})")
+    sheet = make_dataset(out, res=res, n_good=n_good, n_defect=n_defect, n_test_good=n_test_good, seed=seed,
+                         category=category)
+    typer.echo(f"wrote {category} dataset {out} (contact sheet: {sheet})")
 
 
 @train_app.command("gan")

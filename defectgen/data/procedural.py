@@ -1,8 +1,9 @@
-"""The procedural hazelnut-like dataset: defectgen's own demo and test data, since MVTec AD can't be shipped.
+"""The procedural datasets: defectgen's own demo and test data, since MVTec AD can't be shipped.
 
-A part is a shaded, streaked, slightly pointed brown nut on a dark, noisy background, rendered at 2x and
-shrunk with INTER_AREA for anti-aliasing. Defects are drawn on top at 2x too, and their masks are derived
-from the very alpha used to paint them, so a mask is exactly the set of pixels the defect changed.
+Three part families (`FAMILIES`): the nuts live here, the others in `defectgen.data.families`. A nut is a
+shaded, streaked, slightly pointed brown nut on a dark, noisy background, rendered at 2x and shrunk with
+INTER_AREA for anti-aliasing. Defects are drawn on top at 2x too, and their masks are derived from the very
+alpha used to paint them, so a mask is exactly the set of pixels the defect changed.
 Everything is a pure function of a numpy Generator: `make_dataset` gives each file its own child seed
 (`[seed, group, index]`), so equal seeds give byte-identical files and changing one count leaves the other
 groups' images unchanged.
@@ -21,39 +22,15 @@ from tqdm import tqdm
 
 from defectgen import DEFAULT_DEFECT_TYPES, GOOD
 from defectgen.data.contact import contact_sheet
+from defectgen.data.families import fabric, plate
+from defectgen.data.families.common import LIGHT, Family, field, lookup, noise1d
 from defectgen.data.imageio import atomic_write_text
 from defectgen.data.masks import dilate, erode, random_mask
 from defectgen.data.mvtec import MVTecWriter
 from defectgen.errors import DataError, choice_error
 
 MARKER = ".defectgen-procedural"  # marks a folder make-data wrote, so a rerun may replace it
-# Light comes from the upper left (image y points down); defects are shaded with the same light.
-LIGHT = np.array([-0.45, -0.55, 0.70]) / np.linalg.norm([-0.45, -0.55, 0.70])
 INKS = np.array([[25, 35, 110], [22, 20, 24], [140, 22, 30], [80, 30, 105], [25, 80, 45]], np.float32)
-
-
-def _noise1d(rng: np.random.Generator, n: int, smooth: float) -> np.ndarray:
-    """Periodic smooth 1-D noise table of length n (unit variance), sampled by `_lookup`."""
-    v = rng.standard_normal(n)
-    k = np.exp(-0.5 * (np.arange(-3 * smooth, 3 * smooth + 1) / max(smooth, 1e-3)) ** 2)
-    v = np.convolve(np.concatenate([v, v, v]), k / k.sum(), mode="same")[n:2 * n]
-    return (v - v.mean()) / (v.std() + 1e-6)
-
-
-def _lookup(table: np.ndarray, x: np.ndarray) -> np.ndarray:
-    n = table.size
-    return np.interp(np.mod(x, n), np.arange(n + 1), np.append(table, table[0])).astype(np.float32)
-
-
-def _field(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
-    """Gaussian-blurred white noise with unit std: grain (small sigma) or mottling (large sigma)."""
-    f = max(1, int(sigma / 2))  # smooth fields are drawn small and enlarged: same look, far cheaper
-    small = rng.standard_normal((-(-shape[0] // f), -(-shape[1] // f))).astype(np.float32)
-    small = cv2.GaussianBlur(small, (0, 0), sigma / f)
-    if f > 1:
-        small = cv2.resize(small, (small.shape[1] * f, small.shape[0] * f), interpolation=cv2.INTER_LINEAR)
-    out = small[:shape[0], :shape[1]]
-    return (out - out.mean()) / (out.std() + 1e-6)
 
 
 def render_part(rng: np.random.Generator, res: int) -> tuple[np.ndarray, np.ndarray]:
@@ -83,12 +60,12 @@ def render_part(rng: np.random.Generator, res: int) -> tuple[np.ndarray, np.ndar
     # Surface: streaks along the meridians (they converge at tip and base, like a hazelnut's shell lines),
     # mottling, grain, and a pale rough scar at the base where the nut was attached.
     meridian = np.arctan2(b, z + f32(1e-3)) * f32(60 / np.pi)
-    streak = _lookup(_noise1d(rng, 120, 1.5), meridian) * (0.5 + 0.5 * np.abs(_field(rng, (n, n), n / 25)))
-    lines = np.maximum(_lookup(_noise1d(rng, 360, 0.7), meridian * 3) - 1.0, 0)  # fine darker veins
-    mottle, grain = _field(rng, (n, n), n / 18), _field(rng, (n, n), 0.8)
+    streak = lookup(noise1d(rng, 120, 1.5), meridian) * (0.5 + 0.5 * np.abs(field(rng, (n, n), n / 25)))
+    lines = np.maximum(lookup(noise1d(rng, 360, 0.7), meridian * 3) - 1.0, 0)  # fine darker veins
+    mottle, grain = field(rng, (n, n), n / 18), field(rng, (n, n), 0.8)
     brown = np.array([138, 84, 44], f32) * f32(rng.uniform(0.85, 1.12)) * rng.uniform(0.95, 1.05, 3).astype(f32)
     albedo = brown * (1 + 0.1 * streak - 0.12 * lines + 0.07 * mottle + 0.05 * grain)[..., None]
-    scar = np.clip((-a - 0.62 + 0.06 * _field(rng, (n, n), n / 40)) / 0.12, 0, 1) * (z > 0.05)
+    scar = np.clip((-a - 0.62 + 0.06 * field(rng, (n, n), n / 40)) / 0.12, 0, 1) * (z > 0.05)
     scar_col = np.array([172, 148, 112], f32) * (1 + 0.12 * grain + 0.06 * mottle)[..., None]
     albedo = albedo * (1 - scar[..., None]) + scar_col * scar[..., None]
     shade = 0.3 + 0.78 * diffuse + 0.16 * z  # inspection lighting is soft: the far side stays brown
@@ -96,7 +73,7 @@ def render_part(rng: np.random.Generator, res: int) -> tuple[np.ndarray, np.ndar
 
     # Background: dark grey with slow unevenness and sensor-like noise; a soft drop shadow off the light.
     bg = np.array([34, 33, 32], f32) * f32(rng.uniform(0.8, 1.2)) \
-        + (3 * _field(rng, (n, n), n / 6) + 2.5 * _field(rng, (n, n), 0.7))[..., None]
+        + (3 * field(rng, (n, n), n / 6) + 2.5 * field(rng, (n, n), 0.7))[..., None]
     shift = np.float32([[1, 0, -light[0] * n * 0.05], [0, 1, -light[1] * n * 0.05]])
     shadow = cv2.GaussianBlur(cv2.warpAffine(alpha, shift, (n, n)), (0, 0), n * 0.03)
     bg = bg * (1 - 0.5 * shadow[..., None])
@@ -133,7 +110,7 @@ def _cut(up: np.ndarray, shape: np.ndarray, rng: np.random.Generator) -> tuple[n
     depth = cv2.distanceTransform(shape, cv2.DIST_L2, 3)
     depth /= max(float(depth.max()), 1e-6)
     flesh = np.array([214, 188, 142], np.float32) * rng.uniform(0.85, 1.05)
-    grain = 1 + 0.06 * _field(rng, shape.shape, 0.8)
+    grain = 1 + 0.06 * field(rng, shape.shape, 0.8)
     col = flesh * ((0.7 + 0.25 * _lit(shape) + 0.15 * depth) * grain)[..., None] * np.sqrt(_shading(up))
     edge = shape - erode(shape, 1)
     col = np.where(edge[..., None] > 0, up * 0.4, col)
@@ -154,7 +131,7 @@ def _print(up: np.ndarray, shape: np.ndarray, rng: np.random.Generator) -> tuple
     ink = INKS[rng.integers(len(INKS))]
     # ink is lit like the shell under it; a little of the shell's texture shows through
     col = (0.8 * ink + 0.2 * up * (ink + 60) / 255) * _shading(up)
-    alpha = shape * np.clip(rng.uniform(0.8, 0.95) + 0.08 * _field(rng, shape.shape, 2.0), 0, 1)
+    alpha = shape * np.clip(rng.uniform(0.8, 0.95) + 0.08 * field(rng, shape.shape, 2.0), 0, 1)
     return col, alpha.astype(np.float32)
 
 
@@ -190,9 +167,22 @@ def draw_defect(image: np.ndarray, part_mask: np.ndarray, defect_type: str,
     return np.where(mask[..., None] > 0, blended, image), mask
 
 
-def _check_args(res: int, counts: dict[str, int]) -> None:
-    if not isinstance(res, int) or not 16 <= res <= 1024:
-        msg = f"res must be an integer between 16 and 1024, got {res!r}"
+NUTS = Family("nuts", DEFAULT_DEFECT_TYPES, render_part, draw_defect)
+FAMILIES: dict[str, Family] = {f.name: f for f in (NUTS, plate.FAMILY, fabric.FAMILY)}
+DEFAULT_CATEGORY = "nuts"
+
+
+def family(category: str) -> Family:
+    """The part family named `category` (nuts, plate, fabric)."""
+    if category not in FAMILIES:
+        raise DataError(choice_error("category", category, list(FAMILIES)))
+    return FAMILIES[category]
+
+
+def _check_args(res: int, counts: dict[str, int], fam: Family) -> None:
+    low = max(16, fam.min_res)
+    if not isinstance(res, int) or not low <= res <= 1024:
+        msg = f"res must be an integer between {low} and 1024 for category {fam.name}, got {res!r}"
         raise DataError(msg)
     for name, value in counts.items():
         if not isinstance(value, int) or value < (1 if name == "n_good" else 0):
@@ -215,41 +205,44 @@ def _prepare(out: Path, settings: dict[str, int]) -> None:
 
 
 def make_dataset(out: str | os.PathLike[str], *, res: int = 128, n_good: int = 200, n_defect: int = 40,
-                 n_test_good: int = 20, seed: int = 0) -> Path:
-    """Write the procedural nut dataset in MVTec AD layout under `out`, plus `out/contact_sheet.png`.
+                 n_test_good: int = 20, seed: int = 0, category: str = DEFAULT_CATEGORY) -> Path:
+    """Write a procedural dataset in MVTec AD layout under `out`, plus `out/contact_sheet.png`.
 
     Args:
         out: Category folder to write (created; a folder from an earlier make-data run is replaced).
-        res: Image side in pixels (16..1024).
+        res: Image side in pixels (16..1024; 32..1024 for plate and fabric).
         n_good: Good training images, `train/good/000.png`... (>= 1).
-        n_defect: Images per defect type (crack, cut, hole, print) in `test/<type>/` with masks.
+        n_defect: Images per defect type in `test/<type>/` with masks (the family's four types).
         n_test_good: Good test images in `test/good/`.
-        seed: Everything derives from it; the same seed gives byte-identical files.
+        seed: Everything derives from it; the same (category, seed) gives byte-identical files.
+        category: Part family, one of `FAMILIES` (nuts, plate, fabric); recorded in the folder's marker file.
 
     Returns:
         Path of the contact sheet (a row of good parts, then one row per defect type, masks outlined).
     """
-    _check_args(res, {"n_good": n_good, "n_defect": n_defect, "n_test_good": n_test_good, "seed": seed})
+    fam = family(category)
+    counts = {"n_good": n_good, "n_defect": n_defect, "n_test_good": n_test_good, "seed": seed}
+    _check_args(res, counts, fam)
     out = Path(out)
-    _prepare(out, {"res": res, "n_good": n_good, "n_defect": n_defect, "n_test_good": n_test_good, "seed": seed})
+    _prepare(out, {"category": fam.name, "res": res, **counts})
     writer = MVTecWriter(out)
     groups = [("train", GOOD, n_good), ("test", GOOD, n_test_good)] + [("test", t, n_defect)
-                                                                       for t in DEFAULT_DEFECT_TYPES]
+                                                                       for t in fam.defect_types]
     rows: dict[str, list] = {}
-    with tqdm(total=sum(g[2] for g in groups), desc="make-data", unit="img", leave=False) as bar:
+    with tqdm(total=sum(g[2] for g in groups), desc=f"make-data {fam.name}", unit="img", leave=False) as bar:
         for gi, (split, kind, count) in enumerate(groups):
             for i in range(count):
                 rng = np.random.default_rng([seed, gi, i])
-                image, part = render_part(rng, res)
+                image, part = fam.render_part(rng, res)
                 if kind == GOOD:
                     writer.write_good(split, f"{i:03d}", image)
                     mask = None
                 else:
-                    image, mask = draw_defect(image, part, kind, rng)
+                    image, mask = fam.draw_defect(image, part, kind, rng)
                     writer.write_defect(kind, f"{i:03d}", image, mask)
                 row = rows.setdefault(f"{split}/{kind}", [])
                 if len(row) < 8:
-                    row.append((image, mask, f"{kind} {i:03d}"))
+                    row.append((image, mask, f"{fam.name} {kind} {i:03d}"))
                 bar.update()
-    sheet = [rows[k] for k in ("train/good", *(f"test/{t}" for t in DEFAULT_DEFECT_TYPES)) if k in rows]
+    sheet = [rows[k] for k in ("train/good", *(f"test/{t}" for t in fam.defect_types)) if k in rows]
     return contact_sheet(sheet, out / "contact_sheet.png")
