@@ -37,6 +37,7 @@ from defectgen.export import onnx_tools
 from defectgen.export.bank import RealInputs, build_defect_bank, real_inputs
 from defectgen.export.graphs import GraphResult, ModelDims, export_graph, model_dims, plan
 from defectgen.export.objective import DEFAULT_LAMBDAS
+from defectgen.export.patch import with_part_size
 from defectgen.export.shared_weights import WEIGHTS_NAME, share_weights
 from defectgen.export.verify import VERIFY_NAME, Bounds, verify_graphs
 from defectgen.runtime.bundle.loader import Bundle, _read_manifest
@@ -234,6 +235,8 @@ def export_bundle(
             log.info("defect bank: %s", ", ".join(f"{t} {len(v)}" for t, v in bank.items()) or "empty")
         else:
             log.warning("no dataset given: the bundle has no defect bank (the runtime then uses S = I)")
+        if patch is not None:  # the training parts' size, for `run --scale auto`
+            patch = with_part_size(patch, data_root)
         results = _export_graphs(G, E, D, dims, tmp, spaces, batches, opset)
         files = {g.path.name: _file_entry(g) for g in results}
         shared = share_weights(tmp, list(files))  # format 2: one weights file, each tensor once

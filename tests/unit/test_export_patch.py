@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from defectgen.data.imageio import read_image, read_mask
-from defectgen.data.mvtec import MVTecCategory
+from defectgen.data.mvtec import MVTecCategory, list_images
+from defectgen.data.part_size import PART_SIZE_RULE, median_part_size
 from defectgen.data.procedural import make_dataset
 from defectgen.errors import DataError, DefectgenError
 from defectgen.export.bank import build_defect_bank, crop_defect
@@ -76,10 +77,13 @@ def _feeds(kind, nets, space, batch, seed):
                                                     seed=seed).items()}
 
 
-def test_bundle_loads_with_patch_info_no_encoder_and_good_input(bundle_dir):
+def test_bundle_loads_with_patch_info_no_encoder_and_good_input(bundle_dir, data):
     b = Bundle.load(bundle_dir)
     m = b.manifest
-    assert m.patch == PatchInfo(window=P, scale=1.0) and b.patch == m.patch and m.resolution == P
+    # the training parts' size, measured as `run --scale auto` measures each image (the median of train/good)
+    part = median_part_size(list_images(data / "train" / "good"))
+    assert m.patch == PatchInfo(window=P, scale=1.0, part_size_px=round(part, 2), part_size_rule=PART_SIZE_RULE)
+    assert b.patch == m.patch and m.resolution == P and 20 < part < 96  # the 96 px parts' size, not the image's
     assert not b.has_encoder and "encoder.onnx" not in m.files and not (bundle_dir / "encoder.onnx").exists()
     assert m.defaults.init == "wavg" and m.defaults.steps == 3 and m.defaults.guide_weight == 0.0
     assert m.default_lambdas["dom"] == 0.0 and m.default_lambdas["mask"] == 1.0
@@ -90,7 +94,8 @@ def test_bundle_loads_with_patch_info_no_encoder_and_good_input(bundle_dir):
         assert names == ["latent", "good", *(["type_onehot"] if space == "z" else [])]
         assert [i.name for i in _sess(bundle_dir / f"synthesis_{space}.onnx").get_inputs()] == names
     raw = json.loads((bundle_dir / "manifest.json").read_text())
-    assert raw["patch"] == {"window": P, "scale": 1.0, "design": "layered"}
+    assert raw["patch"] == {"window": P, "scale": 1.0, "design": "layered", "part_size_px": round(part, 2),
+                            "part_size_rule": PART_SIZE_RULE}
 
 
 def test_verify_report_passed_on_random_and_real_windows(bundle_dir):

@@ -67,6 +67,19 @@ def test_manifest_round_trip(toy_dir: Path) -> None:
     assert m.files["step_wplus_b4.onnx"].inputs[0] == TensorSpec("latent", [4, 3, 4], "float32")
 
 
+@pytest.mark.parametrize("patch", [
+    {"scale": 1.5, "design": "layered"},  # an older bundle: no training part size
+    {"scale": 1.5, "design": "layered", "part_size_px": 70.23, "part_size_rule": "sqrt_part_area"},
+])
+def test_patch_section_round_trip_with_and_without_the_part_size(toy_dir: Path, patch: dict) -> None:
+    data = _manifest_dict(toy_dir)
+    patch = {"window": data["resolution"], **patch}
+    data["patch"] = patch
+    m = Manifest.from_dict(data)
+    assert m.patch is not None and json.loads(m.to_json())["patch"] == patch
+    assert m.patch.part_size_px == patch.get("part_size_px") and m.patch.part_size_rule == patch.get("part_size_rule")
+
+
 def test_manifest_keeps_unknown_fields(toy_dir: Path) -> None:
     data = _manifest_dict(toy_dir) | {"future_field": {"x": 1}}
     assert json.loads(Manifest.from_dict(data).to_json())["future_field"] == {"x": 1}
@@ -88,6 +101,9 @@ def test_manifest_keeps_unknown_fields(toy_dir: Path) -> None:
     ("format", "something-else", "not a defectgen bundle"),
     ("format_version", 3, "unsupported bundle format_version 3"),
     ("patch", {"window": 16, "design": "stacked"}, "patch.design must be 'layered' or 'full'"),
+    ("patch", {"window": 16, "part_size_px": 70.0}, "part_size_px must be > 0 and come with part_size_rule"),
+    ("patch", {"window": 16, "part_size_px": 0, "part_size_rule": "sqrt_part_area"}, "part_size_px must be > 0"),
+    ("patch", {"window": 16, "part_size_px": "70", "part_size_rule": "x"}, "patch.part_size_px must be a number"),
     ("defaults", {"proposal_lr": "small"}, "defaults.proposal_lr must be float"),
     ("defaults", {"proposal_steps": 2.5}, "defaults.proposal_steps must be int"),
 ])

@@ -69,25 +69,39 @@ class PatchInfo:
     """A patch-mode bundle's window: the model works on `window` x `window` model px, cut from the data at
     `scale` data px per model px (1.0: native resolution). The good window is an input of the synthesis graph:
     a layered G draws a defect layer over it; a full G (`design = "full"`) draws the whole window itself.
+
+    `part_size_px` is how large the training parts were (the median over `train/good`, in data px, measured by
+    the rule named `part_size_rule`, `defectgen.data.part_size`): `run --scale auto` compares each image's part
+    with it. Optional: bundles exported before it was recorded run at `scale`.
     """
 
     window: int  # P, equal to the manifest's `resolution`
     scale: float = 1.0  # data px per model px
     design: str = "layered"  # "layered": G draws a defect layer over the good window; "full": the whole window
+    part_size_px: float | None = None  # the training parts' median size in data px (None: not recorded)
+    part_size_rule: str | None = None  # how `part_size_px` was measured, e.g. "sqrt_part_area"
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "manifest.patch") -> PatchInfo:
         require_type(d, dict, where)
+        part = get_field(d, "part_size_px", float, where, default=None)
         info = cls(window=get_field(d, "window", int, where), scale=float(get_field(d, "scale", float, where,
                                                                                      default=1.0)),
-                   design=get_field(d, "design", str, where, default="layered"))
+                   design=get_field(d, "design", str, where, default="layered"),
+                   part_size_px=None if part is None else float(part),
+                   part_size_rule=get_field(d, "part_size_rule", str, where, default=None))
         if info.window < 1 or not info.scale > 0:
             msg = f"manifest field {where} needs window >= 1 and scale > 0, got {info}"
             raise BundleError(msg)
         if info.design not in ("layered", "full"):
             msg = f"manifest field {where}.design must be 'layered' or 'full', got {info.design!r}"
             raise BundleError(msg)
+        if info.part_size_px is not None and not (info.part_size_px > 0 and info.part_size_rule):
+            msg = (f"manifest field {where}.part_size_px must be > 0 and come with part_size_rule, got "
+                   f"{info.part_size_px!r} by {info.part_size_rule!r}")
+            raise BundleError(msg)
         return info
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-ready; the part size fields only when recorded (an older bundle's section reads back unchanged)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
