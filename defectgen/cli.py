@@ -304,10 +304,10 @@ def run(
                                                         "mask, moved/mirrored/rescaled), procedural (the type's "
                                                         "shape family) or generated (G proposes the defect and its "
                                                         "mask). Default: the bundle's."),
-    scale: Optional[float] = typer.Option(None, help="Patch-mode bundles: data px per model px of the window, for "
-                                                     "images taken at another scale: the bundle's scale (`defectgen "
-                                                     "info`) times how much larger your images are (default: the "
-                                                     "bundle's)."),
+    scale: Optional[str] = typer.Option(None, help="Patch-mode bundles: data px per model px of the window. "
+                                                   "Default auto: the bundle's scale times how much larger each "
+                                                   "image's part is than its training parts (recorded in "
+                                                   "jobs.jsonl); a number overrides it."),
     variants: int = typer.Option(1, help="Generate K different defects for each target (different latent inits)."),
     proposals: Optional[int] = typer.Option(None, help="--mask-shape generated: latents G draws per target; its "
                                                        "discriminator keeps the most real whole defect (default "

@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from defectgen.data.part_size import PART_SIZE_RULE
 from defectgen.runtime.bundle.manifest import LOSS_TERMS, FileEntry, Manifest, TensorSpec, finalize_manifest
 
 TYPES = ["good", "crack", "hole"]
@@ -244,11 +245,12 @@ def _write_png(path: Path, arr: np.ndarray) -> None:
 def make_toy_bundle(out: Path, *, model: ToyModel | None = None, spaces: tuple[str, ...] = ("wplus", "w", "z"),
                     batches: tuple[int, ...] = (1, 4), nan_above: float | None = None,
                     zip_path: Path | None = None, patch_scale: float | None = None,
-                    critic: bool = True) -> Path:
+                    critic: bool = True, part_size_px: float | None = None) -> Path:
     """Write a complete, valid bundle folder (and optionally a zip of it); returns the folder.
 
     With `patch_scale`, a patch-mode bundle: window = the model's resolution at that pixel scale, a synthesis
-    that draws over the good window (an input), no encoder (init wavg) and, unless `critic` is False, a critic.
+    that draws over the good window (an input), no encoder (init wavg) and, unless `critic` is False, a critic;
+    `part_size_px`: the training parts' size it records (`run --scale auto`; None: none, as older bundles).
     """
     m = model or ToyModel()
     out.mkdir(parents=True, exist_ok=True)
@@ -283,7 +285,8 @@ def make_toy_bundle(out: Path, *, model: ToyModel | None = None, spaces: tuple[s
         default_lambdas={"mask": 1.0, "bg": 1.0, "def": 0.5, "pix": 0.25, "dom": 0.1, "prior": 0.01},
         defaults={"steps": 10, "lr": 0.05, "space": "wplus", "init": "wavg" if layered else "encoder",
                   "feather_px": 1},
-        patch={"window": m.res, "scale": patch_scale} if layered else None,
+        patch=None if not layered else {"window": m.res, "scale": patch_scale, **(
+            {} if part_size_px is None else {"part_size_px": part_size_px, "part_size_rule": PART_SIZE_RULE})},
         w_avg={k: v.tolist() for k, v in m.w_avg.items()}, files=files, defect_bank=bank,
         configs={"toy": {"seed": m.seed}}, defectgen_version="0.1.0",
     )

@@ -1,5 +1,5 @@
 """`defectgen run` with a patch-mode bundle: a window around each target at the bundle's pixel scale (or
-`--scale`), recorded per job; the background stays bit-exact; `--variants K` gives K defects per target."""
+`--scale`; auto keeps it for a bundle that records no training part size), recorded per job; the background stays bit-exact; `--variants K` gives K defects per target."""
 
 from __future__ import annotations
 
@@ -54,6 +54,12 @@ def test_scale_option_sets_the_window(setup: dict[str, Path], tmp_path: Path) ->
     code, _, err = _run(setup, tmp_path / "small", "--scale", 1)  # a 16 px window cannot hold them: enlarged
     assert code == 0, err
     assert all(r["window"]["enlarged"] and r["window"]["scale"] > 1 for r in jobs_log(tmp_path / "small"))
+    code, _, err = _run(setup, tmp_path / "auto", "--scale", "auto")  # the default, by name
+    assert code == 0, err
+    assert all(r["window"]["scale_from"] == "bundle: it records no training part size"  # an older bundle
+               and r["window"]["base_scale"] == 1.0 for r in jobs_log(tmp_path / "auto"))
+    code, _, err = _run(setup, tmp_path / "bad", "--scale", "x4")
+    assert code == 2 and "--scale x4: needs a number > 0" in err and not (tmp_path / "bad").exists()
 
 
 def test_variants_give_different_defects_for_one_target(setup: dict[str, Path], tmp_path: Path) -> None:

@@ -14,13 +14,14 @@ import hashlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
 
 from defectgen.data.imageio import RGB8, PixelFormat, read_image, read_mask, read_native, to_model, to_rgb8
 from defectgen.data.masks import part_mask, random_mask
+from defectgen.data.part_size import MEASURE_MAX_SIDE, PART_SIZE_RULE, part_size, shrink
 from defectgen.data.stitching import place_reference, stitch
 from defectgen.errors import JobError
 from defectgen.runtime.backends import Backend
@@ -32,11 +33,12 @@ from defectgen.runtime.jobs.compose import (
 )
 from defectgen.runtime.jobs.invert import InversionBatch, InversionResult, invert
 from defectgen.runtime.jobs.propose import Proposal, propose_target
-from defectgen.runtime.jobs.settings import RunSettings
+from defectgen.runtime.jobs.settings import AUTO_SCALE, RunSettings
 from defectgen.runtime.jobs.sources import JobSpec, relpath
 
-# part_mask + random_mask cost grows fast with size (measured: 1024 px 1.6 s, 512 px 0.14 s per job)
-RANDOM_MASK_MAX_SIDE = 512
+# part_mask + random_mask cost grows fast with size (measured: 1024 px 1.6 s, 512 px 0.14 s per job); the part's
+# size (`--scale auto`) is measured on the same shrunk image
+RANDOM_MASK_MAX_SIDE = MEASURE_MAX_SIDE
 STITCH_FEATHER_PX = 0  # full-resolution pixels: see `prepare`
 
 # child stream ids of a job's seed: one per random decision, so adding one never shifts the others
@@ -57,11 +59,12 @@ class Prepared:
     guide: np.ndarray  # uint8 crop-sized HxWx3: the crop with the reference stitched in at full resolution
     reference: str | None  # which real defect was stitched in (None: the bundle has none of this type)
     seconds: float = 0.0
-    window: dict[str, Any] | None = None  # patch mode: the window's box, scale and whether it was enlarged
+    window: dict[str, Any] | None = None  # patch mode: the window's box, scales (and how found), enlarged
     native: np.ndarray | None = None  # the image as stored (gray / RGBA / 16 bit), what the output is made of
     fmt: PixelFormat = RGB8
     start: np.ndarray | None = None  # the inversion's start latent when G proposed the target (`propose`)
     proposal: dict[str, Any] | None = None  # G's proposal (`propose`): {"draw", "draws", "score"}, else None
+    part: np.ndarray | None = None  # uint8 HxW {0,1}: the part, for a target the run drew (labels stay on it)
 
 
 def job_rng(spec: JobSpec, stream: int) -> np.random.Generator:
@@ -102,15 +105,6 @@ def _reference(spec: JobSpec, bundle: Bundle) -> tuple[np.ndarray, np.ndarray, s
     return (*_read_reference(str(img), str(msk)), relpath(img, bundle.root))
 
 
-def _small(image: np.ndarray) -> np.ndarray:
-    """`image` shrunk to at most `RANDOM_MASK_MAX_SIDE` px (the part estimate and mask shapes need no more)."""
-    h, w = image.shape[:2]
-    f = min(1.0, RANDOM_MASK_MAX_SIDE / max(h, w))
-    if f == 1.0:
-        return image
-    return cv2.resize(image, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
-
-
 def _to_full(m: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     """A mask drawn small, at full size: linear + 0.5 threshold (smooth edges), nearest if that empties it."""
     (h, w), (mh, mw) = hw, m.shape
@@ -136,7 +130,7 @@ class _PartCache:
         if key in self.parts:
             self.parts.move_to_end(key)
             return self.parts[key]
-        part = part_mask(_small(image))
+        part = part_mask(shrink(image, RANDOM_MASK_MAX_SIDE))
         part.setflags(write=False)  # shared between jobs: nobody may draw on it
         self.parts[key] = part
         if len(self.parts) > self.size:
@@ -189,21 +183,50 @@ def target_mask(spec: JobSpec, image: np.ndarray) -> np.ndarray:
     return mask
 
 
-def job_crop(bundle: Bundle, mask: np.ndarray, settings: RunSettings) -> tuple[Crop, dict[str, Any] | None]:
+class WindowScale(NamedTuple):
+    """A patch bundle's data px per model px for one image, and how it was found (`jobs.jsonl`'s `scale_from`)."""
+
+    value: float
+    source: str  # "given" (--scale), "auto: part P px vs T px in training", or "bundle: <why auto could not>"
+
+
+def window_scale(bundle: Bundle, image: np.ndarray, settings: RunSettings) -> WindowScale | None:
+    """The pixel scale of a job's window: `--scale` when given, else (`auto`) the bundle's scale times how much
+    larger the image's part is than the training parts (`data.part_size`, the measure the exporter recorded), so
+    a part taken at another zoom gets windows, and defects, of the same size relative to the part.
+
+    Without a recorded training part size (older bundles), or one measured by a rule this runtime does not know,
+    it is the bundle's scale, and the source says why. None for a whole-part bundle.
+    """
+    patch = bundle.patch
+    if patch is None:
+        return None
+    if settings.scale is not None and settings.scale != AUTO_SCALE:
+        return WindowScale(float(settings.scale), "given")
+    if patch.part_size_px is None:
+        return WindowScale(patch.scale, "bundle: it records no training part size")
+    if patch.part_size_rule != PART_SIZE_RULE:
+        return WindowScale(patch.scale, f"bundle: unknown part size rule {patch.part_size_rule!r}")
+    size = part_size(_part_of(image), image.shape[:2])
+    return WindowScale(patch.scale * size / patch.part_size_px,
+                       f"auto: part {size:.0f} px vs {patch.part_size_px:.0f} px in training")
+
+
+def job_crop(bundle: Bundle, mask: np.ndarray, scale: WindowScale | None) -> tuple[Crop, dict[str, Any] | None]:
     """The region the model sees: the whole image, or for a patch-mode bundle a window around the target.
 
-    The window is `P x scale` data px (the bundle's pixel scale, or `--scale` for images taken at another
-    one), enlarged when the target does not fit (`Crop.around`); the model then works at a coarser scale.
+    The window is `P x scale` data px (`window_scale`), enlarged when the target does not fit (`Crop.around`);
+    the model then works at a coarser scale.
 
     Returns:
-        (the crop, None or the window's record for `jobs.jsonl`: box [y0, x0, y1, x1], scale, enlarged).
+        (the crop, None or the window's record for `jobs.jsonl`: box [y0, x0, y1, x1], scale (what the model
+        sees), enlarged, base_scale (what the window was sized for) and scale_from (how that was found)).
     """
-    if bundle.patch is None:
+    if bundle.patch is None or scale is None:
         return Crop.full(mask.shape), None
-    scale = settings.scale or bundle.patch.scale
-    crop, enlarged = Crop.around(mask, max(1, round(bundle.patch.window * scale)))
+    crop, enlarged = Crop.around(mask, max(1, round(bundle.patch.window * scale.value)))
     return crop, {"box": [crop.y0, crop.x0, crop.y1, crop.x1], "scale": round(crop.scale(bundle.resolution), 4),
-                  "enlarged": enlarged}
+                  "enlarged": enlarged, "base_scale": round(scale.value, 4), "scale_from": scale.source}
 
 
 def prepare(spec: JobSpec, bundle: Bundle, settings: RunSettings, backend: Backend | None = None) -> Prepared:
@@ -221,13 +244,14 @@ def prepare(spec: JobSpec, bundle: Bundle, settings: RunSettings, backend: Backe
     image = to_rgb8(native, spec.image)
     ref = _reference(spec, bundle)
     proposing = spec.mask is None and settings.mask_shape == "generated"
+    scale = window_scale(bundle, image, settings)
     moved = None
     if spec.mask is None and ref is not None and settings.mask_shape in ("reference", "generated"):
-        ref_scale = None if bundle.patch is None else (settings.scale or bundle.patch.scale) / bundle.patch.scale
+        ref_scale = None if bundle.patch is None or scale is None else scale.value / bundle.patch.scale
         moved, mask = _reference_target(spec, image, ref[0], ref[1], ref_scale)
     else:
         mask = target_mask(spec, image)
-    crop, window = job_crop(bundle, mask, settings)
+    crop, window = job_crop(bundle, mask, scale)
     res = bundle.resolution
     good, mask_m = model_inputs(image, mask, crop, res)
     start, proposal_record = None, None
@@ -255,7 +279,8 @@ def prepare(spec: JobSpec, bundle: Bundle, settings: RunSettings, backend: Backe
         stitched = to_model(guide, res)
     return Prepared(spec=spec, image=image, mask=mask, crop=crop, good=good, mask_m=mask_m, stitched=stitched,
                     guide=guide, reference=ref_name, seconds=time.perf_counter() - t0, window=window,
-                    native=native, fmt=fmt, start=start, proposal=proposal_record)
+                    native=native, fmt=fmt, start=start, proposal=proposal_record,
+                    part=None if spec.mask is not None else _to_full(_part_of(image), image.shape[:2]))
 
 
 def batch_seed(jobs: list[Prepared]) -> int:

@@ -19,6 +19,7 @@ from defectgen.runtime.jobs.invert import InversionConfig
 from defectgen.runtime.jobs.propose import PROPOSAL_DRAWS
 
 MAX_PROPOSALS = 1024  # all proposals of a job go through one synthesis call
+AUTO_SCALE = "auto"  # `--scale auto`: each image's part size against the training parts' (`prepare.window_scale`)
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,8 @@ class RunSettings:
             family ("procedural"), or the generator's own proposal of a defect and its mask in a window placed
             as for "reference" ("generated", `propose`: the inversion then starts from that latent); jobs without
             a reference draw procedurally, or place the window with a procedural shape.
-        scale: patch-mode bundles: data px per model px of the window (None: the bundle's own pixel scale).
+        scale: patch-mode bundles: data px per model px of the window, or "auto" (and None): the bundle's pixel
+            scale times how much larger the image's part is than the training parts (`prepare.window_scale`).
         proposals: latents G draws per proposed target ("generated" shape); more draws, a stricter choice by
             its discriminator and a slower proposal.
         min_change: "generated" labels keep only the pixels G's image changes by at least this many grey levels
@@ -56,13 +58,16 @@ class RunSettings:
     detail_from: str = "reference"
     guide_weight: float = 0.0
     mask_shape: str = "reference"
-    scale: float | None = None
+    scale: float | str | None = None
     proposals: int = PROPOSAL_DRAWS
     min_change: float = 0.0
 
     def __post_init__(self) -> None:
         if self.detail_from not in DETAIL_SOURCES:  # settings built in Python skip `resolve_settings`
             raise JobError(choice_error("detail source", self.detail_from, DETAIL_SOURCES))
+        if self.scale is not None and self.scale != AUTO_SCALE and not (
+                isinstance(self.scale, (int, float)) and self.scale > 0):
+            raise JobError(_scale_error(self.scale))
 
     def identity(self) -> dict[str, Any]:
         """The settings that decide a job's result, flat, for `run.json` (batching pads: it is left out)."""
@@ -77,10 +82,38 @@ class RunSettings:
                 **({"scale": self.scale} if self.scale is not None else {})}
 
 
+def _scale_error(scale: object) -> str:
+    return f"--scale {scale}: needs a number > 0 (data px per model px) or {AUTO_SCALE}"
+
+
+def parse_scale(scale: float | str | None, patch: bool) -> float | str | None:
+    """`--scale` as given (a number, its text, "auto" or None) for a bundle with (`patch`) or without windows.
+
+    Returns:
+        The number, "auto" (also for None) on a patch-mode bundle; None on a whole-part one, where auto means
+        nothing.
+
+    Raises:
+        JobError: not a number > 0 nor "auto", or a number for a whole-part bundle.
+    """
+    if scale is None or (isinstance(scale, str) and scale.strip().lower() == AUTO_SCALE):
+        return AUTO_SCALE if patch else None
+    try:
+        value = float(scale)
+    except ValueError:
+        raise JobError(_scale_error(scale)) from None
+    if not value > 0 or value == float("inf"):  # also refuses NaN
+        raise JobError(_scale_error(scale))
+    if not patch:
+        msg = "--scale applies to patch-mode bundles only (this bundle's model sees whole parts)"
+        raise JobError(msg)
+    return value
+
+
 def resolve_settings(bundle: Bundle, *, space: str | None = None, steps: int | None = None, lr: float | None = None,
                      init: str | None = None, lambdas: dict[str, float] | None = None, mask_mode: str | None = None,
                      batch: int | None = None, detail: bool | None = None, guide_weight: float | None = None,
-                     mask_shape: str | None = None, scale: float | None = None, proposals: int | None = None,
+                     mask_shape: str | None = None, scale: float | str | None = None, proposals: int | None = None,
                      min_change: float | None = None, detail_from: str | None = None, **inversion: Any) -> RunSettings:
     """Merge options (None: the bundle's `RunDefaults`) and validate them against the bundle.
 
@@ -89,7 +122,7 @@ def resolve_settings(bundle: Bundle, *, space: str | None = None, steps: int | N
         space, steps, lr, init, lambdas, mask_mode, batch, detail, guide_weight, mask_shape, scale, proposals,
             min_change, detail_from: the run
             options (`batch` None: the largest exported step batch until `pick_batch` knows how many jobs there
-            are; `scale` only for patch-mode bundles).
+            are; `scale`: a number only for patch-mode bundles, "auto" or None: `parse_scale`).
         **inversion: further `InversionConfig` fields (e.g. `early_stop_patience=0` for timing).
 
     Returns:
@@ -101,10 +134,7 @@ def resolve_settings(bundle: Bundle, *, space: str | None = None, steps: int | N
             source.
     """
     d = bundle.defaults
-    if scale is not None and (bundle.patch is None or not scale > 0):
-        msg = (f"--scale {scale}: needs a number > 0" if bundle.patch is not None else
-               "--scale applies to patch-mode bundles only (this bundle's model sees whole parts)")
-        raise JobError(msg)
+    scale = parse_scale(scale, bundle.patch is not None)
     config = InversionConfig(space=space or d.space, steps=d.steps if steps is None else steps,
                              lr=d.lr if lr is None else lr, proposal_lr=d.proposal_lr if lr is None else lr,
                              proposal_steps=d.proposal_steps if steps is None else steps,
