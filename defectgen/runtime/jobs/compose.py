@@ -285,6 +285,20 @@ def generated_mask(mask_logit: np.ndarray, target: np.ndarray, crop: Crop, res: 
     return out
 
 
+def on_part(label: np.ndarray, part: np.ndarray) -> np.ndarray:
+    """A label the run drew (random target or G's proposal), cut to the part: a defect on the background is
+    no defect of the part, and a label there teaches a detector to flag the background.
+
+    Raises:
+        JobError: nothing of the label lies on the part.
+    """
+    out = label & part
+    if not out.any():
+        msg = "the label lies wholly off the part (on the background): nothing of it is kept"
+        raise JobError(msg)
+    return out
+
+
 def visible_label(label: np.ndarray, pixels: np.ndarray, image: np.ndarray, crop: Crop, min_change: float,
                   min_piece_px: float) -> np.ndarray:
     """G's label kept only where its pixels visibly change the image: some channel by >= `min_change` levels.

@@ -18,6 +18,7 @@ from defectgen.runtime.jobs.compose import (
     generated_mask,
     hard_composite,
     model_pixels,
+    on_part,
     visible_label,
 )
 from defectgen.runtime.jobs.prepare import Prepared
@@ -35,6 +36,10 @@ def compose_output(p: Prepared, image_m: np.ndarray, mask_logit: np.ndarray, set
     defect's edge is the label's smooth full-resolution one, not the model's pixel grid. With `min_change` > 0
     the label then keeps only the pixels G visibly changes (`visible_label`).
 
+    A target the run drew (`p.part` set: a random target or G's proposal) stays on the part: its label is cut to
+    the part (`on_part`) and the composite's alpha is zero off the part, so no background pixel changes. A
+    given mask is the user's: its label and composite are left as they are.
+
     Args:
         p: the prepared job.
         image_m: float (3,R,R) generated image in [-1,1].
@@ -47,7 +52,8 @@ def compose_output(p: Prepared, image_m: np.ndarray, mask_logit: np.ndarray, set
         (the image in the input's own channels and bit depth, uint8 HxW {0,1} mask), at the input's resolution.
 
     Raises:
-        JobError: non-finite generated pixels, or an empty (or, with `min_change`, invisible) generated label.
+        JobError: non-finite generated pixels, an empty (or, with `min_change`, invisible) generated label, or
+            a drawn label wholly off the part.
     """
     if not (np.isfinite(image_m).all() and np.isfinite(mask_logit).all()):
         msg = "generated image is not finite (NaN/inf)"
@@ -63,6 +69,8 @@ def compose_output(p: Prepared, image_m: np.ndarray, mask_logit: np.ndarray, set
             image_m = hard_composite(image_m, mask_logit, p.good, layered=patch_design == "layered")
     else:
         label = p.mask
+    if p.part is not None:  # a target the run drew: never on the background
+        label = on_part(label, p.part)
     if settings.guide_weight > 0:
         image_m = (1.0 - settings.guide_weight) * np.asarray(image_m, np.float32) + settings.guide_weight * p.stitched
     # the detail's source: the guide (good crop + stitched real defect) or the good crop alone (its grain only)
@@ -72,5 +80,7 @@ def compose_output(p: Prepared, image_m: np.ndarray, mask_logit: np.ndarray, set
         label = visible_label(label, pixels, p.image, p.crop, settings.min_change,
                               MIN_PIECE_MODEL_PX * p.crop.scale(res) ** 2)
     alpha = label.astype(np.float32) if layer_only else alpha_for(label, p.crop, res, settings.feather_px)
+    if p.part is not None:  # the feathered band too
+        alpha *= p.part
     native = p.image if p.native is None else p.native
     return composite(native, pixels, alpha, p.crop, p.fmt), label
