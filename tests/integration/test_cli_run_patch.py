@@ -1,5 +1,6 @@
 """`defectgen run` with a patch-mode bundle: a window around each target at the bundle's pixel scale (or
-`--scale`; auto keeps it for a bundle that records no training part size), recorded per job; the background stays bit-exact; `--variants K` gives K defects per target."""
+`--scale`; auto keeps it for a bundle that records no training part size), recorded per job; the background
+stays bit-exact; `--variants K` gives K defects per target."""
 
 from __future__ import annotations
 
