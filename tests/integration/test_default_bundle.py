@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 from cli_helpers import invoke
 
+from defectgen.api import Generator
 from defectgen.data.imageio import mask_to_model, read_image, read_mask, to_model
 from defectgen.data.masks import part_mask, random_mask
 from defectgen.data.mvtec import MVTecCategory, list_images
+from defectgen.data.part_size import measure_part_size
 from defectgen.data.stitching import stitch
 from defectgen.runtime.backends import load_backend
 from defectgen.runtime.bundle import Bundle, default_bundle_path
@@ -77,6 +79,42 @@ def test_demo_on_the_default_bundle(tmp_path):
     img, mask = items[0].load()
     assert img.shape[:2] == mask.shape and mask.any()
     assert (tmp_path / "demo" / "contact_sheet.png").is_file()
+
+
+def _relative_size(image: np.ndarray, mask: np.ndarray) -> float:
+    """A label's area over its part's (the part measured as `--scale auto` measures it)."""
+    return float(mask.sum()) / measure_part_size(image) ** 2
+
+
+def _against_small_parts(small: dict[str, list[float]], big: list[tuple[str, float]]) -> float:
+    """How large the big part's defects are relative to its part, against the 128 px parts' defects of the
+    same type: the geometric median over the big part's jobs of (its relative size / the type's median)."""
+    return float(np.exp(np.median([np.log(rel / np.median(small[t])) for t, rel in big])))
+
+
+def test_the_512px_part_gets_defects_sized_like_the_128px_parts(tmp_path):
+    """`--scale auto` (the default): the demo's 512 px part (a nut rendered at 4x) gets defects as large, relative
+    to the part, as the 128 px parts get; at the bundle's own scale they were a sixteenth of that."""
+    code, _, stderr = invoke("demo", "--out", tmp_path / "demo")
+    assert code == 0, stderr
+    small, big = {}, []
+    for line in (tmp_path / "demo" / "jobs.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        image = read_image(EXAMPLES / rec["inputs"]["image"])
+        rel = _relative_size(image, read_mask(tmp_path / "demo" / rec["outputs"]["mask"]))
+        if image.shape[0] == 128:
+            small.setdefault(rec["type"], []).append(rel)
+        else:
+            big.append((rec["type"], rel))
+            assert rec["window"]["scale_from"].startswith("auto: part ") and rec["window"]["base_scale"] > 4.5
+    part = read_image(EXAMPLES / "part_4_512px.png")
+    with Generator.load(backend="ort-cpu") as gen:  # more of the 512 px part's defects: one part, four jobs
+        big += [(d.type, _relative_size(part, d.mask)) for d in gen.generate(part, per_image=16, seed=1) if d.ok]
+    with Generator.load(backend="ort-cpu", scale=1.5) as gen:  # the bundle's own scale, as before auto
+        before = [(d.type, _relative_size(part, d.mask)) for d in gen.generate(part, per_image=4, seed=1) if d.ok]
+    assert len(big) >= 18 and len(before) >= 3
+    assert 1 / 1.5 <= _against_small_parts(small, big) <= 1.5
+    assert _against_small_parts(small, before) < 1 / 4
 
 
 def test_the_committed_checkpoints_are_the_shipped_bundle():
