@@ -1,4 +1,5 @@
-"""Real data for a bundle: the defect bank (crops for stitching) and real inputs for the parity check.
+"""Real data for a bundle: the defect bank (crops for stitching), real inputs for the parity check, and the
+training parts' size a patch bundle records (`with_part_size`).
 
 The bank holds, per defect type, up to `per_type` real defects from the dataset's defective test images,
 each cropped around its mask's bounding box with a margin (so the stitcher's colour match sees surface around
@@ -12,6 +13,8 @@ inputs are windows of `window * scale` data px around real defects (`real_window
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +25,13 @@ import numpy as np
 from defectgen import GOOD
 from defectgen.data.imageio import mask_to_model, to_model, write_image, write_mask
 from defectgen.data.masks import bbox
-from defectgen.data.mvtec import Item, MVTecCategory
+from defectgen.data.mvtec import Item, MVTecCategory, list_images
+from defectgen.data.part_size import PART_SIZE_RULE, median_part_size
 from defectgen.data.stitching import stitch
 from defectgen.errors import DataError
+from defectgen.runtime.bundle.sections import PatchInfo
+
+log = logging.getLogger("defectgen.export")
 
 BANK_DIR = "defect_bank"
 
@@ -241,3 +248,19 @@ def _window_at_defect(image: np.ndarray, mask: np.ndarray, side: int,
     cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
     return (_window(image, cy, cx, side, res), _window(mask, cy, cx, side, res)), (cy, cx)
 
+
+def with_part_size(patch: PatchInfo, data_root: str | os.PathLike[str] | None) -> PatchInfo:
+    """The patch section with the training parts' median size (`data.part_size`, on `data_root/train/good`):
+    what `run --scale auto` compares each image's part with. Without such images the section stays as it is
+    (a warning), and `run` then keeps the bundle's scale.
+    """
+    if data_root is None:
+        log.warning("no dataset: the bundle records no training part size (run --scale auto keeps its scale)")
+        return patch
+    try:
+        size = median_part_size(list_images(Path(data_root) / "train" / GOOD))
+    except DataError as e:
+        log.warning("the bundle records no training part size (run --scale auto keeps its scale): %s", e)
+        return patch
+    log.info("training parts: median size %.1f px (%s)", size, PART_SIZE_RULE)
+    return dataclasses.replace(patch, part_size_px=round(size, 2), part_size_rule=PART_SIZE_RULE)

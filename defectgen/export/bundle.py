@@ -34,10 +34,9 @@ from torch import nn
 from defectgen import __version__
 from defectgen.errors import BundleError, DataError, DefectgenError, choice_error
 from defectgen.export import onnx_tools
-from defectgen.export.bank import RealInputs, build_defect_bank, real_inputs
+from defectgen.export.bank import RealInputs, build_defect_bank, real_inputs, with_part_size
 from defectgen.export.graphs import GraphResult, ModelDims, export_graph, model_dims, plan
 from defectgen.export.objective import DEFAULT_LAMBDAS
-from defectgen.export.patch import with_part_size
 from defectgen.export.shared_weights import WEIGHTS_NAME, share_weights
 from defectgen.export.verify import VERIFY_NAME, Bounds, verify_graphs
 from defectgen.runtime.bundle.loader import Bundle, _read_manifest

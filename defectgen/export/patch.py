@@ -21,7 +21,6 @@ pixel scale, from the run's held-in images only (`bank.py`).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -33,9 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from defectgen import GOOD
-from defectgen.data.mvtec import list_images
-from defectgen.data.part_size import PART_SIZE_RULE, median_part_size
-from defectgen.errors import BundleError, DataError, DefectgenError
+from defectgen.errors import BundleError, DefectgenError
 from defectgen.nets.patch import PatchDiscriminator, PatchDiscriminatorConfig, PatchGenerator, composite
 from defectgen.runtime.bundle.manifest import SPACES, PatchInfo
 
@@ -144,23 +141,6 @@ def load_patch_run(run: str | os.PathLike[str]) -> PatchRun:
                     patch=PatchInfo(window=int(G.cfg.window), scale=scale,
                                     design="layered" if G.cfg.layered else "full"), configs=configs,
                     data=train.get("data") or None)
-
-
-def with_part_size(patch: PatchInfo, data_root: str | os.PathLike[str] | None) -> PatchInfo:
-    """The patch section with the training parts' median size (`data.part_size`, on `data_root/train/good`):
-    what `run --scale auto` compares each image's part with. Without such images the section stays as it is
-    (a warning), and `run` then keeps the bundle's scale.
-    """
-    if data_root is None:
-        log.warning("no dataset: the bundle records no training part size (run --scale auto keeps its scale)")
-        return patch
-    try:
-        size = median_part_size(list_images(Path(data_root) / "train" / GOOD))
-    except DataError as e:
-        log.warning("the bundle records no training part size (run --scale auto keeps its scale): %s", e)
-        return patch
-    log.info("training parts: median size %.1f px (%s)", size, PART_SIZE_RULE)
-    return dataclasses.replace(patch, part_size_px=round(size, 2), part_size_rule=PART_SIZE_RULE)
 
 
 def export_patch_cli(*, run: Path, out: Path, data: Path | None, spaces: list[str] | None, batch: list[int],
