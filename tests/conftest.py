@@ -8,6 +8,10 @@ objective); tests reach it only through these fixtures.
 from __future__ import annotations
 
 import os
+
+# One compute thread per test process: `make test` runs two pytest workers on a 2-core box, and torch's and
+# OpenMP's default pools (one thread per core each) would oversubscribe it and spin (set before torch loads).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 import subprocess
 import sys
 import textwrap
