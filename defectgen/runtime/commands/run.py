@@ -78,7 +78,7 @@ def run_cli(*, out: Path, bundle: Path | None, images: Path | None, mvtec: Path 
             shard: str | None, seed: int, batch: int | None = None, mask_mode: str | None = None,
             retry_failed: bool = False, progress: bool | None = None, detail: bool | None = None,
             guide_weight: float | None = None, threads: int | None = None, mask_shape: str | None = None,
-            scale: float | None = None, variants: int = 1, proposals: int | None = None,
+            scale: str | float | None = None, variants: int = 1, proposals: int | None = None,
             min_change: float | None = None, detail_from: str | None = None) -> int:
     """`defectgen run`: validate everything cheap, then generate; see the module docstring for the error rule.
 
