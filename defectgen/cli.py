@@ -23,7 +23,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-train_app = typer.Typer(help="Train the image+mask generator and the domain-guided encoder (needs \\[train]).",
+train_app = typer.Typer(help="Train a defect generator and the encoder that starts its inversion (needs \\[train]): "
+                             "patch mode (the default model's), or the whole-part alternative.",
                         no_args_is_help=True)
 app.add_typer(train_app, name="train")
 
@@ -75,65 +76,6 @@ def make_data(
     sheet = make_dataset(out, res=res, n_good=n_good, n_defect=n_defect, n_test_good=n_test_good, seed=seed,
                          category=category)
     typer.echo(f"wrote {category} dataset {out} (contact sheet: {sheet})")
-
-
-@train_app.command("gan")
-@user_errors
-def train_gan(
-    data: Path = typer.Option(..., help="MVTec-layout category folder."),
-    out: Path = typer.Option(..., help="Run folder (checkpoints, logs, sample grids)."),
-    res: int = typer.Option(64, help="Model resolution: 64, 128 or 256."),
-    kimg: float = typer.Option(50.0, help="Training length in thousands of images shown to D."),
-    batch: int = typer.Option(16, help="Batch size per process."),
-    resume: bool = typer.Option(False, help="Continue from the last checkpoint in --out."),
-    seed: int = typer.Option(0, help="Random seed."),
-    dry_run: bool = typer.Option(False, help="Resolve and print the config, then stop."),
-    r1_gamma: Optional[float] = typer.Option(None, help="R1 weight (default 0.1)."),
-    augment: Optional[str] = typer.Option(None, help="DiffAugment ops: translation,flip,flipv,color ('' = none)."),
-    defect_fraction: Optional[float] = typer.Option(
-        None, help="Fraction of each defect type's images to train on (default 1.0 = all; rest held out)."),
-    good_share: Optional[float] = typer.Option(None, help="Expected share of good images per batch (default 0.5)."),
-    channel_max: Optional[int] = typer.Option(None, help="Widest layer of G and D (default 64; raise on a GPU)."),
-    channel_base: Optional[int] = typer.Option(None, help="Channels at side r = min(base // r, max) (default 1024)."),
-    sample_every: Optional[int] = typer.Option(None, help="Steps between sample grids (default 200)."),
-    ckpt_every: Optional[int] = typer.Option(None, help="Steps between checkpoints (default 200)."),
-    mask_seg: Optional[float] = typer.Option(
-        None, help="Weight of the segmenter-guided mask loss (default 0 = off; see training/segmenter.py)."),
-) -> None:
-    """Train the conditional image+mask StyleGAN2-lite generator."""
-    from defectgen.training.gan import train_gan_cli
-
-    train_gan_cli(data=data, out=out, res=res, kimg=kimg, batch=batch, resume=resume, seed=seed, dry_run=dry_run,
-                  r1_gamma=r1_gamma, augment=augment, defect_fraction=defect_fraction, good_share=good_share,
-                  channel_max=channel_max, channel_base=channel_base, sample_every=sample_every,
-                  ckpt_every=ckpt_every, mask_seg=mask_seg)
-
-
-@train_app.command("encoder")
-@user_errors
-def train_encoder(
-    data: Path = typer.Option(..., help="MVTec-layout category folder."),
-    gan: Path = typer.Option(..., help="GAN run folder or checkpoint."),
-    out: Path = typer.Option(..., help="Run folder for the encoder."),
-    steps: int = typer.Option(2000, help="Optimisation steps."),
-    batch: int = typer.Option(16, help="Batch size per process."),
-    vgg: Optional[Path] = typer.Option(None, help="Optional VGG16 weights (safetensors) for the feature loss."),
-    resume: bool = typer.Option(False, help="Continue from the last checkpoint in --out."),
-    seed: int = typer.Option(0, help="Random seed."),
-    holdout: Optional[float] = typer.Option(None, help="Fraction of real images held out for report.json (0.1)."),
-    sample_every: Optional[int] = typer.Option(None, help="Steps between sample grids (default 200)."),
-    ckpt_every: Optional[int] = typer.Option(None, help="Steps between checkpoints (default 200)."),
-    init_from: Optional[Path] = typer.Option(None, help="Encoder run or checkpoint to start from (E and D weights; "
-                                                        "fresh optimisers)."),
-    w_mask: Optional[float] = typer.Option(None, help="Weight of the mask BCE (default 0.5)."),
-    dry_run: bool = typer.Option(False, help="Resolve and print the config, then stop."),
-) -> None:
-    """Train the idinvert domain-guided encoder (image + mask -> w+)."""
-    from defectgen.training.encoder import train_encoder_cli
-
-    train_encoder_cli(data=data, gan=gan, out=out, steps=steps, batch=batch, vgg=vgg, resume=resume, seed=seed,
-                      holdout=holdout, sample_every=sample_every, ckpt_every=ckpt_every, dry_run=dry_run,
-                      init_from=str(init_from) if init_from else None, w_mask=w_mask)
 
 
 @train_app.command("patch")
@@ -214,6 +156,68 @@ def train_patch_encoder(
                             seed=seed, sample_every=sample_every, ckpt_every=ckpt_every)
 
 
+@train_app.command("gan")
+@user_errors
+def train_gan(
+    data: Path = typer.Option(..., help="MVTec-layout category folder."),
+    out: Path = typer.Option(..., help="Run folder (checkpoints, logs, sample grids)."),
+    res: int = typer.Option(64, help="Model resolution: 64, 128 or 256."),
+    kimg: float = typer.Option(50.0, help="Training length in thousands of images shown to D."),
+    batch: int = typer.Option(16, help="Batch size per process."),
+    resume: bool = typer.Option(False, help="Continue from the last checkpoint in --out."),
+    seed: int = typer.Option(0, help="Random seed."),
+    dry_run: bool = typer.Option(False, help="Resolve and print the config, then stop."),
+    r1_gamma: Optional[float] = typer.Option(None, help="R1 weight (default 0.1)."),
+    augment: Optional[str] = typer.Option(None, help="DiffAugment ops: translation,flip,flipv,color ('' = none)."),
+    defect_fraction: Optional[float] = typer.Option(
+        None, help="Fraction of each defect type's images to train on (default 1.0 = all; rest held out)."),
+    good_share: Optional[float] = typer.Option(None, help="Expected share of good images per batch (default 0.5)."),
+    channel_max: Optional[int] = typer.Option(None, help="Widest layer of G and D (default 64; raise on a GPU)."),
+    channel_base: Optional[int] = typer.Option(None, help="Channels at side r = min(base // r, max) (default 1024)."),
+    sample_every: Optional[int] = typer.Option(None, help="Steps between sample grids (default 200)."),
+    ckpt_every: Optional[int] = typer.Option(None, help="Steps between checkpoints (default 200)."),
+    mask_seg: Optional[float] = typer.Option(
+        None, help="Weight of the segmenter-guided mask loss (default 0 = off; see training/segmenter.py)."),
+) -> None:
+    """Whole-part alternative to `train patch`: a conditional image+mask StyleGAN2-lite G of the whole part.
+
+    At 64 px on a CPU it draws blurry blobs: export it with --guide-weight 1 (benchmarks/results/retired_models.md).
+    """
+    from defectgen.training.gan import train_gan_cli
+
+    train_gan_cli(data=data, out=out, res=res, kimg=kimg, batch=batch, resume=resume, seed=seed, dry_run=dry_run,
+                  r1_gamma=r1_gamma, augment=augment, defect_fraction=defect_fraction, good_share=good_share,
+                  channel_max=channel_max, channel_base=channel_base, sample_every=sample_every,
+                  ckpt_every=ckpt_every, mask_seg=mask_seg)
+
+
+@train_app.command("encoder")
+@user_errors
+def train_encoder(
+    data: Path = typer.Option(..., help="MVTec-layout category folder."),
+    gan: Path = typer.Option(..., help="GAN run folder or checkpoint."),
+    out: Path = typer.Option(..., help="Run folder for the encoder."),
+    steps: int = typer.Option(2000, help="Optimisation steps."),
+    batch: int = typer.Option(16, help="Batch size per process."),
+    vgg: Optional[Path] = typer.Option(None, help="Optional VGG16 weights (safetensors) for the feature loss."),
+    resume: bool = typer.Option(False, help="Continue from the last checkpoint in --out."),
+    seed: int = typer.Option(0, help="Random seed."),
+    holdout: Optional[float] = typer.Option(None, help="Fraction of real images held out for report.json (0.1)."),
+    sample_every: Optional[int] = typer.Option(None, help="Steps between sample grids (default 200)."),
+    ckpt_every: Optional[int] = typer.Option(None, help="Steps between checkpoints (default 200)."),
+    init_from: Optional[Path] = typer.Option(None, help="Encoder run or checkpoint to start from (E and D weights; "
+                                                        "fresh optimisers)."),
+    w_mask: Optional[float] = typer.Option(None, help="Weight of the mask BCE (default 0.5)."),
+    dry_run: bool = typer.Option(False, help="Resolve and print the config, then stop."),
+) -> None:
+    """Train the idinvert domain-guided encoder (image + mask -> w+) of a whole-part `train gan` run."""
+    from defectgen.training.encoder import train_encoder_cli
+
+    train_encoder_cli(data=data, gan=gan, out=out, steps=steps, batch=batch, vgg=vgg, resume=resume, seed=seed,
+                      holdout=holdout, sample_every=sample_every, ckpt_every=ckpt_every, dry_run=dry_run,
+                      init_from=str(init_from) if init_from else None, w_mask=w_mask)
+
+
 @app.command("export")
 @user_errors
 def export(
@@ -243,10 +247,10 @@ def export(
 ) -> None:
     """Export encoder, mapping, synthesis and the inversion step graphs (forward + backward) as an ONNX bundle.
 
-    Either --gan and --encoder (whole-part model), or --patch [--encoder] (a layered patch model, docs/bundle.md).
+    Either --patch [--encoder] (a layered patch model, docs/bundle.md), or --gan and --encoder (whole-part).
     """
     if (patch is not None and gan is not None) or (patch is None and (gan is None or encoder is None)):
-        msg = "give either --gan and --encoder (a whole-part model) or --patch RUN [--encoder] (a patch model)"
+        msg = "give either --patch RUN [--encoder] (a patch model) or --gan and --encoder (a whole-part model)"
         raise DefectgenError(msg)
     batches = [int(b) for b in _csv(batch) or []]
     if patch is not None:

@@ -96,3 +96,12 @@ def test_tiny_gan_and_encoder_through_cli(data, tmp_path):
     assert "--init-from must be an encoder run" in one_line_error(r)
     r = runner.invoke(app, ["train", "gan", "--data", str(data), "--out", str(gan), "--res", "16"])
     assert "already holds a run" in one_line_error(r)
+
+
+def test_train_help_lists_patch_mode_before_the_whole_part_alternative():
+    r = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    names = [line.split()[1] for line in r.output.splitlines() if line.startswith("│ ") and len(line.split()) > 2
+             and line.split()[1] in ("patch", "patch-encoder", "gan", "encoder")]
+    assert names == ["patch", "patch-encoder", "gan", "encoder"], r.output
+    assert "whole-part" in r.output.lower()
