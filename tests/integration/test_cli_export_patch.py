@@ -39,34 +39,6 @@ def run_dir(tmp_path_factory):
     return root / "run"
 
 
-def test_train_export_run_round_trip(run_dir, tmp_path):
-    data = run_dir.parent / "data"
-    code, out, err = invoke("export", "--patch", run_dir, "--out", tmp_path / "bundle", "--spaces", "wplus",
-                            "--batch", 2, "--steps", 2)  # --data defaults to the run's training data
-    assert code == 0, out + err
-    b = Bundle.load(tmp_path / "bundle")
-    m = b.manifest
-    assert m.patch is not None and (m.patch.window, m.patch.scale) == (P, 1.0) and m.resolution == P
-    assert not b.has_encoder and m.defaults.init == "wavg" and m.defaults.steps == 2
-    assert m.default_lambdas["dom"] == 0.0
-    assert m.configs["held_in"] == json.loads((run_dir / "held_in.json").read_text())
-    assert json.loads((tmp_path / "bundle" / "verify.json").read_text())["passed"]
-    held_in, cat = m.configs["held_in"], MVTecCategory(data)
-    for t in m.defect_types[1:]:  # one held-in image per type -> one crop, cut at the data's own scale
-        (img, _), = b.bank(t)
-        item, = (it for it in cat.defective_items([t]) if it.image_path.name in held_in[t])
-        assert read_image(img).shape == crop_defect(*item.load(), max_side=None)[0].shape
-
-    code, out, err = invoke("run", "--bundle", tmp_path / "bundle", "--mvtec", data, "--random-masks", 1,
-                            "--types", "crack,hole", "--steps", 2, "--out", tmp_path / "out", "--seed", 0)
-    # needs the runtime's patch-window cropping (runtime/jobs/prepare.py); the export side is proved above
-    assert code == 0, out + err
-    jobs = jobs_log(tmp_path / "out")
-    assert jobs and all(j["status"] == "ok" for j in jobs)
-    assert all(j["init"] == "wavg" and j["final_terms"]["dom"] == 0.0 for j in jobs)
-    assert all(np.isfinite(j["objective"]).all() for j in jobs)
-
-
 def _train_and_export(data, tmp_path, *train_options) -> Bundle:
     """A 2-step toy run with `train_options`, exported with the parity check; the check must pass."""
     code, out, err = invoke("train", "patch", "--data", data, "--out", tmp_path / "run", "--window", P,
@@ -97,11 +69,31 @@ def test_full_design_trains_exports_and_runs(run_dir, tmp_path):
     assert all(j["status"] == "ok" for j in jobs_log(tmp_path / "out"))
 
 
-def test_wide_colour_head_trains_and_exports_verified(run_dir, tmp_path):
-    """`train patch --colour-head wide`: the bound travels in the saved G config into the bundle, and the export's
-    parity check (torch vs ONNX, finite differences) passes through the scaled tanh."""
-    g_cfg = _train_and_export(run_dir.parent / "data", tmp_path, "--colour-head", "wide").manifest.configs
-    assert g_cfg["patch_generator"]["colour_tanh"] and g_cfg["patch_generator"]["colour_bound"] == 1.2
+def test_train_export_run_round_trip(run_dir, tmp_path):
+    """train -> export (no encoder, the parity check on) -> run, with a non-default G: `--colour-head wide`, whose
+    bound travels in the saved G config into the bundle and through the parity check's scaled tanh (one trained
+    run serves both checks: training and export dominate this file's time)."""
+    data = run_dir.parent / "data"
+    b = _train_and_export(data, tmp_path, "--colour-head", "wide")  # --data defaults to the run's training data
+    m = b.manifest
+    assert m.configs["patch_generator"]["colour_tanh"] and m.configs["patch_generator"]["colour_bound"] == 1.2
+    assert m.patch is not None and (m.patch.window, m.patch.scale) == (P, 1.0) and m.resolution == P
+    assert not b.has_encoder and m.defaults.init == "wavg" and m.defaults.steps == 2
+    assert m.default_lambdas["dom"] == 0.0
+    assert m.configs["held_in"] == json.loads((tmp_path / "run" / "held_in.json").read_text())
+    held_in, cat = m.configs["held_in"], MVTecCategory(data)
+    for t in m.defect_types[1:]:  # one held-in image per type -> one crop, cut at the data's own scale
+        (img, _), = b.bank(t)
+        item, = (it for it in cat.defective_items([t]) if it.image_path.name in held_in[t])
+        assert read_image(img).shape == crop_defect(*item.load(), max_side=None)[0].shape
+
+    code, out, err = invoke("run", "--bundle", tmp_path / "bundle", "--mvtec", data, "--random-masks", 1,
+                            "--types", "crack,hole", "--steps", 2, "--out", tmp_path / "out", "--seed", 0)
+    assert code == 0, out + err
+    jobs = jobs_log(tmp_path / "out")
+    assert jobs and all(j["status"] == "ok" for j in jobs)
+    assert all(j["init"] == "wavg" and j["final_terms"]["dom"] == 0.0 for j in jobs)
+    assert all(np.isfinite(j["objective"]).all() for j in jobs)
 
 
 def test_export_needs_exactly_one_model_kind(run_dir, tmp_path):
