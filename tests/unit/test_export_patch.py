@@ -34,6 +34,7 @@ from defectgen.runtime.backends import load_backend
 from defectgen.runtime.bundle import Bundle
 from defectgen.runtime.bundle.manifest import LOSS_TERMS, PatchInfo
 
+pytestmark = pytest.mark.slow  # exports two tiny bundles with the parity check (about 40 s)
 P, BATCH, SPACES = 16, 2, ["wplus", "z"]
 HELD_IN = {t: ["001.png", "002.png"] for t in TINY_TYPES[1:]}  # not the first files: the filter must work
 DOM = LOSS_TERMS.index("dom")
