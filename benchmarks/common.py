@@ -308,9 +308,7 @@ def default_model_all_spaces(*, batches: Sequence[int] = (4,),
     if found is None:
         return None
     _, G, E, D = found
-    from defectgen.training.checkpoint import defect_types
-
-    gan = DEFAULT_MODELS / "gan" / "checkpoint.safetensors"
+    types = json.loads((DEFAULT_BUNDLE / "manifest.json").read_text(encoding="utf-8"))["defect_types"]
     data = ROOT / "runs" / "data64"
     weights = [hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(DEFAULT_MODELS.rglob("*.safetensors"))]
     key = _source_key("default", list(batches), list(spaces), weights, data.is_dir())  # new weights, new export
@@ -319,7 +317,7 @@ def default_model_all_spaces(*, batches: Sequence[int] = (4,),
         from defectgen.export.bundle import export_bundle
 
         export_bundle(G, E, D, out=out, spaces=list(spaces), batches=list(batches), verify=False,
-                      data_root=data if data.is_dir() else None, types=defect_types(gan))
+                      data_root=data if data.is_dir() else None, types=types)
     return out
 
 
