@@ -132,9 +132,3 @@ def backend(bundle: Bundle) -> Iterator[OrtBackend]:
     with OrtBackend(bundle, threads=1) as b:
         yield b
 
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Files with slow tests first (stable otherwise): `make test` hands whole files to two workers, and a slow
-    file picked up last would leave one worker idle while the other finishes it."""
-    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)
