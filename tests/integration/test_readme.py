@@ -107,7 +107,12 @@ def test_recipe_3_your_own_dataset_train_export_run(user_folder: Path) -> None:
     r = run_bash(script, user_folder)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     bundle = Bundle.load(user_folder / "my_bundle")
-    assert bundle.patch is not None and bundle.has_encoder
+    # an encoder in the bundle: its graph takes windows, the inversion starts from it and its `dom` term is live
+    assert bundle.patch is not None and bundle.has_encoder and bundle.defaults.init == "encoder"
+    assert bundle.default_lambdas["dom"] > 0
+    window = bundle.patch.window
+    assert [t.shape[1:] for t in bundle.manifest.files["encoder.onnx"].inputs] == [[3, window, window],
+                                                                                  [1, window, window]]
     assert json.loads((user_folder / "my_bundle" / "verify.json").read_text())["passed"]
     assert bundle.defaults.mask_shape == "generated" and bundle.defaults.guide_weight == 0
     lines = [json.loads(x) for x in (user_folder / "out_mine" / "jobs.jsonl").read_text().splitlines()]

@@ -28,7 +28,6 @@ from defectgen.export.objective import make_step, to_wplus
 from defectgen.export.onnx_tools import FORBIDDEN_OPS
 from defectgen.export.testing import TINY_TYPES, tiny_nets, tiny_patch_nets
 from defectgen.export.torch_backend import TorchBackend
-from defectgen.nets.encoder import Encoder, EncoderConfig
 from defectgen.nets.patch import composite
 from defectgen.runtime.backends import load_backend
 from defectgen.runtime.bundle import Bundle
@@ -217,24 +216,3 @@ def test_patch_info_must_fit_the_generator(nets, tmp_path):
         export_bundle(Gw, Ew, Dw, out=tmp_path / "b", spaces=["wplus"], batches=[1], types=TINY_TYPES,
                       verify=False, patch=PatchInfo(window=16))
     assert not (tmp_path / "b").exists()
-
-
-def test_with_a_patch_encoder_the_bundle_starts_from_it(nets, tmp_path):
-    """`export --patch RUN --encoder E_RUN`: encoder graph on windows, `init = encoder`, a live `dom` term."""
-    G, D = nets
-    torch.manual_seed(1)
-    E = Encoder(EncoderConfig(res=P, w_dim=G.cfg.w_dim, num_ws=G.num_ws, channel_base=4 * P, channel_max=8))
-    with torch.no_grad():
-        E.head.weight.normal_(0.0, 0.5)
-        E.set_w_avg(G.w_avg)
-    E.eval().requires_grad_(False)
-    out = export_bundle(G, E, D, out=tmp_path / "b", spaces=["wplus"], batches=[1], types=TINY_TYPES,
-                        verify=True, patch=PatchInfo(window=P))
-    b = Bundle.load(out)
-    assert b.has_encoder and b.defaults.init == "encoder" and b.default_lambdas["dom"] > 0
-    assert [t.shape[1:] for t in b.manifest.files["encoder.onnx"].inputs] == [[3, P, P], [1, P, P]]
-    assert json.loads((out / "verify.json").read_text())["passed"]
-    x = _feeds("step", nets, "wplus", 1, seed=2)
-    terms = _sess(out / "step_wplus_b1.onnx").run(["terms"], x)[0]
-    assert terms[0, DOM] > 0
-    assert _rel(terms, make_step(G, E, D, "wplus")(*(torch.from_numpy(v) for v in x.values()))[0]) <= 1e-3
